@@ -1,0 +1,42 @@
+# tunekit developer commands. `make quickstart` and `make test` install into .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU-only machines pin torch 2.13.0 (a CPU build, no CUDA wheels); GPU machines get the normal CUDA build.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+PYTEST_ARGS ?=
+
+.PHONY: install quickstart test test-all lint typecheck data tokenizer clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+quickstart: install
+	$(BIN)/tunekit train recipes/quickstart.yaml --overwrite
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/pytest -m "" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy tunekit
+
+data: install
+	$(BIN)/python scripts/make_quickstart_data.py
+
+tokenizer: install
+	$(BIN)/python scripts/make_tokenizer.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

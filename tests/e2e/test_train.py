@@ -1,0 +1,113 @@
+"""`tunekit train` end to end through the real CLI on the builtin tiny model (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tunekit.model.builtin import materialize
+
+RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("lora")
+    recipe = tiny_recipe(tmp, trainer={"max_steps": 30}, output={"dir": str(tmp / "run"), "save_steps": 15})
+    run_cli("train", recipe, check=True)
+    return tmp / "run"
+
+
+def test_lora_run_writes_every_output(lora_run: Path) -> None:
+    for name in RUN_FILES:
+        assert (lora_run / name).is_file(), name
+    final = lora_run / "final"
+    assert (final / "adapter_model.safetensors").is_file() and (final / "adapter_config.json").is_file()
+    assert (final / "tokenizer.json").is_file() and (final / "chat_template.jinja").is_file()
+    assert sorted(p.name for p in (lora_run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-30"]
+    metrics = read_metrics(lora_run)
+    assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s"} <= set(metrics[-2])
+    summary = json.loads((lora_run / "summary.json").read_text())
+    assert summary["global_step"] == 30 and 0 < summary["params"]["trainable"] < summary["params"]["total"]
+    versions = json.loads((lora_run / "versions.json").read_text())
+    assert {"torch", "transformers", "peft", "trl"} <= set(versions)
+
+
+def test_loss_falls(lora_run: Path) -> None:
+    losses = [m["loss"] for m in read_metrics(lora_run) if "loss" in m]
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+
+
+def test_lora_changes_adapter_and_not_base(lora_run: Path) -> None:
+    adapter = load_file(lora_run / "final" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero; training moved every one
+    # The base weights on disk (what the adapter applies to) are exactly the builtin init.
+    base_dir = materialize("builtin:tiny-llama", 0)
+    base = load_file(base_dir / "model.safetensors")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), lora_run / "final")
+    merged_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                   for k, v in model.state_dict().items() if "lora_" not in k}
+    for k, v in base.items():
+        assert torch.equal(merged_base[k], v), k
+
+
+def test_full_method_trains_every_weight(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, method={"name": "full"}, trainer={"max_steps": 3, "learning_rate": 1e-3})
+    run_cli("train", recipe, check=True)
+    before = load_file(materialize("builtin:tiny-llama", 0) / "model.safetensors")
+    after = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)
+
+
+def test_non_empty_output_dir_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, output={"dir": str(lora_run)})
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 2 and "is not empty" in proc.stderr and "--resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (lora_run / "final").exists()  # nothing was touched
+
+
+def test_missing_data_file_exits_2(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": str(tmp_path / "none.jsonl"), "format": "messages"}]})
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 2 and "none.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    """A run stopped right after its first checkpoint and resumed ends exactly like an uninterrupted run."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 8, "logging_steps": 1, "warmup_steps": 2},
+                         output={"dir": str(tmp_path / "full"), "save_steps": 4})
+    run_cli("train", recipe, check=True)
+    full = tmp_path / "full"
+    # The stopped run: exactly what the run dir held when checkpoint-4 had been written.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(full, stopped)
+    for p in ("final", "summary.json", "checkpoints/checkpoint-8"):
+        shutil.rmtree(stopped / p) if (stopped / p).is_dir() else (stopped / p).unlink()
+    proc = run_cli("train", recipe, f"output.dir={stopped}", "--resume", check=True)
+    assert "resuming from" in proc.stderr
+    a, b = json.loads((full / "summary.json").read_text()), json.loads((stopped / "summary.json").read_text())
+    assert a["global_step"] == b["global_step"] == 8
+    assert b["final_loss"] == pytest.approx(a["final_loss"], abs=1e-4)
+    losses_a = [m["loss"] for m in read_metrics(full) if "loss" in m]
+    losses_b = [m["loss"] for m in read_metrics(stopped) if "loss" in m]
+    assert losses_b == pytest.approx(losses_a, abs=1e-4)  # no duplicated or missing steps in metrics.jsonl
+    wa = load_file(full / "final" / "adapter_model.safetensors")
+    wb = load_file(stopped / "final" / "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:
+    proc = run_cli("train", tiny_recipe(tmp_path), "--resume")
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr

@@ -1,0 +1,76 @@
+"""The CLI surface: fast help without torch, validate output, recipes list/show/copy, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import RECIPES, run_cli
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys; from tunekit.cli import app\n"
+            "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_validate_and_recipes_do_not_import_torch() -> None:
+    code = ("import sys; from tunekit.cli import app\n"
+            f"app(['validate', r'{RECIPES / 'quickstart.yaml'}'], standalone_mode=False)\n"
+            "app(['recipes', 'list'], standalone_mode=False)\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_version_and_module_entry() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("tunekit ")
+
+
+def test_validate_prints_resolved_recipe() -> None:
+    proc = run_cli("validate", RECIPES / "quickstart.yaml", "trainer.max_steps=3")
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved["trainer"]["max_steps"] == 3
+    assert resolved["trainer"]["weight_decay"] == 0.0  # defaults are filled in
+    assert resolved["model"]["trust_remote_code"] is False
+
+
+def test_recipe_typo_exits_2_with_location_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (RECIPES / "quickstart.yaml").read_text().replace("learning_rate:", "learnig_rate:")
+    bad.write_text(text)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "learnig_rate" in ln)
+    for cmd in ("validate", "train"):
+        proc = run_cli(cmd, bad)
+        assert proc.returncode == 2
+        assert f"{bad}:{line}:3" in proc.stderr and "Did you mean `learning_rate`?" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    proc = run_cli("--debug", "validate", bad)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_bad_override_exits_2() -> None:
+    proc = run_cli("validate", RECIPES / "quickstart.yaml", "trainer.learning_rate=fast")
+    assert proc.returncode == 2 and "override `trainer.learning_rate=fast`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_recipes_list_show_copy(tmp_path: Path) -> None:
+    listed = run_cli("recipes", "list").stdout
+    assert "quickstart" in listed
+    shown = run_cli("recipes", "show", "quickstart").stdout
+    assert shown == (RECIPES / "quickstart.yaml").read_text()
+    proc = run_cli("recipes", "copy", "quickstart", tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "quickstart.yaml").read_text() == shown
+    again = run_cli("recipes", "copy", "quickstart", tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+    missing = run_cli("recipes", "show", "quickstrat")
+    assert missing.returncode == 2 and "Did you mean `quickstart`?" in missing.stderr

@@ -1,0 +1,110 @@
+"""Recipe schema and loader: shipped recipes validate; errors name file:line, key path and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RECIPES
+from tunekit.errors import UserError
+from tunekit.recipe.load import load_recipe
+
+SHIPPED = sorted(RECIPES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    load_recipe(path)
+
+
+def _error(path: Path, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(UserError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_typo_reports_file_line_and_did_you_mean(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "quickstart.yaml").read_text().replace("learning_rate:", "learnig_rate:"))
+    msg = _error(bad)
+    line = _line_of(bad, "learnig_rate")
+    assert f"{bad}:{line}:3: trainer.learnig_rate: unknown key" in msg
+    assert "Did you mean `learning_rate`?" in msg
+
+
+def test_wrong_type_reports_expected_and_found(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "quickstart.yaml").read_text().replace("learning_rate: 3.0e-3", "learning_rate: fast"))
+    msg = _error(bad)
+    assert f"{bad}:{_line_of(bad, 'learning_rate')}:" in msg
+    assert "trainer.learning_rate" in msg and "valid number" in msg and "'fast'" in msg
+
+
+def test_override_errors_name_the_override() -> None:
+    msg = _error(RECIPES / "quickstart.yaml", ("trainer.learning_rate=fast",))
+    assert "override `trainer.learning_rate=fast`" in msg and "valid number" in msg
+    msg = _error(RECIPES / "quickstart.yaml", ("trainer.learnig_rate=1e-4",))
+    assert "override `trainer.learnig_rate=1e-4`" in msg and "Did you mean `learning_rate`?" in msg
+    msg = _error(RECIPES / "quickstart.yaml", ("trainer",))
+    assert "KEY=VALUE" in msg
+
+
+def test_overrides_apply_and_validate() -> None:
+    r = load_recipe(RECIPES / "quickstart.yaml", ("trainer.learning_rate=1e-4", "method.r=4", "output.dir=x"))
+    assert r.trainer.learning_rate == 1e-4 and r.method.r == 4 and r.output.dir == "x"
+
+
+def test_unknown_method_suggests_closest(tmp_path: Path) -> None:
+    msg = _error(RECIPES / "quickstart.yaml", ("method.name=lorra",))
+    assert "method.name" in msg and "Did you mean `lora`?" in msg
+
+
+def test_missing_section_and_malformed_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("model:\n  path: builtin:tiny-llama\n")
+    msg = _error(p)
+    assert "data: required key is missing" in msg and "trainer" in msg and "output" in msg
+    p.write_text("model:\n  path: [unclosed\n")
+    msg = _error(p)
+    assert f"{p}:3:" in msg and "malformed YAML" in msg
+
+
+def test_missing_recipe_is_named(tmp_path: Path) -> None:
+    assert "recipe not found" in _error(tmp_path / "nope.yaml")
+
+
+def test_cross_field_rule(tmp_path: Path) -> None:
+    msg = _error(RECIPES / "quickstart.yaml", ("trainer.warmup_steps=5",))
+    assert "warmup_ratio or warmup_steps" in msg
+
+
+def test_every_field_has_a_description() -> None:
+    from pydantic import BaseModel
+
+    from tunekit.recipe.load import _strip_annotated
+    from tunekit.recipe.schema import Recipe
+
+    seen: set[type] = set()
+
+    def walk(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            import typing
+
+            stack = [field.annotation]
+            while stack:
+                tp = _strip_annotated(stack.pop())
+                if isinstance(tp, type) and issubclass(tp, BaseModel):
+                    walk(tp)
+                stack.extend(typing.get_args(tp))
+
+    walk(Recipe)
+    assert len(seen) >= 6

@@ -1,0 +1,1 @@
+"""Methods: how weights are trained. `BUILDERS` (in `registry.py`) maps a method name to its builder."""

@@ -1,0 +1,1 @@
+"""Model stage: base model + tokenizer (`load.py`), offline tiny builtins (`builtin.py`)."""

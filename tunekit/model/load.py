@@ -1,0 +1,64 @@
+"""Load the base model and tokenizer with the real `from_pretrained`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import UserError
+from tunekit.model import builtin
+from tunekit.recipe.schema import ModelConfig
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """A local directory or hub id; builtins are materialised to the cache first."""
+    if builtin.is_builtin(cfg.path):
+        return str(builtin.materialize(cfg.path, cfg.init_seed))
+    p = Path(cfg.path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"model.path: `{cfg.path}` is a file; give a model directory or a hub id")
+    looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
+    if looks_local and not p.exists():
+        raise UserError(f"model.path: local directory `{cfg.path}` does not exist")
+    return str(p) if p.exists() else cfg.path
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    src = cfg.tokenizer or model_path or resolve_model_path(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"model: could not load the tokenizer from `{src}`: {e}") from None
+    if tok.pad_token is None:
+        # Padding positions never carry loss (labels are -100 there), so reusing EOS as pad is safe.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, model_path: str | None = None, **kwargs: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    src = model_path or resolve_model_path(cfg)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            src,
+            revision=cfg.revision,
+            dtype=torch_dtype(cfg.dtype),
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            **kwargs,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path: could not load `{cfg.path}`: {e}") from None

@@ -1,0 +1,125 @@
+"""The run directory: layout, overwrite/resume rules, metrics, versions and summary files.
+
+    RUN_DIR/
+      recipe.resolved.yaml   the validated recipe with every default filled in
+      versions.json          python and library versions
+      data.json              data fingerprint (sha256 of each file) and preprocessing statistics
+      metrics.jsonl          one JSON object per logged step (loss, learning_rate, grad_norm, tokens_per_s, ...)
+      checkpoints/checkpoint-N/   resumable state (weights, optimizer, scheduler, RNG, trainer state)
+      final/                 the trained weights (adapter or full model) as safetensors + tokenizer + chat template
+      summary.json           parameter counts, steps, time, final loss
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunekit.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+METRICS = "metrics.jsonl"
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir: `{out}` exists and is a file")
+    nonempty = out.exists() and any(out.iterdir())
+    if resume:
+        if latest_checkpoint(out) is None:
+            raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from "
+                            "(set output.save_steps so runs write checkpoints)")
+        return
+    if nonempty:
+        if not overwrite:
+            raise UserError(f"output.dir: `{out}` is not empty. Use --resume to continue that run, "
+                            "--overwrite (or output.overwrite: true) to replace it, or choose another output.dir.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").exists()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("tunekit", "torch", "transformers", "datasets", "peft", "trl", "accelerate", "tokenizers",
+                "deepspeed", "bitsandbytes", "flash-attn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def truncate_metrics(out: Path, step: int) -> None:
+    """On resume, drop metric lines logged after the checkpoint's step (they will be logged again)."""
+    path = out / METRICS
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def metrics_callback(out: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class MetricsWriter(TrainerCallback):
+        """Appends every log event to metrics.jsonl, with tokens/s computed between log events (rank 0 only)."""
+
+        def __init__(self) -> None:
+            self._last: tuple[float, int] | None = None
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            now, seen = time.perf_counter(), state.num_input_tokens_seen
+            if self._last is not None and "loss" in logs and now > self._last[0]:
+                row["tokens_per_s"] = round((seen - self._last[1]) / (now - self._last[0]), 1)
+                self._last = (now, seen)
+            with open(out / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return MetricsWriter()
+
+
+def final_train_loss(out: Path) -> float | None:
+    path = out / METRICS
+    if not path.exists():
+        return None
+    losses = [json.loads(ln)["loss"] for ln in path.read_text().splitlines() if '"loss"' in ln]
+    return losses[-1] if losses else None

@@ -1,0 +1,1 @@
+"""Recipes: the pydantic schema (`schema.py`) and the YAML loader with source-located errors (`load.py`)."""

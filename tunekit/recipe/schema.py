@@ -1,0 +1,71 @@
+"""The recipe: one pydantic model per section, `extra="forbid"` everywhere.
+
+Each section's cross-field rules live next to it. Data, method and trainer sections live in
+their own packages (`tunekit/data/schema.py`, `tunekit/methods/schema.py`,
+`tunekit/trainers/schema.py`) so each stage owns its options.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tunekit.data.schema import DataConfig
+from tunekit.methods.schema import MethodConfig
+from tunekit.recipe.base import Section
+from tunekit.trainers.schema import TrainerConfig
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        description="Base model: a hub id (`org/name`), a local directory, or `builtin:NAME` for an offline "
+        "tiny model (randomly initialised, for smoke tests only; see `tunekit/model/builtin.py`)."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer to load if different from `path` (hub id or local directory)."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Weight dtype. `auto`: bfloat16 on a GPU that supports it, float16 on older GPUs, float32 on CPU.",
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = (
+        Field(default="sdpa", description="Attention kernel passed to `from_pretrained`.")
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run Python code shipped with a hub model. Off by default: turn on only for models you trust.",
+    )
+    init_seed: int = Field(
+        default=0, description="Seed for the random initialisation of `builtin:` models (ignored for real models)."
+    )
+
+
+class OutputConfig(Section):
+    dir: str = Field(description="Run directory (relative paths resolve against the current directory).")
+    save_steps: int = Field(
+        default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at the end)."
+    )
+    save_total_limit: int | None = Field(
+        default=None, ge=1, description="Keep at most this many checkpoints (oldest removed first); null keeps all."
+    )
+    overwrite: bool = Field(
+        default=False,
+        description="Allow writing into a non-empty run directory (its old contents are deleted). "
+        "Without it, a non-empty directory is refused unless `--resume` is given.",
+    )
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(description="The base model and how to load it.")
+    data: DataConfig = Field(description="Training and evaluation data, formatting and length policy.")
+    method: MethodConfig = Field(description="How weights are trained: `full`, `lora`, ... (see `tunekit methods`).")
+    trainer: TrainerConfig = Field(description="The training objective and optimisation settings.")
+    output: OutputConfig = Field(description="Where the run writes checkpoints, metrics and the final model.")
+
+    @model_validator(mode="after")
+    def _check_eval_steps(self) -> Recipe:
+        if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
+            raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
+        return self

@@ -1,0 +1,46 @@
+"""Settings every trainer kind shares: recipe optimisation fields -> TrainingArguments keyword arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def training_kwargs(recipe: Any, checkpoint_dir: str, has_eval: bool) -> dict:
+    t, o = recipe.trainer, recipe.output
+    import torch
+
+    bf16 = recipe.model.dtype == "bfloat16" or (recipe.model.dtype == "auto" and torch.cuda.is_available()
+                                                 and torch.cuda.is_bf16_supported())
+    fp16 = recipe.model.dtype == "float16"
+    return dict(
+        output_dir=checkpoint_dir,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if (has_eval and t.eval_steps) else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if o.save_steps else "no",
+        save_steps=o.save_steps or 500,
+        save_total_limit=o.save_total_limit,
+        report_to=list(t.report_to) or "none",
+        bf16=bf16,
+        fp16=fp16,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,31 @@
+"""`sft`: supervised fine-tuning through TRL's SFTTrainer.
+
+tunekit's data stage already produced `input_ids` and `labels` (loss mask applied), so TRL's own
+dataset preparation is skipped; TRL's collator pads and batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+          callbacks: list) -> Any:
+    from trl import SFTConfig, SFTTrainer
+
+    from tunekit.trainers.common import training_kwargs
+
+    args = SFTConfig(
+        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        max_length=recipe.data.max_length,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        packing=False,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
