@@ -100,6 +100,17 @@ def _from_dataset(ds: object, name: str) -> Rows:
     return Rows(name, rows, [f"{name}: row {i + 1}" for i in range(len(rows))])
 
 
+def _csv_string_features(path: Path) -> object:
+    """CSV cells have no types; read every column as text (so `2` stays the string "2")."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    return Features({name: Value("string") for name in header})
+
+
 def read_file(path: Path) -> Rows:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -110,7 +121,7 @@ def read_file(path: Path) -> Rows:
 
     try:
         if suffix == ".csv":
-            ds = Dataset.from_csv(str(path), keep_in_memory=True)
+            ds = Dataset.from_csv(str(path), keep_in_memory=True, features=_csv_string_features(path))
         elif suffix == ".parquet":
             ds = Dataset.from_parquet(str(path), keep_in_memory=True)
         elif suffix == ".arrow":
