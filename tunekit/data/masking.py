@@ -36,8 +36,9 @@ def assistant_spans(render: Render, messages: list[dict], train_on: str, where: 
                 "assistant tokens cannot be located safely. Use another template (data.chat_template) "
                 "or data.train_on: all."
             )
-        trained = full[len(before) : len(upto)]
-        if trained.strip() == messages[i]["content"].strip():
+        trained, content = full[len(before) : len(upto)], messages[i]["content"].strip()
+        end = trained.rfind(content)
+        if content and end >= 0 and not trained[end + len(content) :].strip():
             raise UserError(
                 f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
                 "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
