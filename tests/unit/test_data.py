@@ -173,3 +173,10 @@ def test_empty_file_is_an_error(tok, tmp_path: Path) -> None:
     f = _write(tmp_path / "d.jsonl", [])
     with pytest.raises(UserError, match="the dataset is empty"):
         _build(tok, {"path": str(f), "format": "messages"})
+
+
+def test_hub_dataset_goes_through_load_dataset_and_errors_name_it(tok) -> None:
+    # Tests run offline (HF_HUB_OFFLINE=1): the real datasets.load_dataset is called and refuses politely.
+    spec = {"path": "hub:someorg/nodata", "format": "messages", "subset": "x", "revision": "abc"}
+    with pytest.raises(UserError, match=r"hub dataset `someorg/nodata` \(subset=x, split=train, revision=abc\)"):
+        _build(tok, spec)

@@ -62,23 +62,27 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
             rendered = [assistant_spans(render, m, cfg.train_on, w) for m, w in zip(items, wheres)]  # type: ignore[arg-type]
             encs = tokenize_texts(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
         for enc, where in zip(encs, wheres):
-            row = finish(enc["input_ids"], enc["mask"], cfg, stats, f"{where} (dataset {spec.path})")
+            row = finish(enc["input_ids"], enc["spans"], cfg, stats, f"{where} (dataset {spec.path})")
             if row is not None:
                 out.append(row)
     return out
 
 
-def finish(ids: list[int], mask: list[int], cfg: DataConfig, stats: DataStats, where: str) -> dict | None:
-    """Length policy, labels and the zero-trained-tokens rule for one encoded example."""
+def finish(ids: list[int], spans: list[tuple[int, int]], cfg: DataConfig, stats: DataStats, where: str) -> dict | None:
+    """Length policy, labels and the zero-trained-tokens rule for one encoded example (spans: trained token ranges)."""
     full_len = len(ids)
     if full_len > cfg.max_length:
         if cfg.length_policy == "drop":
             stats.dropped[f"longer than max_length={cfg.max_length}"] += 1
             return None
-        ids, mask = ids[: cfg.max_length], mask[: cfg.max_length]
-    # The first token has nothing before it to be predicted from, so it never carries loss.
-    labels = [-100] + [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
-    trained = sum(lab != -100 for lab in labels)
+        ids = ids[: cfg.max_length]
+    labels = [-100] * len(ids)
+    trained = 0
+    for a, b in spans:
+        a, b = max(a, 1), min(b, len(ids))  # the first token has nothing before it to be predicted from
+        if b > a:
+            labels[a:b] = ids[a:b]
+            trained += b - a
     if not trained:
         if cfg.drop_untrained:
             reason = "no trained tokens left after truncation" if full_len > cfg.max_length else "no trained tokens"

@@ -5,11 +5,13 @@ messages[:i] with the generation prompt. That is exact for any template that ren
 consistently (checked: an inconsistent template is an error, never a silently wrong mask), needs no
 generation markers or marker strings, and includes the end-of-turn text the template writes after the
 answer (a template that writes none is an error: the model would never learn to stop). Character spans
-are mapped to tokens through the tokenizer's offsets; a token straddling a span start counts as prompt.
+are mapped to tokens through the tokenizer's offsets: a token is trained when its first character lies in
+a span (so a token straddling a span start counts as prompt).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,7 @@ def assistant_spans(render: Render, messages: list[dict], train_on: str, where: 
     spans = []
     for i in turns:
         before = render(messages[:i], add_generation_prompt=True) if i else ""
-        upto = render(messages[: i + 1])
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1])
         if not upto.startswith(before) or not full.startswith(upto):
             raise UserError(
                 f"{where}: the chat template does not render conversation prefixes consistently, so the "
@@ -48,29 +50,45 @@ def assistant_spans(render: Render, messages: list[dict], train_on: str, where: 
     return full, spans
 
 
-def mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """1 for each token whose first character lies inside a span (spans sorted, non-overlapping)."""
-    mask, k = [], 0
-    for a, b in offsets:
-        while k < len(spans) and a >= spans[k][1]:
-            k += 1
-        mask.append(int(k < len(spans) and spans[k][0] <= a < spans[k][1] and b > a))
-    return mask
+def token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans -> [first, last) token index ranges of the tokens whose first character lies inside.
+
+    Offsets are in text order, so two binary searches per span replace a per-token loop.
+    """
+    return [(bisect.bisect_left(offsets, (a, -1)), bisect.bisect_left(offsets, (b, -1))) for a, b in spans]
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # The fast tokenizer's own batch encoder (what `tokenizer(texts)` calls), without converting every
+        # encoding to Python dicts first.
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"]))
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[dict]:
-    """Batch-tokenize rendered texts and map their trained spans to a per-token mask."""
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [{"input_ids": ids, "mask": mask_from_offsets(offs, sp)}
-            for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans)]
+    """Batch-tokenize rendered texts; `spans` become token ranges ([first, last) token indices) that carry loss."""
+    return [{"input_ids": ids, "spans": token_spans(offs, sp)} for (ids, offs), sp in zip(_encode(tokenizer, texts), spans)]
 
 
 def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[dict]:
     """Raw text (continued pre-training): every token trained, EOS appended so documents end."""
     if tokenizer.eos_token_id is None:
         raise UserError("model: the tokenizer has no EOS token, so text documents cannot be terminated")
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [{"input_ids": [*x, tokenizer.eos_token_id], "mask": [1] * (len(x) + 1)} for x in ids]
+    out = []
+    for ids, _ in _encode(tokenizer, texts):
+        ids = [*ids, tokenizer.eos_token_id]
+        out.append({"input_ids": ids, "spans": [(0, len(ids))]})
+    return out
+
+
+def span_mask(n: int, spans: list[tuple[int, int]]) -> list[int]:
+    mask = [0] * n
+    for a, b in spans:
+        mask[a:b] = [1] * (b - a)
+    return mask
 
 
 def tokenize_with_mask(tokenizer: Any, messages: list[dict], train_on: str, where: str) -> dict:
@@ -78,4 +96,5 @@ def tokenize_with_mask(tokenizer: Any, messages: list[dict], train_on: str, wher
     from tunekit.data.templates import renderer
 
     text, spans = assistant_spans(renderer(tokenizer, tokenizer.chat_template), messages, train_on, where)
-    return tokenize_texts(tokenizer, [text], [spans])[0]
+    enc = tokenize_texts(tokenizer, [text], [spans])[0]
+    return {"input_ids": enc["input_ids"], "mask": span_mask(len(enc["input_ids"]), enc["spans"])}
