@@ -58,27 +58,50 @@ def token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) ->
     return [(bisect.bisect_left(offsets, (a, -1)), bisect.bisect_left(offsets, (b, -1))) for a, b in spans]
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def _first_token_at_or_after(enc: Any, pos: int, text_len: int) -> int | None:
+    """Index of the first token starting at or after character `pos`, asking the encoding for one token only."""
+    if pos >= text_len:
+        return len(enc)
+    t = enc.char_to_token(pos)
+    if t is None:
+        return None
+    return t if enc.token_to_chars(t)[0] >= pos else t + 1
+
+
+def _fast_backend(tokenizer: Any) -> Any:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and backend.truncation is None and backend.padding is None:
-        # The fast tokenizer's own batch encoder (what `tokenizer(texts)` calls), without converting every
-        # encoding to Python dicts first.
-        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return list(zip(enc["input_ids"], enc["offset_mapping"]))
+        return backend
+    return None
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[dict]:
     """Batch-tokenize rendered texts; `spans` become token ranges ([first, last) token indices) that carry loss."""
-    return [{"input_ids": ids, "spans": token_spans(offs, sp)} for (ids, offs), sp in zip(_encode(tokenizer, texts), spans)]
+    backend = _fast_backend(tokenizer)
+    if backend is None:
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [{"input_ids": ids, "spans": token_spans(offs, sp)}
+                for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans)]
+    out = []
+    # The fast tokenizer's own batch encoder (what `tokenizer(texts)` calls), reading only the offsets of the
+    # tokens at span boundaries instead of converting every token's offsets to Python.
+    for e, text, sp in zip(backend.encode_batch(texts, add_special_tokens=False), texts, spans):
+        ranges = [(_first_token_at_or_after(e, a, len(text)), _first_token_at_or_after(e, b, len(text))) for a, b in sp]
+        if any(x is None for r in ranges for x in r):  # a boundary inside text no token covers
+            ranges = token_spans(e.offsets, sp)
+        out.append({"input_ids": e.ids, "spans": ranges})
+    return out
 
 
 def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[dict]:
     """Raw text (continued pre-training): every token trained, EOS appended so documents end."""
     if tokenizer.eos_token_id is None:
         raise UserError("model: the tokenizer has no EOS token, so text documents cannot be terminated")
+    backend = _fast_backend(tokenizer)
+    encoded = ([e.ids for e in backend.encode_batch(texts, add_special_tokens=False)] if backend is not None
+               else tokenizer(texts, add_special_tokens=False)["input_ids"])
     out = []
-    for ids, _ in _encode(tokenizer, texts):
+    for ids in encoded:
         ids = [*ids, tokenizer.eos_token_id]
         out.append({"input_ids": ids, "spans": [(0, len(ids))]})
     return out
