@@ -115,6 +115,9 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
         if len(set(idx)) < len(rows.rows):
             st.dropped[NOT_SELECTED] += len(rows.rows) - len(set(idx))
         examples += encode_rows(spec, rows, idx, cfg, tokenizer, render, st)
+    for name, st in per.items():  # nothing lost: every row read is in the output or counted with a reason
+        if st.rows_in + st.repeated - sum(st.dropped.values()) != st.rows_out:
+            raise RuntimeError(f"tunekit bug: row accounting for {name} does not add up: {st.as_dict()}")
     return examples, per
 
 
