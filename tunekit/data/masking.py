@@ -35,8 +35,8 @@ def assistant_spans(render: Render, messages: list[dict], train_on: str, where: 
         if not upto.startswith(before) or not full.startswith(upto):
             raise UserError(
                 f"{where}: the chat template does not render conversation prefixes consistently, so the "
-                "assistant tokens cannot be located safely. Use another template (data.chat_template) "
-                "or data.train_on: all."
+                "assistant tokens cannot be located safely (templates that rewrite earlier turns do this). Use "
+                "another template (data.chat_template), data.train_on: last_assistant, or data.train_on: all."
             )
         trained, content = full[len(before) : len(upto)], messages[i]["content"].strip()
         end = trained.rfind(content)
