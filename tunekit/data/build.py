@@ -166,7 +166,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
     seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else seed
     fp = cache.fingerprint(cfg, tokenizer, template if needs_template else None, seed)
     entry = cache.cache_root(cfg) / fp
-    with cache.main_process_first():
+    with cache.build_lock(entry):
         hit = cache.load(entry)
         if hit is None:
             train, evals, stats = prepare(cfg, tokenizer, template if needs_template else None, seed)

@@ -6,8 +6,8 @@ option except `cache_dir`, the effective shuffle seed and tunekit's cache format
 them builds a new entry; an unchanged rerun loads the old one.
 
 Entries are written to a temporary directory and renamed into place, so a crashed or concurrent build never
-leaves a half-written entry. Under a multi-process launch the main process builds first and the others wait
-and then load its entry (`accelerate.PartialState.main_process_first`).
+leaves a half-written entry, and a file lock per entry makes concurrent processes (the ranks of a
+multi-process launch, or two runs at once) build it once: the first builds, the others wait and load it.
 """
 
 from __future__ import annotations
@@ -73,14 +73,17 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int
 
 
 @contextlib.contextmanager
-def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first; other ranks enter it after (and then find the cache written)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+def build_lock(entry: Path) -> Iterator[None]:
+    """One process at a time per cache entry: the first to get the lock builds, the others then load its entry.
 
-        with PartialState().main_process_first():
-            yield
-    else:
+    A file lock rather than `accelerate`'s main_process_first: the data stage runs before the trainer sets up
+    torch.distributed, and initialising accelerate's shared state here would fix its settings before the
+    trainer could choose them. The lock also covers processes started by hand and several runs at once.
+    """
+    from filelock import FileLock
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
         yield
 
 
