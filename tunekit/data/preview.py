@@ -24,8 +24,8 @@ def load_data_tokenizer(recipe: Any) -> Any:
 
 def stats_tables(stats: dict) -> list[Table]:
     rows = Table(title="rows and tokens per dataset", title_justify="left")
-    for col in ("split", "dataset", "rows in", "rows out", "tokens", "trained tokens", "truncated", "dropped (reason)"):
-        rows.add_column(col, justify="left" if col in ("split", "dataset", "dropped (reason)") else "right")
+    for col in ("split", "dataset", "rows in", "rows out", "tokens", "trained tokens", "truncated", "dropped (reason), repeated"):
+        rows.add_column(col, justify="left" if col in ("split", "dataset", "dropped (reason), repeated") else "right")
     for split in ("train", "eval"):
         s = stats.get(split)
         if not s:
