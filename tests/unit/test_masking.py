@@ -132,3 +132,24 @@ def test_named_and_file_templates_are_applied_to_the_tokenizer(tok, tmp_path: Pa
     assert (tmp_path / "saved" / "chat_template.jinja").read_text() == custom.read_text()
     with pytest.raises(UserError, match="Did you mean `llama3`"):
         build_datasets(cfg.model_copy(update={"chat_template": "llama-3"}), tok, seed=0)
+
+
+def test_fast_boundary_lookup_matches_full_offsets(tok) -> None:
+    """The fast path (offsets of boundary tokens only) agrees with a search over every token's offsets."""
+    import json
+
+    from tunekit.data.masking import assistant_spans, token_spans, tokenize_texts
+    from tunekit.data.sources import resolve_path
+    from tunekit.data.templates import renderer
+
+    convos = [json.loads(line)["messages"] for line in resolve_path("builtin:quickstart/eval.jsonl").open()]
+    convos.append([{"role": "user", "content": "Ünïcode? 你好"}, {"role": "assistant", "content": " 😀 héllo\n\n wörld 你好 "}])
+    render = renderer(tok, tok.chat_template)
+    for train_on in ("assistant", "last_assistant", "all"):
+        rendered = [assistant_spans(render, m, train_on, "test") for m in convos]
+        fast = tokenize_texts(tok, [t for t, _ in rendered], [s for _, s in rendered])
+        for (text, spans), enc in zip(rendered, fast):
+            full = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            assert enc["input_ids"] == full["input_ids"]
+            assert enc["spans"] == token_spans(full["offset_mapping"], spans)
+    assert "😀 héllo" in tok.decode(fast[-1]["input_ids"][slice(*fast[-1]["spans"][0])])
