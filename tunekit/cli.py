@@ -89,6 +89,23 @@ def validate(
     typer.echo(f"# {recipe}: valid", err=True)
 
 
+@app.command()
+def preprocess(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    show: int = typer.Option(0, "--show", min=0, help="Print N tokenized examples with trained text marked."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Run the data stage only: tokenize, mask, pack, write the cache and print statistics (see docs/data.md)."""
+    _state["debug"] |= debug
+    from tunekit.recipe.load import load_recipe
+
+    r = load_recipe(recipe, overrides or [])
+    from tunekit.data.preview import preprocess as run_preprocess
+
+    run_preprocess(r, show=show)
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 

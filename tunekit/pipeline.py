@@ -68,7 +68,6 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
 
 
 def data_fingerprint(recipe: Recipe) -> dict:
-    from tunekit.data.sources import resolve_path
+    from tunekit.data.cache import source_fingerprints
 
-    specs = [*recipe.data.train, *recipe.data.eval]
-    return {s.path: output.file_sha256(resolve_path(s.path)) for s in specs}
+    return source_fingerprints(recipe.data)

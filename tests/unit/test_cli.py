@@ -74,3 +74,15 @@ def test_recipes_list_show_copy(tmp_path: Path) -> None:
     assert again.returncode == 2 and "--force" in again.stderr
     missing = run_cli("recipes", "show", "quickstrat")
     assert missing.returncode == 2 and "Did you mean `quickstart`?" in missing.stderr
+
+
+def test_preprocess_quickstart_prints_stats_and_marked_examples() -> None:
+    proc = run_cli("preprocess", RECIPES / "quickstart.yaml", "--show", "2")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for expected in ("rows in", "trained tokens", "truncated", "packing efficiency", "example lengths",
+                     "builtin:quickstart/train.jsonl", "cache"):
+        assert expected in out, expected
+    assert out.count("── example ") == 2 and "example 3" not in out
+    assert "[[" in out and "<|im_end|>" in out  # trained text (ending in EOS) is marked
+    assert "Traceback" not in proc.stderr

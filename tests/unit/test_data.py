@@ -1,4 +1,4 @@
-"""Data first cut: formats, loss masks from the rendered conversation, length policy, row-named errors."""
+"""Data stage: every format and source on the shipped fixtures, mixtures, length policy, row-named errors."""
 
 from __future__ import annotations
 
@@ -7,48 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from tunekit.data.build import build_datasets
-from tunekit.data.masking import tokenize_with_mask
+from tunekit.data.build import NOT_SELECTED, build_datasets
 from tunekit.data.schema import DataConfig
 from tunekit.errors import UserError
 from tunekit.model.builtin import TOKENIZER_DIR
 
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "data"
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture()
 def tok():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def _trained_text(tok, enc: dict) -> str:
-    return tok.decode([t for t, m in zip(enc["input_ids"], enc["mask"]) if m])
+def _build(tok, *specs: dict, **options):
+    return build_datasets(DataConfig(train=list(specs), **options), tok, seed=0)
 
 
-def test_multi_turn_mask_trains_exactly_the_assistant_turns(tok) -> None:
-    msgs = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is 2 plus 2?"},
-        {"role": "assistant", "content": "2 plus 2 is 4."},
-        {"role": "user", "content": "And 3 times 3?"},
-        {"role": "assistant", "content": "3 times 3 is 9."},
-    ]
-    enc = tokenize_with_mask(tok, msgs, "assistant", "test")
-    # Hand-computed expectation for the ChatML template: each answer, its <|im_end|> and the newline after.
-    assert _trained_text(tok, enc) == "2 plus 2 is 4.<|im_end|>\n3 times 3 is 9.<|im_end|>\n"
-    # Token by token: the trained tokens are exactly the tokens of the two answer blocks, in place.
-    ids = enc["input_ids"]
-    answer1 = tok("2 plus 2 is 4.<|im_end|>\n", add_special_tokens=False)["input_ids"]
-    start = next(i for i in range(len(ids)) if ids[i : i + len(answer1)] == answer1)
-    assert enc["mask"][start : start + len(answer1)] == [1] * len(answer1)
-    assert enc["mask"][:start] == [0] * start
-    assert tok.eos_token_id in [t for t, m in zip(ids, enc["mask"]) if m]
+def _trained(tok, row: dict) -> str:
+    return tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100])
 
 
-def test_train_on_all(tok) -> None:
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    enc = tokenize_with_mask(tok, msgs, "all", "test")
-    assert all(enc["mask"])
+def _texts(tok, ds) -> list[str]:
+    return sorted(tok.decode(r["input_ids"]) for r in ds)
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -56,56 +39,144 @@ def _write(path: Path, rows: list) -> Path:
     return path
 
 
-def test_prompt_completion_with_column_mapping(tok, tmp_path: Path) -> None:
-    f = _write(tmp_path / "pc.jsonl", [{"q": "What is 1 plus 1?", "a": "2"}] * 3)
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion", "columns": {"prompt": "q", "completion": "a"}}])
-    train, ev, stats = build_datasets(cfg, tok, seed=0)
-    assert len(train) == 3 and ev is None
+def test_alpaca_with_input_and_system(tok) -> None:
+    train, _, stats = _build(tok, {"path": str(FIX / "alpaca.jsonl"), "format": "alpaca", "system": "Be kind."})
+    texts = _texts(tok, train)
+    assert stats["train"]["rows_out"] == 3
+    assert ("<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nAdd the numbers.\n\n2 and 3<|im_end|>\n"
+            "<|im_start|>assistant\n5<|im_end|>\n") in texts
+    # A row's own system column wins over the dataset default; an empty `input` adds nothing.
+    assert ("<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n"
+            "<|im_start|>assistant\nBlue.<|im_end|>\n") in texts
+
+
+def test_alpaca_column_mapping(tok, tmp_path: Path) -> None:
+    f = _write(tmp_path / "d.jsonl", [{"question": "Capital of France?", "answer": "Paris."}])
+    train, _, _ = _build(tok, {"path": str(f), "format": "alpaca", "columns": {"instruction": "question",
+                                                                               "output": "answer"}})
+    assert _trained(tok, train[0]) == "Paris.<|im_end|>\n"
+
+
+def test_sharegpt_json_array_with_role_map(tok) -> None:
+    train, _, _ = _build(tok, {"path": str(FIX / "sharegpt.json"), "format": "sharegpt", "roles": {"bot": "assistant"}})
+    trained = sorted(_trained(tok, r) for r in train)
+    assert trained == ["4.<|im_end|>\n6.<|im_end|>\n", "Hello! How can I help?<|im_end|>\n"]
+
+
+def test_sharegpt_unknown_role_is_named(tok) -> None:
+    with pytest.raises(UserError, match=r"sharegpt.json: row 1: conversations\[1\].from is 'bot'.*roles:"):
+        _build(tok, {"path": str(FIX / "sharegpt.json"), "format": "sharegpt"})
+
+
+def test_messages_with_system_and_tool_turns(tok) -> None:
+    train, _, _ = _build(tok, {"path": str(FIX / "tools.jsonl"), "format": "messages"})
+    assert "<|im_start|>tool\n144<|im_end|>" in tok.decode(train[0]["input_ids"])
+    assert _trained(tok, train[0]) == "calc(12*12)<|im_end|>\n12 times 12 is 144.<|im_end|>\n"
+
+
+def test_prompt_completion_from_csv_with_column_mapping(tok) -> None:
+    train, _, _ = _build(tok, {"path": str(FIX / "qa.csv"), "format": "prompt_completion",
+                               "columns": {"prompt": "question", "completion": "answer"}})
+    assert sorted(_trained(tok, r) for r in train) == ["2<|im_end|>\n", "4<|im_end|>\n"]
+    assert any("What is 2, plus 2?" in t for t in _texts(tok, train))
+
+
+def test_text_from_parquet_trains_every_token_and_ends_with_eos(tok) -> None:
+    train, _, stats = _build(tok, {"path": str(FIX / "text.parquet"), "format": "text"})
     row = train[0]
-    trained = tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100])
-    assert trained == "2<|im_end|>\n"
+    assert row["input_ids"][-1] == tok.eos_token_id
+    assert row["labels"][0] == -100 and row["labels"][1:] == row["input_ids"][1:]
+    assert stats["train"]["rows_out"] == 5
+
+
+def test_arrow_file_saved_dir_and_glob_sources(tok) -> None:
+    arrow, _, _ = _build(tok, {"path": str(FIX / "messages.arrow"), "format": "messages"})
+    saved, _, _ = _build(tok, {"path": str(FIX / "saved"), "format": "messages"})
+    glob, _, _ = _build(tok, {"path": str(FIX / "parts" / "part-*.jsonl"), "format": "messages"})
+    assert (len(arrow), len(saved), len(glob)) == (4, 3, 4)
+    assert _texts(tok, arrow) == _texts(tok, glob)
+
+
+def test_glob_matching_nothing_is_an_error(tok, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="matches no files"):
+        _build(tok, {"path": str(tmp_path / "*.jsonl"), "format": "messages"})
+
+
+def test_mixture_by_samples_and_weight_counts_every_row(tok) -> None:
+    a = {"path": str(FIX / "messages.arrow"), "format": "messages"}  # 4 rows
+    b = {"path": str(FIX / "alpaca.jsonl"), "format": "alpaca"}  # 3 rows
+    train, _, stats = _build(tok, {**a, "samples": 2}, {**b, "samples": 7})
+    per = stats["train"]["datasets"]
+    assert len(train) == 9
+    assert per[a["path"]]["dropped"] == {NOT_SELECTED: 2}
+    assert per[b["path"]]["repeated"] == 4 and per[b["path"]]["rows_out"] == 7
+    train, _, stats = _build(tok, {**a, "weight": 3.0}, {**b, "weight": 1.0})
+    per = stats["train"]["datasets"]
+    assert (per[a["path"]]["rows_out"], per[b["path"]]["rows_out"]) == (5, 2)  # 7 rows split 3:1 (rounded)
+
+
+def test_eval_fraction_holds_out_rows(tok) -> None:
+    train, ev, stats = _build(tok, {"path": "builtin:quickstart/train.jsonl", "format": "messages"},
+                              eval_fraction=0.1, max_length=128)
+    assert len(ev) == 200 and len(train) == 1800 and stats["held_out_for_eval"] == 200
 
 
 def test_malformed_json_names_file_and_line(tok, tmp_path: Path) -> None:
-    f = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, "{not json"])
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion"}])
-    with pytest.raises(UserError, match=rf"{f}:2: malformed JSON"):
-        build_datasets(cfg, tok, seed=0)
+    f = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}, "", "{not json"])
+    with pytest.raises(UserError, match=rf"{f}:3: malformed JSON"):
+        _build(tok, {"path": str(f), "format": "prompt_completion"})
 
 
 def test_missing_column_names_row_expected_and_found(tok, tmp_path: Path) -> None:
     f = _write(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "a", "answer": "b"}])
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion"}])
-    with pytest.raises(UserError, match=r"row 2: missing column `completion`.*found: answer, prompt"):
-        build_datasets(cfg, tok, seed=0)
+    with pytest.raises(UserError, match=r"row 2 \(line 2\): missing column `completion`.*found: answer, prompt"):
+        _build(tok, {"path": str(f), "format": "prompt_completion"})
+
+
+def test_wrong_type_names_the_row(tok, tmp_path: Path) -> None:
+    f = _write(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "a", "output": 3}])
+    with pytest.raises(UserError, match=r"d.jsonl: row 2 .*`output` must be a string, found int"):
+        _build(tok, {"path": str(f), "format": "alpaca"})
 
 
 def test_missing_data_file_is_named(tok, tmp_path: Path) -> None:
-    cfg = DataConfig(train=[{"path": str(tmp_path / "nope.jsonl"), "format": "messages"}])
     with pytest.raises(UserError, match="file not found: .*nope.jsonl"):
-        build_datasets(cfg, tok, seed=0)
+        _build(tok, {"path": str(tmp_path / "nope.jsonl"), "format": "messages"})
 
 
 def test_length_policy_counts_truncated_and_dropped(tok, tmp_path: Path) -> None:
     long = {"prompt": "short", "completion": "word " * 200}
     short = {"prompt": "short", "completion": "ok"}
     f = _write(tmp_path / "d.jsonl", [long, short, short])
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion"}], max_length=32)
-    train, _, stats = build_datasets(cfg, tok, seed=0)
+    spec = {"path": str(f), "format": "prompt_completion"}
+    train, _, stats = _build(tok, spec, max_length=32)
     assert stats["train"]["truncated"] == 1 and len(train) == 3 and max(len(r["input_ids"]) for r in train) == 32
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion"}], max_length=32, length_policy="drop")
-    train, _, stats = build_datasets(cfg, tok, seed=0)
-    assert stats["train"]["dropped"] == {"longer than max_length": 1} and len(train) == 2
+    train, _, stats = _build(tok, spec, max_length=32, length_policy="drop")
+    assert stats["train"]["dropped"] == {"longer than max_length=32": 1} and len(train) == 2
 
 
 def test_prompt_filling_max_length_is_an_error_naming_the_row(tok, tmp_path: Path) -> None:
-    f = _write(tmp_path / "d.jsonl", [{"prompt": "word " * 200, "completion": "ok"}])
-    cfg = DataConfig(train=[{"path": str(f), "format": "prompt_completion"}], max_length=32)
-    with pytest.raises(UserError, match=r"row 1: no trained tokens remain after truncation"):
-        build_datasets(cfg, tok, seed=0)
+    f = _write(tmp_path / "d.jsonl", [{"prompt": "ok", "completion": "ok"}, {"prompt": "word " * 200, "completion": "ok"}])
+    with pytest.raises(UserError, match=r"row 2 \(line 2\) \(dataset .*d.jsonl\): no trained tokens remain"):
+        _build(tok, {"path": str(f), "format": "prompt_completion"}, max_length=32)
+    train, _, stats = _build(tok, {"path": str(f), "format": "prompt_completion"}, max_length=32, drop_untrained=True)
+    assert len(train) == 1 and stats["train"]["dropped"] == {"no trained tokens left after truncation": 1}
 
 
-def test_eval_fraction_holds_out_rows(tok) -> None:
-    cfg = DataConfig(train=[{"path": "builtin:quickstart/train.jsonl", "format": "messages"}], eval_fraction=0.1)
-    train, ev, stats = build_datasets(cfg, tok, seed=0)
-    assert len(ev) == 200 and len(train) == 1800
+def test_empty_after_filtering_is_an_error(tok, tmp_path: Path) -> None:
+    f = _write(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "word " * 100}])
+    with pytest.raises(UserError, match=r"training set is empty after filtering.*longer than max_length=16"):
+        _build(tok, {"path": str(f), "format": "prompt_completion"}, max_length=16, length_policy="drop")
+
+
+def test_empty_file_is_an_error(tok, tmp_path: Path) -> None:
+    f = _write(tmp_path / "d.jsonl", [])
+    with pytest.raises(UserError, match="the dataset is empty"):
+        _build(tok, {"path": str(f), "format": "messages"})
+
+
+def test_hub_dataset_goes_through_load_dataset_and_errors_name_it(tok) -> None:
+    # Tests run offline (HF_HUB_OFFLINE=1): the real datasets.load_dataset is called and refuses politely.
+    spec = {"path": "hub:someorg/nodata", "format": "messages", "subset": "x", "revision": "abc"}
+    with pytest.raises(UserError, match=r"hub dataset `someorg/nodata` \(subset=x, split=train, revision=abc\)"):
+        _build(tok, spec)

@@ -1,37 +1,69 @@
-"""Dataset formats: turn one row into a list of chat messages ({role, content})."""
+"""Dataset formats: turn one row into a list of chat messages ({role, content}), or raw text for `text`.
+
+Each format reads the columns it expects (renamed by the dataset's `columns:` map) and reports a missing
+column with what was expected and what was found, and a wrong type with the row it is in.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from tunekit.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 
 
 class RowError(UserError):
     pass
 
 
-def _get(row: dict, key: str, columns: dict[str, str], where: str) -> object:
-    col = columns.get(key, key)
-    if col not in row:
+def _get(row: dict, key: str, spec: Any, where: str, optional: bool = False) -> object:
+    col = spec.columns.get(key, key)
+    if col not in row or (optional and row[col] is None):
+        if optional:
+            return None
         found = ", ".join(sorted(row)) or "nothing"
-        raise RowError(f"{where}: missing column `{col}` (format expects `{key}`); found: {found}. "
+        raise RowError(f"{where}: missing column `{col}` (format `{spec.format}` expects `{key}`); found: {found}. "
                        f"Map it with `columns: {{{key}: YOUR_COLUMN}}`.")
     return row[col]
 
 
 def _text(value: object, field: str, where: str) -> str:
     if not isinstance(value, str):
-        raise RowError(f"{where}: `{field}` must be a string, found {type(value).__name__}")
+        raise RowError(f"{where}: `{field}` must be a string, found {type(value).__name__} ({str(value)[:40]!r})")
     return value
 
 
-def messages_format(row: dict, columns: dict[str, str], where: str) -> list[dict]:
-    msgs = _get(row, "messages", columns, where)
+def _with_system(msgs: list[dict], system: str | None) -> list[dict]:
+    if system and not (msgs and msgs[0]["role"] == "system"):
+        return [{"role": "system", "content": system}, *msgs]
+    return msgs
+
+
+def _check_trainable(msgs: list[dict], where: str) -> list[dict]:
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise RowError(f"{where}: the conversation has no assistant turn, so nothing would be trained")
+    return msgs
+
+
+def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
+    instruction = _text(_get(row, "instruction", spec, where), "instruction", where)
+    extra = _get(row, "input", spec, where, optional=True)
+    output = _text(_get(row, "output", spec, where), "output", where)
+    system = _get(row, "system", spec, where, optional=True)
+    user = instruction + (f"\n\n{_text(extra, 'input', where)}" if extra else "")
+    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return _with_system(msgs, _text(system, "system", where) if system else spec.system)
+
+
+def messages_format(row: dict, spec: Any, where: str) -> list[dict]:
+    msgs = _get(row, "messages", spec, where)
     if not isinstance(msgs, list) or not msgs:
-        raise RowError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects")
+        raise RowError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects, "
+                       f"found {type(msgs).__name__}")
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -39,18 +71,46 @@ def messages_format(row: dict, columns: dict[str, str], where: str) -> list[dict
         if m["role"] not in ROLES:
             raise RowError(f"{where}: messages[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}")
         out.append({"role": m["role"], "content": _text(m["content"], f"messages[{i}].content", where)})
-    if not any(m["role"] == "assistant" for m in out):
-        raise RowError(f"{where}: the conversation has no assistant turn, so nothing would be trained")
-    return out
+    system = _get(row, "system", spec, where, optional=True)
+    return _check_trainable(_with_system(out, _text(system, "system", where) if system else spec.system), where)
 
 
-def prompt_completion_format(row: dict, columns: dict[str, str], where: str) -> list[dict]:
-    prompt = _text(_get(row, "prompt", columns, where), "prompt", where)
-    completion = _text(_get(row, "completion", columns, where), "completion", where)
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
+    turns = _get(row, "conversations", spec, where)
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"{where}: `conversations` must be a non-empty list of {{from, value}} objects")
+    roles = {**SHAREGPT_ROLES, **spec.roles}
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise RowError(f"{where}: conversations[{i}] must have `from` and `value`")
+        role = roles.get(t["from"])
+        if role not in ROLES:
+            raise RowError(f"{where}: conversations[{i}].from is {t['from']!r}, which the role map does not know; "
+                           f"add it under `roles:` (known: {', '.join(sorted(roles))})")
+        out.append({"role": role, "content": _text(t["value"], f"conversations[{i}].value", where)})
+    system = _get(row, "system", spec, where, optional=True)
+    return _check_trainable(_with_system(out, _text(system, "system", where) if system else spec.system), where)
 
 
-FORMATS: dict[str, Callable[[dict, dict[str, str], str], list[dict]]] = {
+def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
+    prompt = _text(_get(row, "prompt", spec, where), "prompt", where)
+    completion = _text(_get(row, "completion", spec, where), "completion", where)
+    return _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                        spec.system)
+
+
+def text_format(row: dict, spec: Any, where: str) -> str:
+    text = _text(_get(row, "text", spec, where), "text", where)
+    if not text.strip():
+        raise RowError(f"{where}: `text` is empty")
+    return text
+
+
+FORMATS: dict[str, Callable[[dict, Any, str], list[dict] | str]] = {
+    "alpaca": alpaca_format,
     "messages": messages_format,
+    "sharegpt": sharegpt_format,
     "prompt_completion": prompt_completion_format,
+    "text": text_format,
 }

@@ -2,48 +2,122 @@
 
 For each assistant turn i, the trained text is what rendering messages[:i+1] adds after rendering
 messages[:i] with the generation prompt. That is exact for any template that renders prefixes
-consistently (checked: an inconsistent template is an error, never a silently wrong mask), and it
-includes the end-of-turn token the template writes after the answer. Character spans are mapped to
-tokens through the tokenizer's offsets.
+consistently (checked: an inconsistent template is an error, never a silently wrong mask), needs no
+generation markers or marker strings, and includes the end-of-turn text the template writes after the
+answer (a template that writes none is an error: the model would never learn to stop). Character spans
+are mapped to tokens through the tokenizer's offsets: a token is trained when its first character lies in
+a span (so a token straddling a span start counts as prompt).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from typing import Any
 
 from tunekit.errors import UserError
 
-
-def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+Render = Callable[..., str]
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
-    full = render(tokenizer, messages)
+def assistant_spans(render: Render, messages: list[dict], train_on: str, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans that carry loss."""
+    full = render(messages)
+    if train_on == "all":
+        return full, [(0, len(full))]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "last_assistant":
+        turns = turns[-1:]
     spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1])
+    for i in turns:
+        before = render(messages[:i], add_generation_prompt=True) if i else ""
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1])
         if not upto.startswith(before) or not full.startswith(upto):
             raise UserError(
                 f"{where}: the chat template does not render conversation prefixes consistently, so the "
-                "assistant tokens cannot be located safely. Use a different template (model.chat_template) "
-                "or data.train_on: all."
+                "assistant tokens cannot be located safely (templates that rewrite earlier turns do this). Use "
+                "another template (data.chat_template), data.train_on: last_assistant, or data.train_on: all."
+            )
+        trained, content = full[len(before) : len(upto)], messages[i]["content"].strip()
+        end = trained.rfind(content)
+        if content and end >= 0 and not trained[end + len(content) :].strip():
+            raise UserError(
+                f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
+                "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
+                "token (data.chat_template: chatml, llama3, ...)."
             )
         spans.append((len(before), len(upto)))
     return full, spans
 
 
+def token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans -> [first, last) token index ranges of the tokens whose first character lies inside.
+
+    Offsets are in text order, so two binary searches per span replace a per-token loop.
+    """
+    return [(bisect.bisect_left(offsets, (a, -1)), bisect.bisect_left(offsets, (b, -1))) for a, b in spans]
+
+
+def _first_token_at_or_after(enc: Any, pos: int, text_len: int) -> int | None:
+    """Index of the first token starting at or after character `pos`, asking the encoding for one token only."""
+    if pos >= text_len:
+        return len(enc)
+    t = enc.char_to_token(pos)
+    if t is None:
+        return None
+    return t if enc.token_to_chars(t)[0] >= pos else t + 1
+
+
+def _fast_backend(tokenizer: Any) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return backend
+    return None
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[dict]:
+    """Batch-tokenize rendered texts; `spans` become token ranges ([first, last) token indices) that carry loss."""
+    backend = _fast_backend(tokenizer)
+    if backend is None:
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [{"input_ids": ids, "spans": token_spans(offs, sp)}
+                for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans)]
+    out = []
+    # The fast tokenizer's own batch encoder (what `tokenizer(texts)` calls), reading only the offsets of the
+    # tokens at span boundaries instead of converting every token's offsets to Python.
+    for e, text, sp in zip(backend.encode_batch(texts, add_special_tokens=False), texts, spans):
+        ranges = [(_first_token_at_or_after(e, a, len(text)), _first_token_at_or_after(e, b, len(text))) for a, b in sp]
+        if any(x is None for r in ranges for x in r):  # a boundary inside text no token covers
+            ranges = token_spans(e.offsets, sp)
+        out.append({"input_ids": e.ids, "spans": ranges})
+    return out
+
+
+def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[dict]:
+    """Raw text (continued pre-training): every token trained, EOS appended so documents end."""
+    if tokenizer.eos_token_id is None:
+        raise UserError("model: the tokenizer has no EOS token, so text documents cannot be terminated")
+    backend = _fast_backend(tokenizer)
+    encoded = ([e.ids for e in backend.encode_batch(texts, add_special_tokens=False)] if backend is not None
+               else tokenizer(texts, add_special_tokens=False)["input_ids"])
+    out = []
+    for ids in encoded:
+        ids = [*ids, tokenizer.eos_token_id]
+        out.append({"input_ids": ids, "spans": [(0, len(ids))]})
+    return out
+
+
+def span_mask(n: int, spans: list[tuple[int, int]]) -> list[int]:
+    mask = [0] * n
+    for a, b in spans:
+        mask[a:b] = [1] * (b - a)
+    return mask
+
+
 def tokenize_with_mask(tokenizer: Any, messages: list[dict], train_on: str, where: str) -> dict:
-    text, spans = assistant_spans(tokenizer, messages, where)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if train_on == "all":
-        mask = [1] * len(ids)
-    else:
-        # A token is trained when it starts inside an assistant span (a token straddling the span start
-        # belongs to the prompt side, so prompt text is never trained).
-        mask = [int(any(s <= a < e for s, e in spans) and a >= 0) for a, _ in offsets]
-    return {"input_ids": ids, "mask": mask}
+    """One conversation with the tokenizer's current template (used by tests and `--show`)."""
+    from tunekit.data.templates import renderer
+
+    text, spans = assistant_spans(renderer(tokenizer, tokenizer.chat_template), messages, train_on, where)
+    enc = tokenize_texts(tokenizer, [text], [spans])[0]
+    return {"input_ids": enc["input_ids"], "mask": span_mask(len(enc["input_ids"]), enc["spans"])}

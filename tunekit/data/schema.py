@@ -8,22 +8,54 @@ from pydantic import Field, model_validator
 
 from tunekit.recipe.base import Section
 
-FORMATS = ("messages", "prompt_completion")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
 
 
 class DatasetSpec(Section):
     path: str = Field(
-        description="A local JSONL file (relative paths resolve against the current directory), or "
-        "`builtin:NAME/FILE` for data shipped with tunekit."
+        description="Where the rows come from: a local file (.jsonl, .json, .csv, .parquet, .arrow), a glob of such "
+        "files (`data/*.jsonl`), a directory written by `datasets.save_to_disk`, `builtin:NAME/FILE` for data "
+        "shipped with tunekit, or `hub:ORG/NAME` for a Hugging Face Hub dataset. Relative paths resolve against "
+        "the current directory."
     )
-    format: Literal["messages", "prompt_completion"] = Field(
-        description="Row layout. `messages`: {messages: [{role, content}, ...]}. "
-        "`prompt_completion`: {prompt: str, completion: str}."
+    format: Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text"] = Field(
+        description="Row layout. `alpaca`: {instruction, input?, output, system?}. `messages`: {messages: "
+        "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
+        "(see `roles`). `prompt_completion`: {prompt, completion}. `text`: {text} for continued pre-training "
+        "(every token trained, EOS appended)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Rename columns to the names the format expects, e.g. {prompt: question, completion: answer}.",
+        description="Rename columns to the names the format expects, e.g. {instruction: question, output: answer}.",
     )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="sharegpt only: map `from` values to roles, merged over the default "
+        "{system: system, human: user, user: user, gpt: assistant, assistant: assistant, tool: tool}.",
+    )
+    system: str | None = Field(
+        default=None, description="A system prompt added to every row that has none of its own (chat formats)."
+    )
+    weight: float | None = Field(
+        default=None, gt=0,
+        description="Share of the training mix relative to the other datasets' weights (the mix keeps the total "
+        "row count of the weighted datasets). Rows left out or repeated are counted in the statistics.",
+    )
+    samples: int | None = Field(
+        default=None, ge=1,
+        description="Take exactly this many rows from this dataset (a seeded sample; rows repeat if it is larger).",
+    )
+    split: str = Field(default="train", description="Split to read from a hub dataset or a saved DatasetDict.")
+    subset: str | None = Field(default=None, description="Hub dataset configuration (subset) name.")
+    revision: str | None = Field(
+        default=None, description="Hub dataset revision (branch, tag or commit); pin a commit for reproducible caching."
+    )
+
+    @model_validator(mode="after")
+    def _mix(self) -> DatasetSpec:
+        if self.weight is not None and self.samples is not None:
+            raise ValueError("give either `weight` or `samples` for a dataset, not both")
+        return self
 
 
 class DataConfig(Section):
@@ -32,22 +64,50 @@ class DataConfig(Section):
     eval_fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Hold out this fraction of the training rows for evaluation."
     )
-    max_length: int = Field(default=1024, ge=8, description="Maximum tokens per example.")
+    max_length: int = Field(default=1024, ge=8, description="Maximum tokens per example (and per packed row).")
     length_policy: Literal["truncate", "drop"] = Field(
         default="truncate",
         description="What to do with examples longer than `max_length`: `truncate` them or `drop` them "
         "(both are counted and reported).",
     )
-    train_on: Literal["assistant", "all"] = Field(
+    train_on: Literal["assistant", "all", "last_assistant"] = Field(
         default="assistant",
-        description="Which tokens carry loss: `assistant` (assistant turns / completions, the default) or `all`.",
+        description="Which tokens carry loss: `assistant` (every assistant turn / completion, the default), "
+        "`last_assistant` (only the final assistant turn) or `all`.",
+    )
+    drop_untrained: bool = Field(
+        default=False,
+        description="Drop (and count) examples left with no trained tokens instead of stopping with an error.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="Chat template: null uses the tokenizer's own; a built-in name (chatml, llama3, mistral, gemma, "
+        "qwen, alpaca) or a path to a .jinja file. The template used is saved with the run's tokenizer.",
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack examples into rows of `max_length` (best-fit decreasing); attention never crosses "
+        "example boundaries (position ids restart per example).",
+    )
+    padding_free: bool = Field(
+        default=False,
+        description="Without packing: concatenate each batch into one padding-free row (position ids restart per "
+        "example). Implied by `packing`.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where tokenized datasets are cached, keyed by a fingerprint of data, tokenizer, template and "
+        "options. null: $TUNEKIT_CACHE/data (default ~/.cache/tunekit/data).",
     )
     shuffle_seed: int | None = Field(
-        default=None, description="Seed for shuffling training rows; null uses trainer.seed."
+        default=None, description="Seed for mixing and shuffling training rows; null uses trainer.seed."
     )
 
     @model_validator(mode="after")
     def _eval_sources(self) -> DataConfig:
         if self.eval and self.eval_fraction:
             raise ValueError("give either `eval` datasets or `eval_fraction`, not both")
+        weighted = [s.weight is not None for s in self.train if s.samples is None]
+        if any(weighted) and not all(weighted):
+            raise ValueError("when one training dataset has a `weight`, every dataset without `samples` needs one")
         return self

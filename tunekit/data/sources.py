@@ -1,13 +1,30 @@
-"""Read dataset files into rows, naming the file and line of anything malformed."""
+"""Read dataset rows from files, globs, saved datasets or the hub, naming the file and line of anything malformed.
+
+JSON Lines and JSON are parsed here (so a bad line is reported with its line number); CSV, Parquet and Arrow
+files, `save_to_disk` directories and hub datasets go through the real `datasets` loaders.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekit.errors import UserError
 
 ASSETS_DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
+HUB = "hub:"
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+
+
+@dataclass
+class Rows:
+    """The rows of one dataset spec, with where each came from (for error messages)."""
+
+    name: str
+    rows: list[dict] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)  # per row: "FILE:LINE" or "FILE: row N"
 
 
 def resolve_path(path: str) -> Path:
@@ -23,8 +40,25 @@ def resolve_path(path: str) -> Path:
     return p
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def local_files(path: str) -> list[Path]:
+    """The files behind a local path or glob (a saved-dataset directory counts as its files)."""
+    if path.startswith(HUB):
+        return []
+    if is_glob(path):
+        files = sorted(Path(p) for p in glob.glob(str(Path(path).expanduser()), recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"data: the glob `{path}` matches no files (relative to {Path.cwd()})")
+        return files
+    p = resolve_path(path)
+    return sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+
+
+def read_jsonl(path: Path) -> Rows:
+    out = Rows(str(path))
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -35,14 +69,111 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: each line must be a JSON object, found {type(row).__name__}")
-            rows.append(row)
-    if not rows:
+            out.rows.append(row)
+            out.where.append(f"{path}: row {len(out.rows)} (line {lineno})")
+    return out
+
+
+def read_json(path: Path) -> Rows:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON objects, one per line: JSON Lines under a .json name
+            return read_jsonl(path)
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]}
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines), found {type(data).__name__}")
+    out = Rows(str(path))
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: item {i + 1} must be a JSON object, found {type(row).__name__}")
+        out.rows.append(row)
+        out.where.append(f"{path}: row {i + 1}")
+    return out
+
+
+def _from_dataset(ds: object, name: str) -> Rows:
+    rows = ds.to_list()  # type: ignore[attr-defined]
+    return Rows(name, rows, [f"{name}: row {i + 1}" for i in range(len(rows))])
+
+
+def _csv_string_features(path: Path) -> object:
+    """CSV cells have no types; read every column as text (so `2` stays the string "2")."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    return Features({name: Value("string") for name in header})
+
+
+def read_file(path: Path) -> Rows:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix == ".json":
+        return read_json(path)
+    from datasets import Dataset
+
+    try:
+        if suffix == ".csv":
+            ds = Dataset.from_csv(str(path), keep_in_memory=True, features=_csv_string_features(path))
+        elif suffix == ".parquet":
+            ds = Dataset.from_parquet(str(path), keep_in_memory=True)
+        elif suffix == ".arrow":
+            ds = Dataset.from_file(str(path), in_memory=True)
+        else:
+            raise UserError(f"data: `{path}`: unsupported file type `{suffix}`; use one of {', '.join(SUFFIXES)}, "
+                            "a glob, a `save_to_disk` directory or hub:NAME")
+    except UserError:
+        raise
+    except Exception as e:  # the loaders raise many types; name the file and the reason
+        raise UserError(f"{path}: could not read it as {suffix[1:]}: {e.__class__.__name__}: {e}") from None
+    return _from_dataset(ds, str(path))
+
+
+def read_saved(path: Path, split: str) -> Rows:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a directory written by datasets' save_to_disk ({e})") from None
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise UserError(f"{path}: no split `{split}`; found {', '.join(ds)}. Set `split:` in the dataset entry.")
+        ds = ds[split]
+    return _from_dataset(ds, f"{path}[{split}]")
+
+
+def read_hub(name: str, subset: str | None, split: str, revision: str | None) -> Rows:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, subset, split=split, revision=revision)
+    except Exception as e:
+        raise UserError(f"data: could not load hub dataset `{name}` (subset={subset}, split={split}, "
+                        f"revision={revision}): {e.__class__.__name__}: {e}") from None
+    return _from_dataset(ds, f"hub:{name}[{split}]")
+
+
+def read_rows(spec: object) -> Rows:
+    """All rows of one dataset entry (`DatasetSpec`), in file order."""
+    path: str = spec.path  # type: ignore[attr-defined]
+    if path.startswith(HUB):
+        out = read_hub(path[len(HUB) :], spec.subset, spec.split, spec.revision)  # type: ignore[attr-defined]
+    elif not is_glob(path) and resolve_path(path).is_dir():
+        out = read_saved(resolve_path(path), spec.split)  # type: ignore[attr-defined]
+    else:
+        out = Rows(path)
+        for f in local_files(path):
+            part = read_file(f)
+            out.rows += part.rows
+            out.where += part.where
+    if not out.rows:
         raise UserError(f"{path}: the dataset is empty")
-    return rows
-
-
-def read_rows(path: str) -> tuple[Path, list[dict]]:
-    p = resolve_path(path)
-    if p.suffix not in (".jsonl", ".json"):
-        raise UserError(f"data: `{path}`: only JSON Lines files (.jsonl) are supported so far")
-    return p, read_jsonl(p)
+    return out

@@ -15,11 +15,15 @@ def build(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, 
 
     from tunekit.trainers.common import training_kwargs
 
+    # Packed rows carry `seq_lengths`; TRL's padding-free collator turns them into per-example position ids
+    # (tunekit packs and truncates itself, so TRL's packing and max_length stay off).
+    padding_free = recipe.data.packing or recipe.data.padding_free
     args = SFTConfig(
         **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
-        max_length=recipe.data.max_length,
+        max_length=None if padding_free else recipe.data.max_length,
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
+        padding_free=padding_free,
     )
     return SFTTrainer(
         model=model,

@@ -1,0 +1,121 @@
+"""On-disk cache of the tokenized (and packed) datasets, keyed by a fingerprint of everything that shapes them.
+
+The key covers: the content (sha256) of every local data file, hub dataset coordinates, the tokenizer (its
+full vocabulary/merges/normalizer serialisation and special tokens), the chat template text, every `data:`
+option except `cache_dir`, the effective shuffle seed and tunekit's cache format version. Changing any of
+them builds a new entry; an unchanged rerun loads the old one.
+
+Entries are written to a temporary directory and renamed into place, so a crashed or concurrent build never
+leaves a half-written entry, and a file lock per entry makes concurrent processes (the ranks of a
+multi-process launch, or two runs at once) build it once: the first builds, the others wait and load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunekit.data.schema import DataConfig
+
+CACHE_VERSION = 1  # bump when the encoding logic changes what a cached entry contains
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit")) / "data"
+
+
+def source_fingerprints(cfg: DataConfig) -> dict[str, Any]:
+    """path -> sha256 of each local file (or hub coordinates) for every dataset in the recipe."""
+    from tunekit.data.sources import HUB, local_files
+    from tunekit.output import file_sha256
+
+    out: dict[str, Any] = {}
+    for spec in [*cfg.train, *cfg.eval]:
+        if spec.path.startswith(HUB):
+            out[spec.path] = {"subset": spec.subset, "split": spec.split, "revision": spec.revision}
+        else:
+            out[spec.path] = {str(f): file_sha256(f) for f in local_files(spec.path)}
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int) -> str:
+    from tunekit import __version__
+
+    key = {
+        "cache_version": CACHE_VERSION,
+        "tunekit": __version__,
+        "data": cfg.model_dump(mode="json", exclude={"cache_dir"}),
+        "seed": seed,
+        "sources": source_fingerprints(cfg),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "chat_template": template,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def build_lock(entry: Path) -> Iterator[None]:
+    """One process at a time per cache entry: the first to get the lock builds, the others then load its entry.
+
+    A file lock rather than `accelerate`'s main_process_first: the data stage runs before the trainer sets up
+    torch.distributed, and initialising accelerate's shared state here would fix its settings before the
+    trainer could choose them. The lock also covers processes started by hand and several runs at once.
+    """
+    from filelock import FileLock
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        yield
+
+
+def _to_dataset(rows: list[dict]) -> Any:
+    from datasets import Dataset
+
+    columns = list(rows[0]) if rows else ["input_ids", "labels"]
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+
+
+def save(entry: Path, train: list[dict], evals: list[dict], stats: dict) -> None:
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # tunekit prints its own statistics
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _to_dataset(train).save_to_disk(str(tmp / "train"))
+    if evals:
+        _to_dataset(evals).save_to_disk(str(tmp / "eval"))
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    try:
+        tmp.rename(entry)
+    except OSError:  # another process wrote the same entry first; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(entry: Path) -> tuple[Any, Any, dict] | None:
+    if not (entry / "stats.json").is_file():
+        return None
+    from datasets import load_from_disk
+
+    stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
+    evals = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
+    return load_from_disk(str(entry / "train")), evals, stats

@@ -1,0 +1,100 @@
+"""`tunekit preprocess`: run the data stage, write the cache, print statistics and marked examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
+
+
+def load_data_tokenizer(recipe: Any) -> Any:
+    """The recipe's tokenizer; a builtin model's tokenizer is read from the shipped files (no model built)."""
+    from tunekit.model.builtin import TOKENIZER_DIR, is_builtin
+    from tunekit.model.load import load_tokenizer
+
+    if is_builtin(recipe.model.path) and not recipe.model.tokenizer:
+        return load_tokenizer(recipe.model, str(TOKENIZER_DIR))
+    return load_tokenizer(recipe.model)
+
+
+def stats_tables(stats: dict) -> list[Table]:
+    rows = Table(title="rows and tokens per dataset", title_justify="left")
+    for col in ("split", "dataset", "rows in", "rows out", "tokens", "trained tokens", "truncated", "dropped (reason), repeated"):
+        rows.add_column(col, justify="left" if col in ("split", "dataset", "dropped (reason), repeated") else "right")
+    for split in ("train", "eval"):
+        s = stats.get(split)
+        if not s:
+            continue
+        for name, d in [*s["datasets"].items(), ("total", s)]:
+            dropped = "; ".join(f"{n} {r}" for r, n in d["dropped"].items()) or "0"
+            if d.get("repeated"):
+                dropped += f"; {d['repeated']} repeated (upsampled)"
+            rows.add_row(split, name, str(d["rows_in"]), str(d["rows_out"]), f"{d['tokens']:,}",
+                         f"{d['trained_tokens']:,}", str(d["truncated"]), dropped)
+    out = [rows]
+    pk = stats["train"].get("packing")
+    summary = Table(title="summary", title_justify="left", show_header=False)
+    summary.add_column("key")
+    summary.add_column("value")
+    summary.add_row("train rows (after packing)" if pk else "train rows", str(stats["train_rows"]))
+    summary.add_row("eval rows", str(stats["eval_rows"]) + (f" ({stats['held_out_for_eval']} held out from train)"
+                                                             if stats.get("held_out_for_eval") else ""))
+    summary.add_row("packing efficiency", f"{pk['efficiency']:.4f} ({pk['examples']} examples in {pk['rows']} rows "
+                    f"of {pk['capacity']})" if pk else "off")
+    summary.add_row("chat template", str(stats.get("chat_template")))
+    summary.add_row("cache", f"{stats.get('cache')} {stats.get('cache_dir')}")
+    out.append(summary)
+    hist = Table(title="example lengths (train, tokens)", title_justify="left")
+    hist.add_column("length")
+    hist.add_column("rows", justify="right")
+    hist.add_column("")
+    top = max((b["rows"] for b in stats["train"]["length_histogram"]), default=0) or 1
+    for b in stats["train"]["length_histogram"]:
+        hist.add_row(f"{b['from']}-{b['to']}", str(b["rows"]), "#" * round(40 * b["rows"] / top))
+    out.append(hist)
+    return out
+
+
+def marked(tokenizer: Any, ids: list[int], labels: list[int]) -> Text:
+    """The example's text with trained tokens in bold green between [[ and ]]."""
+    text = Text()
+    i = 0
+    while i < len(ids):
+        trained = labels[i] != -100
+        j = i
+        while j < len(ids) and (labels[j] != -100) == trained:
+            j += 1
+        piece = tokenizer.decode(ids[i:j])
+        text.append(f"{OPEN}{piece}{CLOSE}" if trained else piece, style="bold green" if trained else "dim")
+        i = j
+    return text
+
+
+def preprocess(recipe: Any, show: int = 0) -> dict:
+    from tunekit.data.build import build_datasets
+    from tunekit.data.packing import unpack
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    tokenizer = load_data_tokenizer(recipe)
+    train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    for table in stats_tables(stats):
+        console.print(table)
+    shown = 0
+    for row in train:
+        for ex in unpack(row):
+            if shown >= show:
+                break
+            shown += 1
+            console.rule(escape(f"example {shown} ({len(ex['input_ids'])} tokens, "
+                         f"{sum(lab != -100 for lab in ex['labels'])} trained; trained text is {OPEN}marked{CLOSE})"))
+            console.print(marked(tokenizer, ex["input_ids"], ex["labels"]))
+        if shown >= show:
+            break
+    return stats

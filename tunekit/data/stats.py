@@ -1,0 +1,44 @@
+"""Preprocessing statistics: every row read is either in the output or counted with its reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataStats:
+    rows_in: int = 0
+    rows_out: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> rows
+    repeated: int = 0  # extra copies added by `samples`/`weight` upsampling
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    def add(self, other: DataStats) -> None:
+        for name in ("rows_in", "rows_out", "tokens", "trained_tokens", "truncated", "repeated"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.dropped.update(other.dropped)
+        self.lengths += other.lengths
+
+    def as_dict(self) -> dict:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "tokens": self.tokens,
+                "trained_tokens": self.trained_tokens, "truncated": self.truncated, "dropped": dict(self.dropped),
+                "repeated": self.repeated}
+
+
+def histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[dict]:
+    """Example-length histogram over [0, max_length] in equal-width bins."""
+    width = max(1, -(-max_length // bins))
+    counts = Counter(min(n // width, bins - 1) for n in lengths)
+    return [{"from": i * width, "to": min((i + 1) * width, max_length), "rows": counts.get(i, 0)} for i in range(bins)]
+
+
+def split_summary(per_dataset: dict[str, DataStats], max_length: int) -> dict:
+    total = DataStats()
+    for s in per_dataset.values():
+        total.add(s)
+    return {**total.as_dict(), "datasets": {k: v.as_dict() for k, v in per_dataset.items()},
+            "length_histogram": histogram(total.lengths, max_length)}
