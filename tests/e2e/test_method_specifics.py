@@ -3,6 +3,7 @@ without weights (`validate --params`) equal to peft's own counts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -149,3 +150,53 @@ def test_validate_params_cli_matches_run_summary(tmp_path: Path) -> None:
     run_cli("train", recipe, check=True)
     p = json.loads((tmp_path / "run" / "summary.json").read_text())["params"]
     assert f"trainable {p['trainable']:,} of total {p['total']:,}" in line
+
+
+def test_loraplus_gives_b_matrices_a_higher_learning_rate(data_file: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    from tunekit.pipeline import train
+
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), loraplus_lr_ratio=16)
+    lrs: dict[str, set] = {"A": set(), "B": set()}
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+            names = {id(p): n for n, p in model.named_parameters()}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    lrs["B" if "lora_B" in names[id(p)] else "A"].add(group["lr"])
+
+    train(recipe, callbacks=[Watch()])
+    assert lrs["A"] == {1e-2} and len(lrs["B"]) == 1 and lrs["B"].pop() == pytest.approx(0.16)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "pissa", "pissa_niter_2", "olora", "orthogonal", "loftq"])
+def test_lora_initialisations_build_and_run(init: str, data_file: Path, tmp_path: Path) -> None:
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+
+    extra = {"loftq_config": {"loftq_bits": 4}} if init == "loftq" else {}
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), init_lora_weights=init,
+                         **extra)
+    base = load_model(recipe.model, str(materialize("builtin:tiny-llama", 0)))
+    if init == "loftq" and importlib.util.find_spec("scipy") is None:  # peft's LoftQ needs scipy
+        from tunekit.errors import UserError
+
+        with pytest.raises(UserError, match="scipy"):
+            apply_method(base, recipe)
+        return
+    plan = apply_method(base, recipe)
+    assert plan.model.peft_config["default"].init_lora_weights == init
+    loss = plan.model(input_ids=PROBE_IDS, labels=PROBE_IDS).loss
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
+
+
+def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_path: Path) -> None:
+    from tunekit.errors import UserError
+    from tunekit.methods.registry import count_without_weights
+
+    recipe = with_method(method_recipe("shira", data_file, tmp_path / "run", max_steps=1), r=2)
+    with pytest.raises(UserError, match="summary.json"):
+        count_without_weights(recipe)

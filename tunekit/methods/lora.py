@@ -77,6 +77,8 @@ def build(model: Any, cfg: Any, recipe: Any) -> Any:
         model = get_peft_model(model, peft_config(cfg))
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"method ({cfg.name}): {e}") from None
+    except ImportError as e:  # e.g. LoftQ needs scipy
+        raise UserError(f"method.init_lora_weights ({cfg.init_lora_weights}): {e}") from None
     configure = _loraplus(cfg, recipe) if cfg.loraplus_lr_ratio else None
     return MethodPlan(model=model, configure_trainer=configure)
 

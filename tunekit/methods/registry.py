@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunekit.errors import UserError
 from tunekit.methods import full, galore, layerwise, lora, peft_generic, reft
 
 
@@ -91,7 +92,11 @@ def count_without_weights(recipe: Any) -> dict:
         counted = recipe.model_copy(update={"method": recipe.method.model_copy(update={"init_lora_weights": True})})
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
-        plan = apply_method(model, counted)
+        try:
+            plan = apply_method(model, counted)
+        except (UserError, RuntimeError, NotImplementedError) as e:
+            raise UserError(f"method `{recipe.method.name}` initialises from the weights' values, so its counts need "
+                            f"the weights: they are in summary.json after a run ({e})") from None
     return plan.parameters()
 
 
