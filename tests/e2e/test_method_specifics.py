@@ -200,3 +200,22 @@ def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_
     recipe = with_method(method_recipe("shira", data_file, tmp_path / "run", max_steps=1), r=2)
     with pytest.raises(UserError, match="summary.json"):
         count_without_weights(recipe)
+
+
+@pytest.mark.parametrize("quant", [{"bits": 8}, {"bits": 4, "quant_type": "fp4", "double_quant": False}])
+def test_qlora_variants_quantize_the_base(quant: dict, data_file: Path, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    from tunekit.methods.registry import apply_method, count_parameters, load_kwargs
+    from tunekit.model.load import load_model
+
+    recipe = with_method(method_recipe("qlora", data_file, tmp_path / "run", max_steps=1), **quant)
+    model = load_model(recipe.model, str(materialize("builtin:tiny-llama", 0)), **load_kwargs(recipe))
+    plan = apply_method(model, recipe)
+    layer = plan.model.base_model.model.model.layers[0].mlp.up_proj.base_layer
+    assert isinstance(layer, bnb.nn.Linear8bitLt if quant["bits"] == 8 else bnb.nn.Linear4bit)
+    if quant["bits"] == 4:
+        assert layer.weight.quant_state.quant_type == "fp4" and not layer.weight.quant_state.nested
+    plan.model(input_ids=PROBE_IDS, labels=PROBE_IDS).loss.backward()
+    assert all(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
+    assert count_parameters(plan.model)["total"] == 168128  # logical counts, same as unquantized LoRA
