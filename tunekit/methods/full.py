@@ -23,11 +23,8 @@ def decoder_layers(model: Any) -> Any:
             obj = getattr(obj, part, None)
         if obj is not None:
             return obj
-    raise UserError(f"method `{recipe_name(model)}`: cannot find the decoder layers of {type(base).__name__}")
-
-
-def recipe_name(model: Any) -> str:
-    return type(model).__name__
+    raise UserError(f"method: cannot find the decoder layers of {type(base).__name__} (looked for model.layers, "
+                    "transformer.h, model.decoder.layers, gpt_neox.layers); use a peft method or `full`")
 
 
 def layer_prefix(model: Any, i: int) -> str:
