@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="Find, read and copy the recipes shipped with tunekit.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+methods_app = typer.Typer(help="List the training methods (`tunekit methods`) and their options (`methods show NAME`).")
+app.add_typer(methods_app, name="methods")
 
 _state = {"debug": False}
 
@@ -77,6 +79,8 @@ def validate(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    params: bool = typer.Option(False, "--params", help="Also count trainable/total parameters of the model and "
+                                "method on the meta device (no weights loaded; imports torch)."),
 ) -> None:
     """Check a recipe (with overrides) and print it resolved, every default filled in. Loads no model."""
     _state["debug"] |= debug
@@ -87,6 +91,12 @@ def validate(
     r = load_recipe(recipe, overrides or [])
     typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
+    if params:
+        from tunekit.methods.registry import count_without_weights
+
+        c = count_without_weights(r)
+        typer.echo(f"# params ({r.method.name} on {r.model.path}): trainable {c['trainable']:,} of total "
+                   f"{c['total']:,} ({c['trainable_percent']:.4f}%)")
 
 
 @app.command()
@@ -167,6 +177,30 @@ def recipes_copy(
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, target)
     typer.echo(f"copied {src.stem} -> {target}")
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+@methods_app.callback(invoke_without_command=True)
+def methods_list(ctx: typer.Context) -> None:
+    """List every method (`method.name`) with one line each; excluded peft tuners say why."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunekit.methods.catalogue import method_rows
+
+    rows = method_rows()
+    width = max(len(r[0]) for r in rows)
+    for name, source, line in rows:
+        typer.echo(f"{name:<{width}}  {source:<7}  {line}")
+
+
+@methods_app.command("show")
+def methods_show(name: str = typer.Argument(..., help="Method name, e.g. lora, ia3, lisa.")) -> None:
+    """Print a method's options with their types, defaults and descriptions."""
+    from tunekit.methods.catalogue import show
+
+    typer.echo(show(name), nl=False)
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -10,11 +10,12 @@ from tunekit.recipe.schema import Recipe
 from tunekit.ui import console
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
+    """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
     import transformers
 
     from tunekit.data.build import build_datasets
-    from tunekit.methods.registry import apply_method, count_parameters
+    from tunekit.methods.registry import apply_method, load_kwargs
     from tunekit.model.load import load_model, load_tokenizer, resolve_model_path
     from tunekit.trainers.registry import BUILDERS
 
@@ -32,8 +33,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
                   f"{data_stats['train']['trained_tokens']} trained tokens")
 
-    model = apply_method(load_model(recipe.model, model_path), recipe)
-    params = count_parameters(model)
+    plan = apply_method(load_model(recipe.model, model_path, **load_kwargs(recipe)), recipe)
+    model = plan.model
+    params = plan.parameters()
     console.print(f"model: {recipe.model.path} with method {recipe.method.name}: "
                   f"{params['trainable']:,} trainable of {params['total']:,} ({params['trainable_percent']:.2f}%)")
 
@@ -42,11 +44,17 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         output.truncate_metrics(out, int(checkpoint.name.split("-")[-1]))
         console.print(f"resuming from {checkpoint}")
     trainer = BUILDERS[recipe.trainer.kind](
-        recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS), [output.metrics_callback(out)]
+        recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS),
+        [output.metrics_callback(out), *plan.callbacks, *(callbacks or [])],
     )
+    if plan.configure_trainer is not None:
+        plan.configure_trainer(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(out / output.FINAL))
+    if plan.save is not None:
+        plan.save(model, out / output.FINAL)
+    else:
+        trainer.save_model(str(out / output.FINAL))
     tokenizer.save_pretrained(str(out / output.FINAL))
 
     summary = {

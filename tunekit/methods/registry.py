@@ -1,23 +1,124 @@
-"""Method name -> builder. A builder takes (model, method config, recipe) and returns the model to train."""
+"""Method name -> builder, and the functions the pipeline, `validate --params` and eval/merge call.
+
+A builder takes (model, method config, recipe) and returns a `MethodPlan`: the model to train plus what the
+method needs from the trainer (callbacks, a last change to the Trainer before `train()`, its own save).
+`load_kwargs(recipe)` adds what the method needs when the base model loads (QLoRA's quantization).
+
+`load_trained(final_dir)` rebuilds the trained model of any run from its `final/` directory; eval and merge
+use it. See docs/methods.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tunekit.methods import full, lora
+from tunekit.errors import UserError
+from tunekit.methods import full, galore, layerwise, lora, peft_generic, reft
 
-BUILDERS: dict[str, Callable[..., Any]] = {
-    "full": full.build,
+
+@dataclass
+class MethodPlan:
+    model: Any
+    callbacks: list = field(default_factory=list)  # TrainerCallbacks the method needs (LISA's layer schedule)
+    configure_trainer: Callable[[Any], None] | None = None  # last change to the Trainer (LoRA+ / GaLore optimizer)
+    save: Callable[[Any, Path], None] | None = None  # writes final/ (default: trainer.save_model)
+    params: dict | None = None  # parameter counts when they differ from requires_grad at build time (LISA)
+
+    def parameters(self) -> dict:
+        return self.params or count_parameters(self.model)
+
+
+BUILDERS: dict[str, Callable[..., MethodPlan]] = {
+    "full": full.build_full,
+    "freeze": full.build_freeze,
     "lora": lora.build,
+    "qlora": lora.build,
+    "lisa": layerwise.build_lisa,
+    "hft": layerwise.build_hft,
+    "galore": galore.build,
+    "loreft": reft.build,
+    "lofit": reft.build,
 }
 
+# How final/ is reloaded: "full" (a whole model), "peft" (an adapter on the base) or "reft" (interventions).
+SAVED_AS: dict[str, str] = {"full": "full", "freeze": "full", "lisa": "full", "hft": "full", "galore": "full",
+                            "lora": "peft", "qlora": "peft", "loreft": "reft", "lofit": "reft"}
 
-def apply_method(model: Any, recipe: Any) -> Any:
-    return BUILDERS[recipe.method.name](model, recipe.method, recipe)
+
+def builder(name: str) -> Callable[..., MethodPlan]:
+    return BUILDERS.get(name, peft_generic.build)
+
+
+def load_kwargs(recipe: Any) -> dict:
+    """Extra `from_pretrained` keyword arguments the method needs for the base model."""
+    return lora.quantization_kwargs(recipe) if recipe.method.name == "qlora" else {}
+
+
+def apply_method(model: Any, recipe: Any) -> MethodPlan:
+    import transformers
+
+    transformers.set_seed(recipe.trainer.seed)  # new weights (adapters, interventions) are a function of the seed
+    plan = builder(recipe.method.name)(model, recipe.method, recipe)
+    return plan if isinstance(plan, MethodPlan) else MethodPlan(model=plan)
 
 
 def count_parameters(model: Any) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """Trainable and total parameters. 4-bit weights count as their logical (unpacked) size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n = getattr(p, "quant_state", None).shape.numel() if getattr(p, "quant_state", None) else n * 2
+        total += n
+        trainable += n if p.requires_grad else 0
     return {"trainable": trainable, "total": total, "trainable_percent": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def count_without_weights(recipe: Any) -> dict:
+    """Parameter counts for the recipe's model and method on the meta device: nothing is loaded or allocated."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunekit.model.load import resolve_model_path
+
+    cfg = AutoConfig.from_pretrained(resolve_model_path(recipe.model), trust_remote_code=recipe.model.trust_remote_code)
+    counted = recipe  # qlora: counts are logical, so the unquantized meta model gives them
+    if getattr(recipe.method, "init_lora_weights", True) not in (True, False):
+        # data- or SVD-based inits cannot run on meta tensors and do not change the counts
+        counted = recipe.model_copy(update={"method": recipe.method.model_copy(update={"init_lora_weights": True})})
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
+        try:
+            plan = apply_method(model, counted)
+        except (UserError, RuntimeError, NotImplementedError) as e:
+            raise UserError(f"method `{recipe.method.name}` initialises from the weights' values, so its counts need "
+                            f"the weights: they are in summary.json after a run ({e})") from None
+    return plan.parameters()
+
+
+def load_trained(final_dir: str | Path, recipe: Any = None) -> Any:
+    """The trained model of a run, from RUN/final (adapter, full weights or interventions), in eval mode.
+
+    `recipe` defaults to RUN/recipe.resolved.yaml. QLoRA bases are loaded with the same quantization.
+    """
+    from tunekit.model.load import load_model
+
+    final_dir = Path(final_dir)
+    if recipe is None:
+        from tunekit.recipe.load import load_recipe
+
+        recipe = load_recipe(final_dir.parent / "recipe.resolved.yaml")
+    kind = SAVED_AS.get(recipe.method.name, "peft")
+    if kind == "full":
+        model = load_model(recipe.model, str(final_dir))
+    elif kind == "peft":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(recipe.model, **load_kwargs(recipe)), str(final_dir))
+    else:
+        model = reft.load(load_model(recipe.model), final_dir)
+    return model.eval()

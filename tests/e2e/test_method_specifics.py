@@ -1,0 +1,228 @@
+"""LISA's layer schedule, HFT's frozen half, LoReFT/LoFiT touching only their interventions, and parameter counts
+without weights (`validate --params`) equal to peft's own counts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli, tiny_recipe
+from tests.e2e.test_methods import PROBE_IDS, ROWS, method_recipe
+from tunekit.methods.layerwise import lisa_layers
+from tunekit.model.builtin import materialize
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def with_method(recipe, **method):  # noqa: ANN001, ANN201
+    return recipe.model_copy(update={"method": type(recipe.method).model_validate(
+        {**recipe.method.model_dump(exclude_unset=True), **method})})
+
+
+def test_lisa_switches_layers_on_schedule(data_file: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    from tunekit.pipeline import train
+
+    recipe = with_method(method_recipe("lisa", data_file, tmp_path / "run", max_steps=3), layers=1, interval=1,
+                         seed=0)
+    expected = [lisa_layers(2, 1, 0, p) for p in range(3)]  # [[0], [1], [1]]
+    assert len({tuple(e) for e in expected}) > 1, "the schedule for this seed never changes; pick another seed"
+    seen: list[dict] = []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+            inner = getattr(optimizer, "optimizer", optimizer)
+            step = state.global_step - 1
+            active = {i for i in range(2) if self.flags[f"model.layers.{i}.mlp.up_proj.weight"]}
+            moved = {n for n, p in model.named_parameters() if not torch.equal(self.before[n], p)}
+            with_state = {n for n, p in model.named_parameters() if inner.state.get(p)}
+            seen.append({"step": step, "active": active, "moved": moved, "with_state": with_state})
+
+    train(recipe, callbacks=[Watch()])
+    assert [s["step"] for s in seen] == [0, 1, 2]
+    assert [sorted(s["active"]) for s in seen] == expected
+    for s in seen:
+        frozen_layer = f"model.layers.{1 - next(iter(s['active']))}."
+        assert not any(n.startswith(frozen_layer) for n in s["moved"] | s["with_state"]), s["step"]
+        assert {"model.embed_tokens.weight", "lm_head.weight"} <= s["moved"]  # always trained
+        assert any(n.startswith(f"model.layers.{next(iter(s['active']))}.") for n in s["moved"])
+
+
+def test_hft_freezes_the_expected_half() -> None:
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunekit.methods.layerwise import build_hft
+    from tunekit.methods.schema import HftMethod
+
+    cfg = AutoConfig.from_pretrained(materialize("builtin:tiny-llama", 0))
+
+    def frozen(stage: int, seed: int = 0) -> set[str]:
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(cfg)
+        recipe = type("R", (), {"trainer": type("T", (), {"seed": seed})})()
+        build_hft(model, HftMethod(name="hft", stage=stage), recipe)
+        return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+    f0 = frozen(0)
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= f0 and not any("norm" in n for n in f0)
+    for layer, mlp_frozen in ((0, 1), (1, 2)):  # 3 MLP matrices: rounding alternates between layers
+        assert len([n for n in f0 if f".{layer}.self_attn." in n]) == 2
+        assert len([n for n in f0 if f".{layer}.mlp." in n]) == mlp_frozen
+    assert frozen(0) == f0  # seeded: the same half every time
+    assert frozen(1) != f0 and frozen(0, seed=1) != f0  # another stage or seed: another half
+
+
+@pytest.mark.parametrize("name", ["loreft", "lofit"])
+def test_representation_methods_touch_only_interventions(name: str, data_file: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.methods.reft import ATTR
+    from tunekit.methods.registry import load_trained
+    from tunekit.pipeline import train
+
+    recipe = method_recipe(name, data_file, tmp_path / "run", max_steps=3)
+    run = train(recipe)
+    final = run / "final"
+    assert (final / "interventions.safetensors").is_file() and (final / "interventions.json").is_file()
+    assert not (final / "model.safetensors").exists()  # only the interventions are saved
+    base_dir = materialize("builtin:tiny-llama", 0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    trained = load_trained(final, recipe)
+    base_sd = load_file(base_dir / "model.safetensors")
+    sd = {k: v for k, v in trained.state_dict().items() if not k.startswith(ATTR)}
+    assert set(sd) == set(base_sd) and all(torch.equal(sd[k], base_sd[k]) for k in sd)
+    with torch.no_grad():
+        plain = base(input_ids=PROBE_IDS).logits
+        changed = trained(input_ids=PROBE_IDS).logits
+        getattr(trained, ATTR).enabled = False
+        off = trained(input_ids=PROBE_IDS).logits
+    assert torch.equal(off, plain)  # without the interventions the model is exactly the base
+    assert (changed - plain).abs().max() > 1e-4  # the interventions (and only they) change the outputs
+    saved = load_file(final / "interventions.safetensors")
+    assert saved and all(v.abs().sum() > 0 for k, v in saved.items() if "offset" in k or "learned" in k)
+
+
+PARAM_CASES = {
+    "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    "ia3": {},
+    "loha": {"r": 2},
+    "prefix_tuning": {"num_virtual_tokens": 4},
+    "vera": {"r": 8},
+}
+
+
+@pytest.mark.parametrize("name", list(PARAM_CASES))
+def test_counts_without_weights_equal_peft(name: str, data_file: Path, tmp_path: Path) -> None:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.methods import lora, peft_generic
+    from tunekit.methods.registry import count_without_weights
+
+    recipe = with_method(method_recipe(name, data_file, tmp_path / "run", max_steps=2), **PARAM_CASES[name])
+    counts = count_without_weights(recipe)
+    model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0))
+    config = lora.peft_config(recipe.method) if name == "lora" else peft_generic.peft_config(recipe.method, recipe)
+    trainable, total = get_peft_model(model, config).get_nb_trainable_parameters()
+    assert (counts["trainable"], counts["total"]) == (trainable, total)
+
+
+def test_validate_params_cli_matches_the_trained_model(data_file: Path, tmp_path: Path) -> None:
+    """`validate --params` (meta device, no weights) prints the counts summary.json gets from the real model."""
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+
+    recipe_path = tiny_recipe(tmp_path, trainer={"max_steps": 1})
+    proc = run_cli("validate", recipe_path, "--params")
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("# params"))
+    from tunekit.recipe.load import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    p = apply_method(load_model(recipe.model, str(materialize("builtin:tiny-llama", 0))), recipe).parameters()
+    assert f"trainable {p['trainable']:,} of total {p['total']:,}" in line
+
+
+def test_loraplus_gives_b_matrices_a_higher_learning_rate(data_file: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    from tunekit.pipeline import train
+
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), loraplus_lr_ratio=16)
+    lrs: dict[str, set] = {"A": set(), "B": set()}
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+            names = {id(p): n for n, p in model.named_parameters()}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    lrs["B" if "lora_B" in names[id(p)] else "A"].add(group["lr"])
+
+    train(recipe, callbacks=[Watch()])
+    assert lrs["A"] == {1e-2} and len(lrs["B"]) == 1 and lrs["B"].pop() == pytest.approx(0.16)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "pissa", "pissa_niter_2", "olora", "orthogonal", "loftq"])
+def test_lora_initialisations_build_and_run(init: str, data_file: Path, tmp_path: Path) -> None:
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+
+    extra = {"loftq_config": {"loftq_bits": 4}} if init == "loftq" else {}
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), init_lora_weights=init,
+                         **extra)
+    base = load_model(recipe.model, str(materialize("builtin:tiny-llama", 0)))
+    if init == "loftq" and importlib.util.find_spec("scipy") is None:  # peft's LoftQ needs scipy
+        from tunekit.errors import UserError
+
+        with pytest.raises(UserError, match="scipy"):
+            apply_method(base, recipe)
+        return
+    plan = apply_method(base, recipe)
+    assert plan.model.peft_config["default"].init_lora_weights == init
+    loss = plan.model(input_ids=PROBE_IDS, labels=PROBE_IDS).loss
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
+
+
+def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_path: Path) -> None:
+    from tunekit.errors import UserError
+    from tunekit.methods.registry import count_without_weights
+
+    recipe = with_method(method_recipe("shira", data_file, tmp_path / "run", max_steps=1), r=2)
+    with pytest.raises(UserError, match="summary.json"):
+        count_without_weights(recipe)
+
+
+@pytest.mark.parametrize("quant", [{"bits": 8}, {"bits": 4, "quant_type": "fp4", "double_quant": False}])
+def test_qlora_variants_quantize_the_base(quant: dict, data_file: Path, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    from tunekit.methods.registry import apply_method, count_parameters, load_kwargs
+    from tunekit.model.load import load_model
+
+    recipe = with_method(method_recipe("qlora", data_file, tmp_path / "run", max_steps=1), **quant)
+    model = load_model(recipe.model, str(materialize("builtin:tiny-llama", 0)), **load_kwargs(recipe))
+    plan = apply_method(model, recipe)
+    layer = plan.model.base_model.model.model.layers[0].mlp.up_proj.base_layer
+    assert isinstance(layer, bnb.nn.Linear8bitLt if quant["bits"] == 8 else bnb.nn.Linear4bit)
+    if quant["bits"] == 4:
+        assert layer.weight.quant_state.quant_type == "fp4" and not layer.weight.quant_state.nested
+    plan.model(input_ids=PROBE_IDS, labels=PROBE_IDS).loss.backward()
+    assert all(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
+    assert count_parameters(plan.model)["total"] == 168128  # logical counts, same as unquantized LoRA

@@ -1,0 +1,171 @@
+"""Representation fine-tuning: `loreft` and `lofit`. The base model stays frozen; small intervention modules
+change hidden states through hooks transformers' modules offer (forward hooks, no monkeypatching).
+
+- LoReFT (Wu et al. 2024): at the output of chosen decoder layers and chosen positions,
+  h <- h + Rᵀ(W h + b − R h), with R (r x d) kept row-orthonormal by torch's orthogonal parametrization.
+  Positions: all tokens, or the first N of each sequence (a simplification of the paper's first/last prompt
+  positions; tunekit's batches are right-padded, so "first N" is always the start of the prompt).
+- LoFiT (Yin et al. 2024): learned offset vectors v_h (and optionally scales) added to the outputs of chosen
+  attention heads, i.e. to the input of `o_proj` split into heads. The paper picks the top ~3% heads by a first
+  training pass of per-head scales; tunekit takes the heads from the recipe (default: all) - run once with
+  `scale: true` and read the learned scales to choose heads (see docs/methods.md).
+
+The interventions live in a submodule `tunekit_interventions` of the model, so Trainer checkpoints hold their
+weights and resume restores them. final/ gets `interventions.safetensors` + `interventions.json`; `load()`
+rebuilds them on a freshly loaded base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import UserError
+from tunekit.methods.full import decoder_layers
+
+WEIGHTS = "interventions.safetensors"
+CONFIG = "interventions.json"
+ATTR = "tunekit_interventions"
+
+
+def _modules(cfg: dict, model: Any) -> Any:
+    import torch
+    from torch import nn
+    from torch.nn.utils.parametrizations import orthogonal
+
+    c = model.config
+    d, n_heads = c.hidden_size, c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or d // n_heads
+    n_layers = len(decoder_layers(model))
+
+    class LoreftIntervention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rotate = orthogonal(nn.Linear(d, cfg["rank"], bias=False))  # R: orthonormal rows
+            self.learned = nn.Linear(d, cfg["rank"])  # W, b
+            self.dropout = nn.Dropout(cfg["dropout"])
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            r = self.rotate.weight
+            return h + (self.learned(self.dropout(h)) - h @ r.T) @ r
+
+    class LofitIntervention(nn.Module):
+        def __init__(self, heads: list[int]) -> None:
+            super().__init__()
+            self.register_buffer("heads", torch.tensor(heads, dtype=torch.long))
+            self.offset = nn.Parameter(torch.zeros(len(heads), head_dim))
+            self.scale = nn.Parameter(torch.zeros(len(heads), head_dim)) if cfg["scale"] else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: o_proj input [..., n_heads * head_dim]
+            shape = x.shape
+            x = x.reshape(*shape[:-1], n_heads, head_dim)
+            zero = x.new_zeros(n_heads, head_dim)
+            if self.scale is not None:
+                x = x * (1 + zero.index_copy(0, self.heads, self.scale.to(x.dtype)))
+            return (x + zero.index_copy(0, self.heads, self.offset.to(x.dtype))).reshape(shape)
+
+    class Interventions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enabled = True
+            self.per_layer = nn.ModuleDict()
+
+    box = Interventions()
+    if cfg["method"] == "loreft":
+        layers = range(n_layers) if cfg["layers"] == "all" else cfg["layers"]
+        for i in layers:
+            if not 0 <= i < n_layers:
+                raise UserError(f"method.layers: layer {i} does not exist (the model has {n_layers})")
+            box.per_layer[str(i)] = LoreftIntervention()
+    else:
+        pairs = ([[i, h] for i in range(n_layers) for h in range(n_heads)] if cfg["heads"] == "all"
+                 else cfg["heads"])
+        by_layer: dict[int, list[int]] = {}
+        for i, h in pairs:
+            if not (0 <= i < n_layers and 0 <= h < n_heads):
+                raise UserError(f"method.heads: [{i}, {h}] is out of range ({n_layers} layers x {n_heads} heads)")
+            by_layer.setdefault(i, []).append(h)
+        for i, heads in sorted(by_layer.items()):
+            box.per_layer[str(i)] = LofitIntervention(sorted(set(heads)))
+    return box
+
+
+def attach(model: Any, cfg: dict) -> Any:
+    """Add the interventions (new weights, seeded by the caller) to `model` and hook them in."""
+    box = _modules(cfg, model)
+    first_n = cfg.get("first_n") if cfg.get("positions") == "first" else None
+    box.cfg = cfg
+    model.add_module(ATTR, box)
+    layers = decoder_layers(model)
+    for key, module in box.per_layer.items():
+        layer = layers[int(key)]
+        if cfg["method"] == "loreft":
+            layer.register_forward_hook(_loreft_hook(box, module, first_n))
+        else:
+            layer.self_attn.o_proj.register_forward_pre_hook(_lofit_hook(box, module))
+    return model
+
+
+def _loreft_hook(box: Any, module: Any, first_n: int | None) -> Any:
+    def hook(_mod: Any, _args: Any, output: Any) -> Any:
+        if not box.enabled:
+            return None
+        h = output[0] if isinstance(output, tuple) else output
+        if first_n is None:
+            new = module(h)
+        else:
+            import torch
+
+            new = torch.cat([module(h[:, :first_n]), h[:, first_n:]], dim=1)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
+
+
+def _lofit_hook(box: Any, module: Any) -> Any:
+    def hook(_mod: Any, args: Any) -> Any:
+        if not box.enabled:
+            return None
+        return (module(args[0]), *args[1:])
+
+    return hook
+
+
+def config_of(cfg: Any) -> dict:
+    return cfg.model_dump(mode="json") | {"method": cfg.name}
+
+
+def build(model: Any, cfg: Any, recipe: Any) -> Any:
+    from tunekit.methods.registry import MethodPlan
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    attach(model, config_of(cfg))
+    return MethodPlan(model=model, save=save)
+
+
+def save(model: Any, final_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    box = getattr(model, ATTR)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in box.state_dict().items()}, str(final_dir / WEIGHTS))
+    (final_dir / CONFIG).write_text(json.dumps(box_config(model), indent=2) + "\n", encoding="utf-8")
+
+
+def box_config(model: Any) -> dict:
+    return getattr(model, ATTR).cfg
+
+
+def load(base: Any, final_dir: Path) -> Any:
+    """Rebuild the interventions saved in `final_dir` on a freshly loaded base model."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(final_dir) / CONFIG).read_text(encoding="utf-8"))
+    attach(base, cfg)
+    box = getattr(base, ATTR)
+    box.load_state_dict(load_file(str(Path(final_dir) / WEIGHTS)))
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
