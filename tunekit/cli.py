@@ -124,6 +124,7 @@ def merge(
     dtype: str = typer.Option("float32", "--dtype", help="Dtype of the merged weights: float32, bfloat16, float16."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference (adapter merge)."),
     seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops."),
+    outliers: float = typer.Option(0.01, "--outliers", help="breadcrumbs: fraction of largest deltas dropped."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Merge an adapter into its base model, or merge several models / adapters with the same base.
@@ -134,7 +135,7 @@ def merge(
     _state["debug"] |= debug
     from tunekit.merge import merge_cli
 
-    merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed)
+    merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
 
 
 # ------------------------------------------------------------------------------------------------ recipes
