@@ -38,7 +38,8 @@ def report_dir(out: Path, overwrite: bool) -> Path:
     while (out.with_name(f"{out.name}-{i}") / "report.json").exists():
         i += 1
     fresh = out.with_name(f"{out.name}-{i}")
-    console.print(f"{out / 'report.json'} exists; writing this report to {fresh} (pass --overwrite to replace it)")
+    console.print(f"{out / 'report.json'} exists; writing this report to {fresh} (pass --overwrite to replace it)",
+                  soft_wrap=True)
     return fresh
 
 
