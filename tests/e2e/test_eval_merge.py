@@ -133,3 +133,20 @@ def test_bad_run_dirs_name_the_file(run: Path, tmp_path: Path) -> None:
         evaluate(broken, ["quickstart-loss"], tmp_path / "r")
     with pytest.raises(UserError, match="pip install lm-eval"):
         evaluate(run, ["lm_eval:hellaswag"], tmp_path / "r2")
+
+
+def test_sampling_reports_pass_at_k_and_majority(run: Path) -> None:
+    from tunekit.eval.loading import load_run_model
+    from tunekit.eval.run import run_tasks
+    from tunekit.eval.schema import EvalTask
+
+    model, tok = load_run_model(run)
+    task = EvalTask(name="k", kind="generate", data={"path": "builtin:eval/arith-qa.jsonl", "format": "qa"},
+                    metrics=["numeric_match", "token_f1"], max_examples=4,
+                    generation={"num_samples": 3, "temperature": 1.0, "max_new_tokens": 12})
+    res = run_tasks(model, tok, [task], {"max_length": 128, "batch_size": 4, "which": "tuned"})["k"]
+    assert res["n"] == 4 and all(len(s["samples"]) == 3 for s in res["samples"])
+    m = res["metrics"]
+    assert set(m) == {"numeric_match", "numeric_match_pass@3", "numeric_match_maj@3", "token_f1", "token_f1_pass@3",
+                      "token_f1_maj@3"}
+    assert m["token_f1_pass@3"] >= m["token_f1"] and m["numeric_match_pass@3"] >= m["numeric_match_maj@3"]

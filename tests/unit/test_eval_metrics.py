@@ -28,6 +28,7 @@ def test_answer_metrics() -> None:
     assert m.contains("well, 3 plus 4 is 7.", "3 plus 4 is 7") == 1.0
     assert m.regex_match("answer: 7", "7") == 1.0 and m.regex_match("answer: 17", "7") == 0.0
     assert m.regex_match("final=7;", "7", pattern=r"final={answer};") == 1.0
+    assert m.regex_match("so 2 times 3 is 6. Done", "2 times 3 is 6.") == 1.0  # answer ending in punctuation
     assert m.token_f1("the cat sat", "the cat sat") == 1.0
     assert m.token_f1("the cat", "the cat sat down") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
     assert m.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)  # LCS a c d: P = R = 3/4

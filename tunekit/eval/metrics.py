@@ -53,7 +53,8 @@ def contains(pred: str, ref: str, **_: object) -> float:
     return float(normalize(ref) in normalize(pred))
 
 
-def regex_match(pred: str, ref: str, pattern: str = r"\b{answer}\b", **_: object) -> float:
+def regex_match(pred: str, ref: str, pattern: str = r"(?<!\w){answer}(?!\w)", **_: object) -> float:
+    """1 when `pattern` (with `{answer}` replaced by the escaped reference) occurs in the prediction."""
     return float(re.search(pattern.replace("{answer}", re.escape(ref.strip())), pred) is not None)
 
 
@@ -114,7 +115,10 @@ def majority(preds: list[str], metric: str) -> str:
     return preds[keys.index(best)]
 
 
-def score_samples(samples: list[str], ref: str, metric: str, pattern: str = r"\b{answer}\b") -> dict[str, float]:
+DEFAULT_PATTERN = r"(?<!\w){answer}(?!\w)"  # the answer, not inside a longer word or number
+
+
+def score_samples(samples: list[str], ref: str, metric: str, pattern: str = DEFAULT_PATTERN) -> dict[str, float]:
     """Scores for one prompt's k samples: mean (pass@1 estimate), pass@k (best sample) and majority@k."""
     fn = METRICS[metric]
     scores = [fn(s, ref, pattern=pattern) for s in samples]

@@ -51,7 +51,7 @@ class EvalTask(Section):
         default_factory=lambda: ["exact_match"], description=f"Metrics for `generate` tasks: {', '.join(METRICS)}."
     )
     regex: str = Field(
-        default=r"\b{answer}\b",
+        default=r"(?<!\w){answer}(?!\w)",
         description="Pattern for the `regex` metric; `{answer}` is replaced by the escaped reference answer.",
     )
     generation: GenerationSettings = Field(
