@@ -1,6 +1,8 @@
-"""Regenerate docs/sample-report/: train the quickstart recipe, then `tunekit eval` it on the shipped tasks.
+"""Regenerate docs/sample-report/: train the quickstart recipe on builtin:tiny-llama, then `tunekit eval` it.
 
-    python scripts/make_sample_report.py            # ~1-2 min on 2 CPU cores
+    python scripts/make_sample_report.py [KEY=VALUE ...]   # ~1 min on 2 idle CPU cores
+
+Extra recipe overrides may be given (e.g. model.path=builtin:small-llama for the quickstart's own model).
 
 The run happens in a temporary directory (named `runs/quickstart` inside it, so the report's paths read
 like a user's); the report files (report.md, report.json, PNGs) are copied to docs/sample-report/.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +28,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", ["output.dir=runs/quickstart"])
+        overrides = ["model.path=builtin:tiny-llama", "output.dir=runs/quickstart", *sys.argv[1:]]
+        recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
         run = train(recipe)
         report = evaluate(run, TASKS)
         shutil.rmtree(OUT, ignore_errors=True)

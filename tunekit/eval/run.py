@@ -62,11 +62,17 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
     start = time.perf_counter()
     target = resolve_target(target_path)
     tasks = choose_tasks(target, task_names or [])
-    for t in tasks:  # read every task's rows first: bad data fails before any model loads
+    for t in tasks:  # check every task first: bad data or a missing lm-eval fails before any model loads
         if t.kind != "lm_eval":
             from tunekit.eval.tasks import read_examples
 
             read_examples(t)
+        else:
+            import importlib.util
+
+            if importlib.util.find_spec("lm_eval") is None:
+                raise UserError(f"eval task `{t.name}`: kind lm_eval needs lm-evaluation-harness, which is not "
+                                "installed: pip install lm-eval")
     cfg = target.recipe.eval if target.recipe is not None else None
     compare = compare_base if compare_base is not None else (cfg.compare_base if cfg else True)
     compare = compare and (target.kind == "adapter" or target.run_dir is not None)
