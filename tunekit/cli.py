@@ -98,6 +98,7 @@ def eval_(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report instead of writing eval-2/."),
     no_base: bool = typer.Option(False, "--no-base", help="Skip evaluating the base model."),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per forward pass / generate call."),
+    max_examples: int = typer.Option(None, "--max-examples", help="Use at most N examples of each task."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
@@ -107,7 +108,7 @@ def eval_(
     _state["debug"] |= debug
     from tunekit.eval.run import evaluate
 
-    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size)
+    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples)
 
 
 @app.command()

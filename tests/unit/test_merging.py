@@ -117,9 +117,13 @@ def test_pruning_methods_on_state_dicts() -> None:
 
 
 def test_greedy_soup_keeps_what_does_not_hurt(adapters: tuple[Path, Path], tmp_path: Path) -> None:
+    from tunekit.data.sources import resolve_path
+
     a, b = adapters
-    info = merge_models([str(a), str(b)], tmp_path / "gs", "greedy_soup", None, 0.5, 1.0, None,
-                        "builtin:quickstart/eval.jsonl", "float32", 0)
+    held_out = tmp_path / "held-out.jsonl"
+    held_out.write_text("".join(resolve_path("builtin:quickstart/eval.jsonl").read_text().splitlines(True)[:16]))
+    info = merge_models([str(a), str(b)], tmp_path / "gs", "greedy_soup", None, 0.5, 1.0, None, str(held_out),
+                        "float32", 0)
     assert len(info["individual_losses"]) == 2 and info["kept"][0] == min((0, 1), key=lambda i: info["individual_losses"][i])
     assert info["soup_loss"] <= min(info["individual_losses"])
 

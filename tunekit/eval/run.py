@@ -55,13 +55,17 @@ def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> d
 
 
 def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: Path | None = None,
-             overwrite: bool = False, compare_base: bool | None = None, batch_size: int | None = None) -> Path:
+             overwrite: bool = False, compare_base: bool | None = None, batch_size: int | None = None,
+             max_examples: int | None = None) -> Path:
     from tunekit.eval import report as rep
     from tunekit.eval.loading import load_base, load_tokenizer_for, load_tuned, resolve_target
 
     start = time.perf_counter()
     target = resolve_target(target_path)
     tasks = choose_tasks(target, task_names or [])
+    if max_examples:
+        tasks = [t.model_copy(update={"max_examples": min(t.max_examples or max_examples, max_examples)})
+                 for t in tasks]
     for t in tasks:  # check every task first: bad data or a missing lm-eval fails before any model loads
         if t.kind != "lm_eval":
             from tunekit.eval.tasks import read_examples
