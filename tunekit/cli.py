@@ -116,6 +116,56 @@ def preprocess(
     run_preprocess(r, show=show)
 
 
+@app.command("eval")
+def eval_(
+    target: str = typer.Argument(..., help="A run directory, a model directory or hub id, or a recipe (.yaml)."),
+    task: list[str] = typer.Option(None, "--task", help="Shipped task (quickstart-loss, quickstart-arith, "
+                                   "quickstart-choice) or lm_eval:NAME; repeatable. Default: the recipe's eval tasks."),
+    out: Path = typer.Option(None, "--out", help="Report directory (default: RUN/eval for a run directory)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report instead of writing eval-2/."),
+    no_base: bool = typer.Option(False, "--no-base", help="Skip evaluating the base model."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Examples per forward pass / generate call."),
+    max_examples: int = typer.Option(None, "--max-examples", help="Use at most N examples of each task."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
+
+    Example: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
+    """
+    _state["debug"] |= debug
+    from tunekit.eval.run import evaluate
+
+    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples)
+
+
+@app.command()
+def merge(
+    inputs: list[str] = typer.Argument(..., help="Run directories, adapter directories or full model directories."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged model (must not exist or be empty)."),
+    method: str = typer.Option(None, "--method", help="With several inputs: linear (default), soup, greedy_soup, "
+                               "task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, breadcrumbs."),
+    weights: str = typer.Option(None, "--weights", help="Comma-separated weight per input, e.g. 0.7,0.3."),
+    density: float = typer.Option(0.5, "--density", help="Fraction of each delta kept (ties, dare, pruning)."),
+    scale: float = typer.Option(1.0, "--scale", help="Scaling of the summed task vectors (lambda)."),
+    base: str = typer.Option(None, "--base", help="Base model (default: from the inputs' recipes / adapter configs)."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Held-out JSONL (messages) for greedy_soup."),
+    dtype: str = typer.Option("float32", "--dtype", help="Dtype of the merged weights: float32, bfloat16, float16."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference (adapter merge)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops."),
+    outliers: float = typer.Option(0.01, "--outliers", help="breadcrumbs: fraction of largest deltas dropped."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Merge an adapter into its base model, or merge several models / adapters with the same base.
+
+    Examples: tunekit merge runs/quickstart --out merged/
+              tunekit merge runs/a runs/b --method ties --density 0.3 --out merged-ties/
+    """
+    _state["debug"] |= debug
+    from tunekit.merge import merge_cli
+
+    merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 

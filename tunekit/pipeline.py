@@ -72,6 +72,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         summary["eval"] = last[-1] if last else trainer.evaluate()
     output.write_json(out / "summary.json", summary)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {out}")
+    if recipe.eval.run_after_train:
+        from tunekit.eval.run import evaluate
+
+        del trainer, model
+        evaluate(out)
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunekit.data.schema import DataConfig
+from tunekit.eval.schema import EvalConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.recipe.base import Section
 from tunekit.trainers.schema import TrainerConfig
@@ -63,6 +64,9 @@ class Recipe(Section):
     method: MethodConfig = Field(description="How weights are trained: `full`, `lora`, ... (see `tunekit methods`).")
     trainer: TrainerConfig = Field(description="The training objective and optimisation settings.")
     output: OutputConfig = Field(description="Where the run writes checkpoints, metrics and the final model.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Evaluation tasks and the report (see docs/eval-merge.md)."
+    )
 
     @model_validator(mode="after")
     def _check_eval_steps(self) -> Recipe:

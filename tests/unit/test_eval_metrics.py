@@ -1,0 +1,104 @@
+"""Eval metrics, task files and report rules: pure functions and small files, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tunekit.errors import UserError
+from tunekit.eval import metrics as m
+from tunekit.eval.schema import EvalTask, GenerationSettings
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so the answer is 42", 42.0), ("first 3 then\n#### 1,234", 1234.0), ("it is -7.5 degrees", -7.5),
+    ("between 2 and 3,000.25", 3000.25), ("#### -12", -12.0), ("no digits here", None), ("12 minus 15 is -3.", -3.0),
+])
+def test_extract_number(text: str, expected: float | None) -> None:
+    assert m.extract_number(text) == expected
+
+
+def test_answer_metrics() -> None:
+    assert m.exact_match("  The Cat. ", "the cat") == 1.0 and m.exact_match("a cat", "the cat") == 0.0
+    assert m.numeric_match("I think 1,000.", "#### 1000") == 1.0 and m.numeric_match("999", "1000") == 0.0
+    assert m.numeric_match("no number", "5") == 0.0
+    assert m.contains("well, 3 plus 4 is 7.", "3 plus 4 is 7") == 1.0
+    assert m.regex_match("answer: 7", "7") == 1.0 and m.regex_match("answer: 17", "7") == 0.0
+    assert m.regex_match("final=7;", "7", pattern=r"final={answer};") == 1.0
+    assert m.regex_match("so 2 times 3 is 6. Done", "2 times 3 is 6.") == 1.0  # answer ending in punctuation
+    assert m.token_f1("the cat sat", "the cat sat") == 1.0
+    assert m.token_f1("the cat", "the cat sat down") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert m.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)  # LCS a c d: P = R = 3/4
+    assert m.rouge_l("x", "y") == 0.0
+
+
+def test_pass_at_k_and_majority() -> None:
+    samples = ["it is 5", "it is 7", "maybe 7", "7!"]
+    s = m.score_samples(samples, "7", "numeric_match")
+    assert s["numeric_match"] == 0.75 and s["numeric_match_pass@4"] == 1.0 and s["numeric_match_maj@4"] == 1.0
+    s = m.score_samples(["5", "5", "7"], "7", "numeric_match")
+    assert s["numeric_match_pass@3"] == 1.0 and s["numeric_match_maj@3"] == 0.0
+    assert m.score_samples(["7"], "7", "exact_match") == {"exact_match": 1.0}
+
+
+def test_sampling_settings_are_validated() -> None:
+    with pytest.raises(ValidationError, match="temperature > 0"):
+        GenerationSettings(num_samples=4)
+    assert GenerationSettings(num_samples=4, temperature=0.7).num_samples == 4
+    with pytest.raises(ValidationError, match="needs `data`"):
+        EvalTask(name="t", kind="generate")
+
+
+def test_task_row_missing_answer_names_file_and_row(tmp_path: Path) -> None:
+    from tunekit.eval.tasks import read_examples
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"prompt": "1+1", "answer": "2"}) + "\n" + json.dumps({"prompt": "2+2"}) + "\n")
+    task = EvalTask(name="t", kind="generate", data={"path": str(path), "format": "qa"})
+    with pytest.raises(UserError) as info:
+        read_examples(task)
+    assert f"{path}: row 2" in str(info.value) and "missing answer field `answer`" in str(info.value)
+    choice = tmp_path / "c.jsonl"
+    choice.write_text(json.dumps({"prompt": "p", "choices": ["a", "b"], "answer": 5}) + "\n")
+    task = EvalTask(name="c", kind="multiple_choice", data={"path": str(choice), "format": "choice"})
+    with pytest.raises(UserError, match="row 1: answer index 5 is out of range"):
+        read_examples(task)
+
+
+def test_shipped_tasks_read_and_unknown_task_suggests() -> None:
+    from tunekit.eval.tasks import SHIPPED, read_examples, shipped_task
+
+    for name in SHIPPED:
+        assert read_examples(shipped_task(name))
+    with pytest.raises(UserError, match="Did you mean `quickstart-arith`"):
+        shipped_task("quickstart-arth")
+
+
+def test_report_dir_never_overwrites(tmp_path: Path) -> None:
+    from tunekit.eval.run import report_dir
+
+    out = tmp_path / "eval"
+    assert report_dir(out, False) == out
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    assert report_dir(out, False) == tmp_path / "eval-2"
+    (tmp_path / "eval-2").mkdir()
+    (tmp_path / "eval-2" / "report.json").write_text("{}")
+    assert report_dir(out, False) == tmp_path / "eval-3"
+    assert report_dir(out, True) == out
+
+
+def test_markdown_numbers_are_the_json_numbers() -> None:
+    from tunekit.eval.report import build, markdown
+
+    res = {"t": {"kind": "generate", "tuned": {"n": 2, "metrics": {"exact_match": 2 / 3}, "samples": []},
+                 "base": {"n": 2, "metrics": {"exact_match": 1 / 7}, "samples": []}}}
+    meta = {"target": "x", "model": "x", "base_model": "b", "created": "now", "seconds": 1.0, "plots": []}
+    report = build(meta, res, None)
+    assert report["tasks"]["t"]["tuned"]["exact_match"] == 0.666667
+    row = next(line for line in markdown(report, 3).splitlines() if line.startswith("| exact_match"))
+    cells = [float(c) for c in row.strip("|").split("|")[1:]]
+    assert cells == [0.142857, 0.666667, report["tasks"]["t"]["diff"]["exact_match"]]

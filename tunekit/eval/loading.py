@@ -1,0 +1,124 @@
+"""Find and load what eval and merge work on: a run directory, a model directory / hub id, or a recipe.
+
+`load_run_model(run_dir)` is the single place that turns a run's trained output into a model. It
+handles `full` runs (final/ holds the whole model) and peft adapters (final/ holds adapter_config.json
++ adapter weights, loaded with `PeftModel.from_pretrained` on the base named in recipe.resolved.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import UserError
+
+RESOLVED = "recipe.resolved.yaml"
+
+
+@dataclass
+class Target:
+    label: str  # what the user typed
+    weights: str  # directory (or hub id) holding the weights to evaluate
+    kind: str  # "adapter" | "full"
+    model_cfg: Any  # ModelConfig of the base model (for a full model: the model itself)
+    recipe: Any | None = None  # the run's or the given recipe
+    run_dir: Path | None = None
+
+
+def weights_kind(d: Path) -> str:
+    """`adapter` or `full` for a weights directory; a UserError naming the file when it is neither."""
+    if (d / "adapter_config.json").is_file():
+        return "adapter"
+    if any(d.glob("adapter_model.*")):
+        raise UserError(f"{d / 'adapter_config.json'}: missing. {d} holds adapter weights but no adapter config, "
+                        "so the adapter cannot be loaded (copy the adapter_config.json saved with it)")
+    if (d / "config.json").is_file():
+        return "full"
+    raise UserError(f"{d}: no model here (neither adapter_config.json nor config.json)")
+
+
+def run_weights(run_dir: Path) -> Path:
+    """final/ of a finished run, else its latest checkpoint; an error when there is neither."""
+    from tunekit import output
+
+    final = run_dir / output.FINAL
+    if final.is_dir() and any(final.iterdir()):
+        return final
+    ckpt = output.latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir}: the run has no trained weights: neither {final} nor a checkpoint in "
+                        f"{run_dir / output.CHECKPOINTS} (did training finish?)")
+    return ckpt
+
+
+def resolve_target(target: str | Path) -> Target:
+    from tunekit.recipe.load import load_recipe
+    from tunekit.recipe.schema import ModelConfig
+
+    p = Path(target).expanduser()
+    if p.is_dir() and (p / RESOLVED).is_file():
+        recipe = load_recipe(p / RESOLVED)
+        weights = run_weights(p)
+        return Target(str(target), str(weights), weights_kind(weights), recipe.model, recipe, p)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(p)
+        return Target(str(target), recipe.model.path, "full", recipe.model, recipe)
+    if p.is_dir():
+        kind = weights_kind(p)
+        if kind == "adapter":
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise UserError(f"{p / 'adapter_config.json'}: no base_model_name_or_path; cannot find the base model")
+            return Target(str(target), str(p), kind, ModelConfig(path=base, dtype="float32"))
+        return Target(str(target), str(p), kind, ModelConfig(path=str(p.resolve()), dtype="float32"))
+    if p.exists():
+        raise UserError(f"{target}: not a run directory, model directory or recipe (.yaml)")
+    if str(target).startswith((".", "/", "~")):
+        raise UserError(f"{target}: no such run directory, model directory or recipe")
+    return Target(str(target), str(target), "full", ModelConfig(path=str(target), dtype="float32"))
+
+
+def _with_dtype(cfg: Any, dtype: str | None) -> Any:
+    return cfg.model_copy(update={"dtype": dtype}) if dtype else cfg
+
+
+def load_tokenizer_for(t: Target) -> Any:
+    from tunekit.model.load import load_tokenizer, resolve_model_path
+
+    w = Path(t.weights)
+    src = str(w) if (w / "tokenizer_config.json").is_file() else resolve_model_path(t.model_cfg)
+    return load_tokenizer(t.model_cfg, src)
+
+
+def load_base(t: Target, dtype: str | None = None) -> Any:
+    """The base model (without the adapter / fine-tuned weights), unquantized, in `dtype`."""
+    from tunekit.model.load import load_model, resolve_model_path
+
+    cfg = _with_dtype(t.model_cfg, dtype)
+    return load_model(cfg, resolve_model_path(cfg))
+
+
+def load_tuned(t: Target, dtype: str | None = None) -> Any:
+    """The evaluated model: the base with the adapter on top, or the full model in `t.weights`."""
+    from tunekit.model.load import load_model, resolve_model_path
+
+    if t.kind == "adapter":
+        from peft import PeftModel
+
+        try:
+            return PeftModel.from_pretrained(load_base(t, dtype), t.weights)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise UserError(f"{t.weights}: could not load the adapter onto {t.model_cfg.path}: {e}") from None
+    cfg = _with_dtype(t.model_cfg, dtype)
+    path = t.weights if t.run_dir is not None else resolve_model_path(cfg)
+    return load_model(cfg, path)
+
+
+def load_run_model(run_dir: str | Path, dtype: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a run directory's trained result."""
+    t = resolve_target(run_dir)
+    if t.run_dir is None:
+        raise UserError(f"{run_dir}: not a run directory (no {RESOLVED})")
+    return load_tuned(t, dtype), load_tokenizer_for(t)

@@ -1,0 +1,118 @@
+"""`tunekit eval TARGET`: choose tasks, evaluate the tuned model (and its base), write the report."""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import UserError
+from tunekit.eval.schema import EvalTask, TaskData
+from tunekit.eval.tasks import RUNNERS, shipped_task
+from tunekit.ui import console
+
+
+def choose_tasks(target: Any, names: list[str]) -> list[EvalTask]:
+    if names:
+        return [shipped_task(n) for n in names]
+    recipe = target.recipe
+    if recipe is not None and recipe.eval.tasks:
+        return list(recipe.eval.tasks)
+    if recipe is not None and recipe.data.eval:
+        return [EvalTask(name="heldout-loss" if len(recipe.data.eval) == 1 else f"heldout-loss-{i + 1}", kind="loss",
+                         data=TaskData(path=s.path, format=s.format, columns=s.columns))
+                for i, s in enumerate(recipe.data.eval)]
+    raise UserError(f"{target.label}: no eval tasks: the recipe has no `eval.tasks` and no `data.eval`; name tasks "
+                    "with --task (e.g. --task quickstart-arith) or add an eval: section")
+
+
+def report_dir(out: Path, overwrite: bool) -> Path:
+    """`out`, or the first free `out-2`, `out-3`, ... when `out` already holds a report (never overwrite silently)."""
+    if overwrite or not (out / "report.json").exists():
+        return out
+    i = 2
+    while (out.with_name(f"{out.name}-{i}") / "report.json").exists():
+        i += 1
+    fresh = out.with_name(f"{out.name}-{i}")
+    console.print(f"{out / 'report.json'} exists; writing this report to {fresh} (pass --overwrite to replace it)",
+                  soft_wrap=True)
+    return fresh
+
+
+def default_out(target: Any) -> Path:
+    if target.run_dir is not None:
+        return target.run_dir / "eval"
+    return Path("eval-reports") / (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(target.label).stem or target.label) or "model")
+
+
+def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> dict[str, dict]:
+    model.eval()
+    return {t.name: RUNNERS[t.kind](t, model, tokenizer, ctx) for t in tasks}
+
+
+def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: Path | None = None,
+             overwrite: bool = False, compare_base: bool | None = None, batch_size: int | None = None,
+             max_examples: int | None = None) -> Path:
+    from tunekit.eval import report as rep
+    from tunekit.eval.loading import load_base, load_tokenizer_for, load_tuned, resolve_target
+
+    start = time.perf_counter()
+    target = resolve_target(target_path)
+    tasks = choose_tasks(target, task_names or [])
+    if max_examples:
+        tasks = [t.model_copy(update={"max_examples": min(t.max_examples or max_examples, max_examples)})
+                 for t in tasks]
+    for t in tasks:  # check every task first: bad data or a missing lm-eval fails before any model loads
+        if t.kind != "lm_eval":
+            from tunekit.eval.tasks import read_examples
+
+            read_examples(t)
+        else:
+            import importlib.util
+
+            if importlib.util.find_spec("lm_eval") is None:
+                raise UserError(f"eval task `{t.name}`: kind lm_eval needs lm-evaluation-harness, which is not "
+                                "installed: pip install lm-eval")
+    cfg = target.recipe.eval if target.recipe is not None else None
+    compare = compare_base if compare_base is not None else (cfg.compare_base if cfg else True)
+    compare = compare and (target.kind == "adapter" or target.run_dir is not None)
+    ctx = {"max_length": target.recipe.data.max_length if target.recipe else 1024,
+           "train_on": target.recipe.data.train_on if target.recipe else "assistant",
+           "batch_size": batch_size or (cfg.batch_size if cfg else 8)}
+    out = report_dir(out or default_out(target), overwrite)
+
+    tokenizer = load_tokenizer_for(target)
+    console.rule(f"[bold]tunekit eval[/] {target.label} -> {out}")
+    tuned = run_tasks(load_tuned(target), tokenizer, tasks, {**ctx, "which": "tuned"})
+    gc.collect()
+    base = run_tasks(load_base(target), tokenizer, tasks, {**ctx, "which": "base"}) if compare else {}
+    results = {t.name: {"kind": t.kind, "tuned": tuned[t.name], "base": base.get(t.name)} for t in tasks}
+
+    training = None
+    if target.run_dir is not None and (target.run_dir / "summary.json").is_file():
+        s = json.loads((target.run_dir / "summary.json").read_text())
+        training = {k: s[k] for k in ("global_step", "train_seconds", "train_loss_mean", "final_loss") if k in s}
+        training.update({k: v for k, v in (s.get("eval") or {}).items() if k == "eval_loss"})
+    meta = {"target": str(target.label), "model": target.weights, "base_model": target.model_cfg.path,
+            "run_dir": str(target.run_dir) if target.run_dir else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - start, 1), "plots": []}
+    report = rep.build(meta, results, training)
+    out.mkdir(parents=True, exist_ok=True)
+    if target.run_dir is not None:
+        report["plots"].append(rep.plot_training(target.run_dir / "metrics.jsonl", out))
+    report["plots"].append(rep.plot_metrics(report, out))
+    report["plots"] = [p for p in report["plots"] if p]
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    shown = cfg.num_examples_shown if cfg else 3
+    (out / "report.md").write_text(rep.markdown(report, shown), encoding="utf-8")
+    for name, t in report["tasks"].items():
+        line = ", ".join(f"{m} {v:.4g}" + (f" (base {t['base'][m]:.4g})" if t["base"] else "")
+                         for m, v in t["tuned"].items() if m != "tokens")
+        console.print(f"{name}: {line}")
+    console.print(f"report: {out / 'report.md'}")
+    return out

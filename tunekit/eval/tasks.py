@@ -1,0 +1,239 @@
+"""Eval tasks: read a task's rows, then score a model on them.
+
+Kinds: `loss` (mean loss and perplexity over the tokens training would train, same mask), `generate`
+(batched generation, answers scored by the metrics in metrics.py, k samples for pass@k / majority),
+`multiple_choice` (the option with the highest log-likelihood wins), `lm_eval` (lm-evaluation-harness,
+only when it is installed). `SHIPPED` maps names usable with `tunekit eval --task NAME` to task configs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunekit.errors import UserError
+from tunekit.eval.schema import EvalTask
+
+QA_METRICS = ["numeric_match", "exact_match", "contains", "regex", "token_f1", "rouge_l"]
+SHIPPED: dict[str, dict] = {
+    "quickstart-loss": {"kind": "loss", "data": {"path": "builtin:quickstart/eval.jsonl", "format": "messages"}},
+    "quickstart-arith": {"kind": "generate", "data": {"path": "builtin:eval/arith-qa.jsonl", "format": "qa"},
+                         "metrics": QA_METRICS, "generation": {"max_new_tokens": 16}},
+    "quickstart-choice": {"kind": "multiple_choice",
+                          "data": {"path": "builtin:eval/arith-choice.jsonl", "format": "choice"}},
+}
+
+
+def shipped_task(name: str) -> EvalTask:
+    if name.startswith("lm_eval:"):
+        return EvalTask(name=name, kind="lm_eval", lm_eval_task=name.split(":", 1)[1])
+    if name not in SHIPPED:
+        import difflib
+
+        guess = difflib.get_close_matches(name, list(SHIPPED), n=1)
+        hint = f" Did you mean `{guess[0]}`?" if guess else ""
+        raise UserError(f"--task: no shipped task `{name}`.{hint} Shipped: {', '.join(SHIPPED)}; "
+                        "or `lm_eval:TASK` for lm-evaluation-harness")
+    return EvalTask(name=name, **SHIPPED[name])
+
+
+@dataclass
+class Example:
+    prompt: list[dict]  # chat messages before the answer
+    answer: str
+    choices: list[str] = field(default_factory=list)
+    label: int = -1  # index of the right choice
+
+
+def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
+    col = columns.get(key, key)
+    if col not in row:
+        raise UserError(f"{where}: missing {key} field `{col}`; found: {', '.join(sorted(row)) or 'nothing'}. "
+                        f"Map it with `columns: {{{key}: YOUR_COLUMN}}`.")
+    return row[col]
+
+
+def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Example:
+    from tunekit.data.formats import FORMATS
+
+    if fmt in FORMATS:
+        msgs = FORMATS[fmt](row, columns, where)
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return Example(msgs[:last], msgs[last]["content"])
+    prompt = [{"role": "user", "content": str(_col(row, "prompt", columns, where))}]
+    answer = _col(row, "answer", columns, where)
+    if fmt == "qa":
+        return Example(prompt, str(answer))
+    choices = _col(row, "choices", columns, where)
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise UserError(f"{where}: `choices` must be a list of at least two strings")
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        if not 0 <= answer < len(choices):
+            raise UserError(f"{where}: answer index {answer} is out of range for {len(choices)} choices")
+        label = answer
+    elif isinstance(answer, str) and answer in choices:
+        label = choices.index(answer)
+    else:
+        raise UserError(f"{where}: answer must be a choice index or one of the choices, found {answer!r}")
+    return Example(prompt, choices[label], choices, label)
+
+
+def read_examples(task: EvalTask) -> list[Example]:
+    from tunekit.data.sources import read_rows
+
+    assert task.data is not None
+    path, rows = read_rows(task.data.path)
+    rows = rows[: task.max_examples] if task.max_examples else rows
+    return [parse_row(r, task.data.format, task.data.columns, f"{path}: row {i + 1}") for i, r in enumerate(rows)]
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def progress(label: str, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunekit.ui import console
+
+    p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                 transient=True)
+    return p, p.add_task(label, total=total)
+
+
+def sequence_logprobs(model: Any, tokenizer: Any, encs: list[dict], batch_size: int, label: str) -> list[tuple]:
+    """(sum of log-probs, number of scored tokens) per encoded sequence; only tokens with mask 1 count."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[tuple] = []
+    bar, tid = progress(label, len(encs))
+    with bar, torch.no_grad():
+        for start in range(0, len(encs), batch_size):
+            batch = encs[start : start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for i, e in enumerate(batch):
+                n = len(e["input_ids"])
+                ids[i, :n] = torch.tensor(e["input_ids"])
+                attn[i, :n] = 1
+                mask[i, :n] = torch.tensor(e["mask"], dtype=torch.bool)
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = ids[:, 1:].to(device)
+            tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].to(device)
+            sums, counts = tok_lp.sum(-1).tolist(), mask[:, 1:].sum(-1).tolist()
+            out.extend(zip(sums, counts))
+            bar.update(tid, advance=len(batch))
+    return out
+
+
+def encode(tokenizer: Any, messages: list[dict], max_length: int, where: str, train_on: str = "assistant") -> dict:
+    from tunekit.data.masking import tokenize_with_mask
+
+    enc = tokenize_with_mask(tokenizer, messages, train_on, where)
+    return {"input_ids": enc["input_ids"][:max_length], "mask": enc["mask"][:max_length]}
+
+
+def run_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
+    examples = read_examples(task)
+    encs = [encode(tokenizer, [*e.prompt, {"role": "assistant", "content": e.answer}], ctx["max_length"], task.name,
+                   ctx.get("train_on", "assistant"))
+            for e in examples]
+    res = sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})")
+    tokens = sum(c for _, c in res)
+    loss = -sum(s for s, _ in res) / max(tokens, 1)
+    return {"n": len(examples), "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                                            "tokens": float(tokens)}}
+
+
+def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
+    examples = read_examples(task)
+    encs = [encode(tokenizer, [*e.prompt, {"role": "assistant", "content": c}], ctx["max_length"], task.name)
+            for e in examples for c in e.choices]
+    res = iter(sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})"))
+    acc = acc_norm = 0
+    samples = []
+    for e in examples:
+        scores = [next(res) for _ in e.choices]
+        best = max(range(len(scores)), key=lambda i: scores[i][0])
+        best_norm = max(range(len(scores)), key=lambda i: scores[i][0] / max(scores[i][1], 1))
+        acc += best == e.label
+        acc_norm += best_norm == e.label
+        samples.append({"prompt": e.prompt[-1]["content"], "reference": e.answer, "prediction": e.choices[best]})
+    n = len(examples)
+    return {"n": n, "metrics": {"accuracy": acc / n, "accuracy_norm": acc_norm / n}, "samples": samples}
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, batch_size: int, label: str) -> list:
+    """k completions per prompt (list of lists of strings), batched with left padding."""
+    import torch
+
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    sample = gen.temperature > 0
+    kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=sample, num_return_sequences=gen.num_samples,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    kwargs.update(temperature=gen.temperature, top_p=gen.top_p) if sample else kwargs.update(
+        temperature=None, top_p=None, top_k=None)
+    out: list[list[str]] = []
+    bar, tid = progress(label, len(texts))
+    try:
+        torch.manual_seed(gen.seed)
+        with bar, torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                seqs = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
+                decoded = tokenizer.batch_decode(seqs, skip_special_tokens=True)
+                k = gen.num_samples
+                out.extend([d.strip() for d in decoded[i * k : (i + 1) * k]] for i in range(len(chunk)))
+                bar.update(tid, advance=len(chunk))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
+    from tunekit.eval.metrics import score_samples
+
+    examples = read_examples(task)
+    preds = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],
+                     f"{task.name} ({ctx['which']})")
+    totals: dict[str, float] = {}
+    samples = []
+    for e, k_preds in zip(examples, preds):
+        for metric in task.metrics:
+            for key, v in score_samples(k_preds, e.answer, metric, task.regex).items():
+                totals[key] = totals.get(key, 0.0) + v
+        samples.append({"prompt": e.prompt[-1]["content"], "reference": e.answer, "prediction": k_preds[0],
+                        **({"samples": k_preds} if len(k_preds) > 1 else {})})
+    n = len(examples)
+    return {"n": n, "metrics": {k: v / n for k, v in totals.items()}, "samples": samples}
+
+
+def run_lm_eval(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise UserError(f"eval task `{task.name}`: kind lm_eval needs lm-evaluation-harness, which is not "
+                        "installed: pip install lm-eval") from None
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx["batch_size"])
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task.lm_eval_task], limit=task.max_examples)
+    got = res["results"][task.lm_eval_task]
+    metrics = {k.split(",")[0]: float(v) for k, v in got.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k}
+    return {"n": int(res.get("n-samples", {}).get(task.lm_eval_task, {}).get("effective", 0)), "metrics": metrics}
+
+
+RUNNERS: dict[str, Callable[[EvalTask, Any, Any, dict], dict]] = {
+    "loss": run_loss,
+    "generate": run_generate,
+    "multiple_choice": run_multiple_choice,
+    "lm_eval": run_lm_eval,
+}

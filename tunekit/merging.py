@@ -1,0 +1,195 @@
+"""Merge several fine-tuned models (adapters or full models) that share one base, on task vectors.
+
+Every input is turned into a full state dict (adapters are merged into the base first); its task
+vector is `weights - base`. Methods combine the task vectors tensor by tensor, using peft's merge
+utilities (`peft.utils.merge_utils`) where they exist:
+
+  linear / soup    weighted average of the models (weights normalised to sum 1; uniform by default)
+  greedy_soup      models sorted by eval loss on --eval-data; each is added to the soup if the soup's
+                   loss does not rise; the kept ones are averaged uniformly
+  task_arithmetic  base + scale * sum_i w_i * tau_i
+  ties             trim each tau to its top `density` magnitudes, elect signs, average agreeing entries
+  dare_linear      drop entries at random (keep `density`, rescale by 1/density), then weighted sum
+  dare_ties        DARE drops, then TIES sign election and disjoint mean
+  magnitude_prune  keep each tau's top `density` magnitudes, then weighted sum
+  breadcrumbs      drop each tau's top `outliers` fraction and keep the next `density` fraction, then sum
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunekit.errors import UserError
+from tunekit.ui import console
+
+METHODS = ("linear", "soup", "greedy_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+           "magnitude_prune", "breadcrumbs")
+
+
+def breadcrumbs_mask(tau: Any, density: float, outliers: float) -> Any:
+    """1 where |tau| ranks after the top `outliers` fraction and within the next `density` fraction."""
+    import torch
+
+    flat = tau.abs().reshape(-1)
+    n = flat.numel()
+    top, keep = int(outliers * n), int(density * n)
+    order = torch.argsort(flat, descending=True, stable=True)
+    mask = torch.zeros(n, dtype=tau.dtype)
+    mask[order[top : top + keep]] = 1
+    return mask.reshape(tau.shape)
+
+
+def combine(taus: list[Any], method: str, weights: list[float], density: float, outliers: float = 0.01) -> Any:
+    """The combined task vector for one tensor (without the `scale` factor)."""
+    import torch
+    from peft.utils import merge_utils as mu
+
+    w = torch.tensor(weights, dtype=taus[0].dtype)
+    if method in ("linear", "soup", "greedy_soup", "task_arithmetic"):
+        return mu.task_arithmetic(taus, w)
+    if method == "ties":
+        return mu.ties(taus, w, density)
+    if method == "dare_linear":
+        return mu.dare_linear(taus, w, density)
+    if method == "dare_ties":
+        return mu.dare_ties(taus, w, density)
+    if method == "magnitude_prune":
+        return mu.magnitude_prune(taus, w, density)
+    if method == "breadcrumbs":
+        return mu.task_arithmetic([t * breadcrumbs_mask(t, density, outliers) for t in taus], w)
+    raise UserError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
+
+
+def merge_states(base: dict, states: list[dict], method: str, weights: list[float] | None, density: float = 0.5,
+                 scale: float = 1.0, outliers: float = 0.01) -> dict:
+    """base + scale * combine(task vectors); linear/soup use normalised weights and no scale."""
+    n = len(states)
+    if method in ("linear", "soup", "greedy_soup"):
+        w = weights or [1.0] * n
+        w, scale = [x / sum(w) for x in w], 1.0
+    else:
+        w = weights or [1.0] * n
+    out = {}
+    for key, b in base.items():
+        if not b.is_floating_point():
+            out[key] = b
+            continue
+        taus = [s[key].float() - b.float() for s in states]
+        out[key] = (b.float() + scale * combine(taus, method, w, density, outliers)).to(b.dtype)
+    return out
+
+
+def _input_origin(t: Any) -> str:
+    if t.run_dir is not None:
+        return str(t.run_dir / "recipe.resolved.yaml")
+    return str(Path(t.weights) / ("adapter_config.json" if t.kind == "adapter" else "config.json"))
+
+
+def load_inputs(inputs: list[str], base: str | None) -> tuple[Any, list[Any], Any]:
+    """(base target, input targets, base model); each input's base must be the same model."""
+    from tunekit.eval.loading import Target, resolve_target
+    from tunekit.model.load import resolve_model_path
+    from tunekit.recipe.schema import ModelConfig
+
+    targets = [resolve_target(i) for i in inputs]
+    known = [t for t in targets if t.kind == "adapter" or t.run_dir is not None]
+    if base:
+        cfg = ModelConfig(path=base, dtype="float32")
+    elif known:
+        cfg = known[0].model_cfg
+    else:
+        raise UserError("merge: none of the inputs names its base model (plain model directories); pass --base")
+    base_path = resolve_model_path(cfg)
+    for t in known:
+        if resolve_model_path(t.model_cfg) != base_path:
+            raise UserError(f"{_input_origin(t)}: this input's base model is `{t.model_cfg.path}` "
+                            f"({resolve_model_path(t.model_cfg)}) but the merge base is `{cfg.path}` ({base_path}); "
+                            "models can only be merged when they were tuned from the same base")
+    base_t = Target(cfg.path, base_path, "full", cfg)
+    return base_t, targets, cfg
+
+
+def full_state(t: Any) -> dict:
+    from tunekit.eval.loading import load_tuned
+
+    model = load_tuned(t, "float32")
+    if t.kind == "adapter":
+        model = model.merge_and_unload()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def check_shapes(base: dict, state: dict, t: Any) -> None:
+    where = _input_origin(t)
+    missing = sorted(set(base) - set(state))
+    if missing:
+        raise UserError(f"{where}: the model has no tensor `{missing[0]}` (and {len(missing) - 1} more) that the "
+                        "base has; these models do not share an architecture")
+    for k, b in base.items():
+        if state[k].shape != b.shape:
+            raise UserError(f"{where}: tensor `{k}` has shape {tuple(state[k].shape)} but the base has "
+                            f"{tuple(b.shape)}; models with different shapes cannot be merged")
+
+
+def eval_loss(model: Any, tokenizer: Any, eval_data: str) -> float:
+    from tunekit.eval.schema import EvalTask, TaskData
+    from tunekit.eval.tasks import run_loss
+
+    task = EvalTask(name="greedy-soup", kind="loss", data=TaskData(path=eval_data, format="messages"))
+    model.eval()
+    return run_loss(task, model, tokenizer, {"max_length": 1024, "batch_size": 8, "which": "soup"})["metrics"]["loss"]
+
+
+def greedy_soup(base: dict, states: list[dict], model: Any, tokenizer: Any, eval_data: str) -> tuple[list, dict]:
+    def score(sd: dict) -> float:
+        model.load_state_dict(sd)
+        return eval_loss(model, tokenizer, eval_data)
+
+    singles = [score(s) for s in states]
+    order = sorted(range(len(states)), key=lambda i: singles[i])
+    kept, best = [order[0]], singles[order[0]]
+    for i in order[1:]:
+        trial = score(merge_states(base, [states[j] for j in [*kept, i]], "linear", None))
+        if trial <= best:
+            kept, best = [*kept, i], trial
+    return kept, {"individual_losses": singles, "kept": kept, "soup_loss": best}
+
+
+def merge_models(inputs: list[str], out: Path, method: str, weights: list[float] | None, density: float,
+                 scale: float, base: str | None, eval_data: str | None, dtype: str, seed: int,
+                 outliers: float = 0.01) -> dict:
+    import torch
+
+    from tunekit.eval.loading import load_base, load_tokenizer_for
+    from tunekit.merge import prepare_out, save
+
+    if method not in METHODS:
+        raise UserError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
+    if weights is not None and len(weights) != len(inputs):
+        raise UserError(f"--weights: {len(weights)} weights for {len(inputs)} inputs; give one weight per input")
+    if not 0.0 < density <= 1.0:
+        raise UserError(f"--density {density}: must be in (0, 1]")
+    if method == "greedy_soup" and not eval_data:
+        raise UserError("--method greedy_soup needs --eval-data FILE (JSONL, messages format) to score the soup")
+    base_t, targets, _ = load_inputs(inputs, base)
+    prepare_out(out)
+    model = load_base(base_t, "float32")
+    base_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = []
+    for t in targets:
+        states.append(full_state(t))
+        check_shapes(base_sd, states[-1], t)
+    tokenizer = load_tokenizer_for(targets[0])
+    info: dict = {"method": method, "inputs": inputs, "base": base_t.label, "weights": weights, "density": density,
+                  "scale": scale, "seed": seed, "dtype": dtype}
+    if method == "greedy_soup":
+        kept, details = greedy_soup(base_sd, states, model, tokenizer, eval_data or "")
+        info.update(details, ingredients=[inputs[i] for i in kept])
+        states, weights = [states[i] for i in kept], None
+    torch.manual_seed(seed)
+    merged = merge_states(base_sd, states, method, weights, density, scale, outliers)
+    model.load_state_dict(merged)
+    model.to(getattr(torch, dtype))
+    save(model, tokenizer, out, info)
+    console.print(f"merged {len(states)} models with {method} -> {out}")
+    return info
