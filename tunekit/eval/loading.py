@@ -1,8 +1,8 @@
 """Find and load what eval and merge work on: a run directory, a model directory / hub id, or a recipe.
 
-`load_run_model(run_dir)` is the single place that turns a run's trained output into a model. It
-handles `full` runs (final/ holds the whole model) and peft adapters (final/ holds adapter_config.json
-+ adapter weights, loaded with `PeftModel.from_pretrained` on the base named in recipe.resolved.yaml).
+`load_run_model(run_dir)` turns a run's trained output into a model through the method registry's
+`load_trained` (full weights, peft adapters on the recipe's base, LoReFT/LoFiT interventions). Bare model
+or adapter directories (no run around them) load directly.
 """
 
 from __future__ import annotations
@@ -59,9 +59,13 @@ def resolve_target(target: str | Path) -> Target:
 
     p = Path(target).expanduser()
     if p.is_dir() and (p / RESOLVED).is_file():
+        from tunekit.methods.registry import SAVED_AS
+
         recipe = load_recipe(p / RESOLVED)
         weights = run_weights(p)
-        return Target(str(target), str(weights), weights_kind(weights), recipe.model, recipe, p)
+        saved_as = SAVED_AS.get(recipe.method.name, "peft")
+        kind = "interventions" if saved_as == "reft" else weights_kind(weights)
+        return Target(str(target), str(weights), kind, recipe.model, recipe, p)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         recipe = load_recipe(p)
         return Target(str(target), recipe.model.path, "full", recipe.model, recipe)
@@ -101,8 +105,18 @@ def load_base(t: Target, dtype: str | None = None) -> Any:
 
 
 def load_tuned(t: Target, dtype: str | None = None) -> Any:
-    """The evaluated model: the base with the adapter on top, or the full model in `t.weights`."""
+    """The evaluated model: the base with the adapter on top, or the full model in `t.weights`.
+
+    A run's result loads through the method registry (`load_trained`), so every method (QLoRA with its
+    quantized base, LoReFT/LoFiT interventions, ...) is evaluated as it was trained. With an explicit
+    `dtype` (merge), adapters load onto an unquantized base in that dtype instead.
+    """
     from tunekit.model.load import load_model, resolve_model_path
+
+    if t.recipe is not None and t.run_dir is not None and (dtype is None or t.kind == "interventions"):
+        from tunekit.methods.registry import load_trained
+
+        return load_trained(t.weights, t.recipe)
 
     if t.kind == "adapter":
         from peft import PeftModel
