@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunekit import output
+from tunekit import launch, output
 from tunekit.recipe.schema import Recipe
 from tunekit.ui import console
 
@@ -19,16 +19,22 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     from tunekit.trainers.registry import BUILDERS
 
     out = Path(recipe.output.dir)
-    output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-    output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-    output.write_json(out / "versions.json", output.versions())
+    main = launch.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
+    console.quiet = not main
+    if main:
+        output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+        output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
+        output.write_json(out / "versions.json", output.versions())
+    launch.init_process_group(recipe)
     transformers.set_seed(recipe.trainer.seed)
 
     console.rule(f"[bold]tunekit train[/] -> {out}")
     model_path = resolve_model_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, model_path)
-    train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
-    output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
+    with launch.main_process_first():
+        train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    if main:
+        output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
     console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
                   f"{data_stats['train']['trained_tokens']} trained tokens")
 
@@ -37,8 +43,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     console.print(f"model: {recipe.model.path} with method {recipe.method.name}: "
                   f"{params['trainable']:,} trainable of {params['total']:,} ({params['trainable_percent']:.2f}%)")
 
+    scale = launch.scale_summary(recipe)
+    console.print(f"scale: {scale['strategy']}, {scale['world_size']} process(es), global batch "
+                  f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
+                  f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = output.latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
+    if checkpoint is not None and main:
         output.truncate_metrics(out, int(checkpoint.name.split("-")[-1]))
         console.print(f"resuming from {checkpoint}")
     trainer = BUILDERS[recipe.trainer.kind](
@@ -46,8 +56,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(out / output.FINAL))
-    tokenizer.save_pretrained(str(out / output.FINAL))
+    trainer.save_model(str(out / output.FINAL))  # every rank: ZeRO-3 / FSDP gather the full weights here
+    if main:
+        tokenizer.save_pretrained(str(out / output.FINAL))
 
     summary = {
         "params": params,
@@ -58,11 +69,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         "train_loss_mean": result.training_loss,
         "final_loss": output.final_train_loss(out),
         "resumed_from": str(checkpoint) if checkpoint else None,
+        "launch": scale,
     }
     if eval_ds is not None:
         last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         summary["eval"] = last[-1] if last else trainer.evaluate()
-    output.write_json(out / "summary.json", summary)
+    if main:
+        output.write_json(out / "summary.json", summary)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {out}")
     return out
 
