@@ -80,10 +80,13 @@ def train(
         strategy=strategy)]
     r = load_recipe(recipe, overrides)
     if launch.needs_relaunch(r):
-        if r.launch.node_rank == 0:  # refuse a non-empty output.dir before starting any worker
-            from tunekit.output import prepare_run_dir
+        launch.check_runnable(r)
+        if r.launch.node_rank == 0:  # refuse a non-empty output.dir or a bad resume before starting workers
+            from tunekit.output import latest_checkpoint, prepare_run_dir
 
             prepare_run_dir(Path(r.output.dir), resume=resume, overwrite=overwrite or r.output.overwrite)
+            if resume:
+                launch.check_resume(r, latest_checkpoint(Path(r.output.dir)), r.launch.world_size)
         flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * _state["debug"]
         sys.exit(launch.relaunch(r, ["train", str(recipe), *overrides, *flags]))
     from tunekit.pipeline import train as run_train

@@ -58,6 +58,44 @@ def needs_relaunch(recipe: Any) -> bool:
     return recipe.launch.world_size > 1 or recipe.launch.resolved_strategy in ("deepspeed", "fsdp")
 
 
+FSDP_ON_CPU = (
+    "launch.strategy fsdp needs GPUs (or other accelerator devices): this machine has no CUDA device. "
+    "torch's FSDP2 itself runs over gloo, but accelerate (through which transformers' Trainer sets up FSDP) "
+    "enables FSDP only for multi-accelerator runs; on CPU it would silently drop FSDP and train plain DDP. "
+    "Instead: use launch.strategy ddp or deepspeed (ZeRO-2/3 run on CPU), or run on a GPU machine."
+)
+
+
+def check_runnable(recipe: Any) -> None:
+    """Machine-dependent checks made before any worker starts (validate stays machine-independent)."""
+    from tunekit.errors import UserError
+
+    if recipe.launch.resolved_strategy == "fsdp":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(FSDP_ON_CPU)
+
+
+def checkpoint_world_size(checkpoint: Path) -> int:
+    """Processes that wrote an HF Trainer checkpoint (one rng_state_R.pth per rank, rng_state.pth if one)."""
+    return len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+
+
+def check_resume(recipe: Any, checkpoint: Path, world: int) -> None:
+    """DeepSpeed ZeRO partitions optimizer state per rank; resuming needs the same number of processes.
+    DDP checkpoints hold full state and resume with any number of processes."""
+    from tunekit.errors import UserError
+
+    saved = checkpoint_world_size(checkpoint)
+    zero = any(checkpoint.glob("global_step*"))
+    if zero and saved != world:
+        raise UserError(
+            f"--resume: {checkpoint} is a DeepSpeed ZeRO checkpoint written by {saved} processes, but this run "
+            f"has {world}. ZeRO shards optimizer state per rank, so resume with --nproc/--nnodes giving {saved} "
+            f"processes in total; or start a new run from consolidated weights ({checkpoint}/zero_to_fp32.py).")
+
+
 def launcher_command(recipe: Any, worker_args: list[str]) -> list[str]:
     """The launcher command line; `worker_args` follow `-m tunekit` (e.g. train RECIPE overrides...)."""
     ln = recipe.launch

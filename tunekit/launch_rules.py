@@ -134,3 +134,7 @@ def render_markdown() -> str:
         lines.append(f"| `{r['id']}` | {_cond(r['when'])} | {_cond(r.get('unless', {})) or '-'} | {r['why']} | "
                      f"{r['instead']} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # print the table for docs/scaling.md
+    print(render_markdown(), end="")

@@ -25,6 +25,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
         output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
         output.write_json(out / "versions.json", output.versions())
+    launch.check_runnable(recipe)
     launch.init_process_group(recipe)
     transformers.set_seed(recipe.trainer.seed)
 
@@ -48,6 +49,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = output.latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        launch.check_resume(recipe, checkpoint, scale["world_size"])
     if checkpoint is not None and main:
         output.truncate_metrics(out, int(checkpoint.name.split("-")[-1]))
         console.print(f"resuming from {checkpoint}")
