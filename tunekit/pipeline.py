@@ -26,11 +26,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
         output.write_json(out / "versions.json", output.versions())
     launch.check_runnable(recipe)
+    # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
+    model_path = resolve_model_path(recipe.model)
     launch.init_process_group(recipe)
     transformers.set_seed(recipe.trainer.seed)
 
     console.rule(f"[bold]tunekit train[/] -> {out}")
-    model_path = resolve_model_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, model_path)
     with launch.main_process_first():
         train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)

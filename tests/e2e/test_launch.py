@@ -91,7 +91,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-@pytest.mark.parametrize("name", ["ddp-lora", "zero2-full", "zero3-lora"])
+# The default run covers each backend once (LoRA or full); the other halves of the matrix are `slow`.
+@pytest.mark.parametrize("name", ["ddp-lora", "zero2-full", "zero3-lora", *[
+    pytest.param(n, marks=pytest.mark.slow) for n in ("ddp-full", "zero2-lora", "zero3-full")]])
 def test_two_processes_match_one(runs, name: str) -> None:
     method = name.split("-")[1]
     single, _ = runs(f"single-{method}")
@@ -120,7 +122,8 @@ def test_resume_two_process_deepspeed_run(runs, tmp_path: Path) -> None:
     proc = tunekit(*args[:2], "--nproc", "1", *args[4:])
     assert proc.returncode == 2 and "written by 2 processes" in proc.stderr and "Traceback" not in proc.stderr
     proc = ok(tunekit(*args))
-    assert "resuming from" in proc.stderr and "checkpoint-2" in proc.stderr
+    flat = "".join(proc.stderr.split())  # rich wraps long paths
+    assert f"resumingfrom{stopped}/checkpoints/checkpoint-2" in flat
     assert json.loads((stopped / "summary.json").read_text())["global_step"] == 4
     steps = [m["step"] for m in read_metrics(stopped) if "loss" in m]
     assert steps == [1, 2, 3, 4]  # continued at the saved step: no step repeated or skipped
