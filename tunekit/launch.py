@@ -70,6 +70,13 @@ def check_runnable(recipe: Any) -> None:
     """Machine-dependent checks made before any worker starts (validate stays machine-independent)."""
     from tunekit.errors import UserError
 
+    if recipe.launch.launcher == "accelerate" and recipe.launch.world_size > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("launch.launcher accelerate: on a machine without GPUs `accelerate launch --cpu` starts "
+                            "several processes only through MPI (mpirun), and otherwise runs one process with no "
+                            "process group. Instead: use launch.launcher: torchrun (the default) on CPU.")
     if recipe.launch.resolved_strategy == "fsdp":
         import torch
 
@@ -106,10 +113,10 @@ def launcher_command(recipe: Any, worker_args: list[str]) -> list[str]:
                "--num_machines", str(ln.nnodes), "--machine_rank", str(ln.node_rank),
                "--main_process_ip", ln.master_addr, "--main_process_port", str(ln.master_port),
                "--mixed_precision", "no", "--dynamo_backend", "no", "--max_restarts", "0"]
-        if ln.world_size > 1:
-            cmd.append("--multi_gpu")
         if not torch.cuda.is_available():
-            cmd.append("--cpu")
+            cmd.append("--cpu")  # accelerate: multi-process CPU (gloo); --cpu excludes --multi_gpu
+        elif ln.world_size > 1:
+            cmd.append("--multi_gpu")
         return [*cmd, "-m", "tunekit", *worker_args]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ln.nproc),
            "--nnodes", str(ln.nnodes), "--max-restarts", "0"]

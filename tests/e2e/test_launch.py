@@ -83,7 +83,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
                 proc = ok(tunekit("train", recipe_for(tmp, method, 4)))
             else:
                 extra = {"ddp": [], "zero2": ["--strategy", "deepspeed", "launch.deepspeed.config=zero2"],
-                         "zero3": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3"]}[kind]
+                         "zero3": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3"],
+                         "zero3offload": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3-offload"]}[kind]
                 proc = ok(tunekit("train", recipe_for(tmp, method, 2), "--nproc", "2", *extra))
             cache[name] = (tmp / "run", proc)
         return cache[name]
@@ -169,3 +170,13 @@ def test_fsdp_on_cpu_is_refused_with_the_reason(tmp_path: Path) -> None:
     text = " ".join(proc.stderr.split())
     assert "launch.strategy fsdp needs GPUs" in text and "silently drop FSDP" in text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no worker started
+
+
+@pytest.mark.slow
+def test_zero3_cpu_offload_runs_and_tracks_one_process(runs) -> None:
+    """ZeRO-3 with parameter + optimizer offload steps with DeepSpeedCPUAdam (JIT-compiled cpu_adam op), not
+    torch AdamW, so the comparison is looser: 1e-3 on the loss."""
+    single, _ = runs("single-lora")
+    multi, _ = runs("zero3offload-lora")
+    assert losses(multi) == pytest.approx(losses(single), abs=1e-3)
+    torch.testing.assert_close(final_logits(multi), final_logits(single), atol=1e-3, rtol=0)

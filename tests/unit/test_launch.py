@@ -108,6 +108,11 @@ def test_launcher_command_lines() -> None:
     r = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.nproc=2", "launch.launcher=accelerate"])
     cmd = launch.launcher_command(r, ["train", "x.yaml"])
     assert cmd[2] == "accelerate.commands.launch" and cmd[cmd.index("--num_processes") + 1] == "2"
+    import torch
+
+    if not torch.cuda.is_available():  # accelerate launch --cpu needs MPI for several processes
+        with pytest.raises(UserError, match="use launch.launcher: torchrun"):
+            launch.check_runnable(r)
     env = launch.worker_env()
     assert env["PYTHONPATH"].split(":")[0] == str(Path(launch.__file__).resolve().parent.parent)
 
