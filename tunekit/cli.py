@@ -58,17 +58,39 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output.dir."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output.dir."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    nproc: int = typer.Option(None, "--nproc", help="Processes per node (launch.nproc).", show_default=False),
+    nnodes: int = typer.Option(None, "--nnodes", help="Number of nodes (launch.nnodes).", show_default=False),
+    node_rank: int = typer.Option(None, "--node-rank", help="This node's rank (launch.node_rank).", show_default=False),
+    master_addr: str = typer.Option(None, "--master-addr", help="Node 0 address (launch.master_addr).",
+                                    show_default=False),
+    master_port: int = typer.Option(None, "--master-port", help="Node 0 port (launch.master_port).", show_default=False),
+    strategy: str = typer.Option(None, "--strategy", help="ddp | deepspeed | fsdp (launch.strategy).", show_default=False),
 ) -> None:
     """Train: validate the recipe, prepare data, build model + method, run the trainer, write the run dir.
 
     Example: tunekit train recipes/quickstart.yaml trainer.max_steps=20 output.dir=runs/try
+    Several processes: tunekit train RECIPE --nproc 8 (see docs/scaling.md).
     """
     _state["debug"] |= debug
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")
+    from tunekit import launch
     from tunekit.recipe.load import load_recipe
 
-    r = load_recipe(recipe, overrides or [])
+    overrides = [*(overrides or []), *launch.flag_overrides(
+        nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+        strategy=strategy)]
+    r = load_recipe(recipe, overrides)
+    if launch.needs_relaunch(r):
+        launch.check_runnable(r)
+        if r.launch.node_rank == 0:  # refuse a non-empty output.dir or a bad resume before starting workers
+            from tunekit.output import latest_checkpoint, prepare_run_dir
+
+            prepare_run_dir(Path(r.output.dir), resume=resume, overwrite=overwrite or r.output.overwrite)
+            if resume:
+                launch.check_resume(r, latest_checkpoint(Path(r.output.dir)), r.launch.world_size)
+        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * _state["debug"]
+        sys.exit(launch.relaunch(r, ["train", str(recipe), *overrides, *flags]))
     from tunekit.pipeline import train as run_train
 
     run_train(r, resume=resume, overwrite=overwrite)
@@ -263,7 +285,9 @@ def main() -> None:
     except UserError as e:
         if debug or _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        from tunekit.launch import rank_prefix
+
+        typer.echo(f"{rank_prefix()}error: {e}", err=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunekit import output
+from tunekit import launch, output
 from tunekit.recipe.schema import Recipe
 from tunekit.ui import console
 
@@ -20,16 +20,24 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     from tunekit.trainers.registry import BUILDERS
 
     out = Path(recipe.output.dir)
-    output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-    output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-    output.write_json(out / "versions.json", output.versions())
+    main = launch.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
+    console.quiet = not main
+    if main:
+        output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+        output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
+        output.write_json(out / "versions.json", output.versions())
+    launch.check_runnable(recipe)
+    # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
+    model_path = resolve_model_path(recipe.model)
+    launch.init_process_group(recipe)
     transformers.set_seed(recipe.trainer.seed)
 
     console.rule(f"[bold]tunekit train[/] -> {out}")
-    model_path = resolve_model_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, model_path)
-    train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
-    output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
+    with launch.main_process_first():
+        train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    if main:
+        output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
     console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
                   f"{data_stats['train']['trained_tokens']} trained tokens")
 
@@ -39,8 +47,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     console.print(f"model: {recipe.model.path} with method {recipe.method.name}: "
                   f"{params['trainable']:,} trainable of {params['total']:,} ({params['trainable_percent']:.2f}%)")
 
+    scale = launch.scale_summary(recipe)
+    console.print(f"scale: {scale['strategy']}, {scale['world_size']} process(es), global batch "
+                  f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
+                  f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = output.latest_checkpoint(out) if resume else None
     if checkpoint is not None:
+        launch.check_resume(recipe, checkpoint, scale["world_size"])
+    if checkpoint is not None and main:
         output.truncate_metrics(out, int(checkpoint.name.split("-")[-1]))
         console.print(f"resuming from {checkpoint}")
     trainer = BUILDERS[recipe.trainer.kind](
@@ -51,11 +65,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         plan.configure_trainer(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if plan.save is not None:
+    if plan.save is None:
+        trainer.save_model(str(out / output.FINAL))  # every rank: ZeRO-3 / FSDP gather the full weights here
+    elif main:
         plan.save(model, out / output.FINAL)
-    else:
-        trainer.save_model(str(out / output.FINAL))
-    tokenizer.save_pretrained(str(out / output.FINAL))
+    if main:
+        tokenizer.save_pretrained(str(out / output.FINAL))
 
     summary = {
         "params": params,
@@ -66,13 +81,15 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         "train_loss_mean": result.training_loss,
         "final_loss": output.final_train_loss(out),
         "resumed_from": str(checkpoint) if checkpoint else None,
+        "launch": scale,
     }
     if eval_ds is not None:
         last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         summary["eval"] = last[-1] if last else trainer.evaluate()
-    output.write_json(out / "summary.json", summary)
+    if main:
+        output.write_json(out / "summary.json", summary)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {out}")
-    if recipe.eval.run_after_train:
+    if recipe.eval.run_after_train and main:
         from tunekit.eval.run import evaluate
 
         del trainer, model

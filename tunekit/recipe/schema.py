@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from tunekit.data.schema import DataConfig
 from tunekit.eval.schema import EvalConfig
+from tunekit.launch_schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.recipe.base import Section
 from tunekit.trainers.schema import TrainerConfig
@@ -67,9 +68,19 @@ class Recipe(Section):
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="Evaluation tasks and the report (see docs/eval-merge.md)."
     )
+    launch: LaunchConfig = Field(
+        default_factory=LaunchConfig, description="Processes, nodes and engine (DDP, DeepSpeed, FSDP2); see docs/scaling.md."
+    )
 
     @model_validator(mode="after")
     def _check_eval_steps(self) -> Recipe:
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
+        return self
+
+    @model_validator(mode="after")
+    def _check_launch_compatibility(self) -> Recipe:
+        from tunekit.launch_rules import check
+
+        check(self)  # the table in tunekit/launch_rules.py, rendered in docs/scaling.md
         return self

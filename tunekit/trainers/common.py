@@ -9,6 +9,8 @@ def training_kwargs(recipe: Any, checkpoint_dir: str, has_eval: bool) -> dict:
     t, o = recipe.trainer, recipe.output
     import torch
 
+    from tunekit.launch_backends import training_kwargs as launch_kwargs
+
     bf16 = recipe.model.dtype == "bfloat16" or (recipe.model.dtype == "auto" and torch.cuda.is_available()
                                                  and torch.cuda.is_bf16_supported())
     fp16 = recipe.model.dtype == "float16"
@@ -43,4 +45,5 @@ def training_kwargs(recipe: Any, checkpoint_dir: str, has_eval: bool) -> dict:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **launch_kwargs(recipe),  # DDP backend/timeout, DeepSpeed config, FSDP2 config
     )

@@ -1,0 +1,182 @@
+"""Multi-process training through the real CLI on CPU (gloo): DDP, DeepSpeed ZeRO-2/3, two simulated nodes.
+
+Parity construction: the single-process run uses per_device_batch_size=4; the 2-process runs use 2 per
+device. HF Trainer (through accelerate) draws one seeded permutation of the data and hands consecutive
+micro-batches to consecutive ranks, so step k sees the same 4 examples in both runs; with
+`average_tokens_across_devices` the loss is normalised by the global token count, so the gradients are
+the same up to float32 reduction order. Tolerance: 1e-4 absolute on every logged loss (observed ~1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import read_metrics, tiny_recipe
+
+pytestmark = pytest.mark.multiprocess
+
+LOSS_TOL = 1e-4
+LOGITS_TOL = 1e-4
+METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"name": "full"}, 1e-3)}
+
+
+def tunekit(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m tunekit ARGS` with a hard timeout, so a hung collective fails the test instead of CI."""
+    return subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
+def recipe_for(tmp: Path, method: str, per_device: int, name: str = "recipe.yaml") -> Path:
+    spec, lr = METHODS[method]
+    return tiny_recipe(tmp, name, method=spec,
+                       data={"max_length": 32},
+                       trainer={"max_steps": 4, "per_device_batch_size": per_device, "learning_rate": lr},
+                       output={"dir": str(tmp / "run"), "save_steps": 2})
+
+
+def losses(run: Path) -> list[float]:
+    return [m["loss"] for m in read_metrics(run) if "loss" in m]
+
+
+def final_logits(run: Path) -> torch.Tensor:
+    """Load RUN/final in this (single) process and return logits on a fixed input."""
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.model.builtin import materialize
+
+    final = run / "final"
+    if (final / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0)),
+                                          final)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(final)
+    with torch.no_grad():
+        return model.eval()(torch.arange(3, 35)[None]).logits
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory):
+    """Lazily train and cache runs by name: single-lora, ddp-lora, zero2-full, ..."""
+    cache: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def get(name: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if name not in cache:
+            kind, method = name.split("-")
+            tmp = tmp_path_factory.mktemp(name)
+            if kind == "single":
+                proc = ok(tunekit("train", recipe_for(tmp, method, 4)))
+            else:
+                extra = {"ddp": [], "zero2": ["--strategy", "deepspeed", "launch.deepspeed.config=zero2"],
+                         "zero3": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3"],
+                         "zero3offload": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3-offload"]}[kind]
+                proc = ok(tunekit("train", recipe_for(tmp, method, 2), "--nproc", "2", *extra))
+            cache[name] = (tmp / "run", proc)
+        return cache[name]
+
+    return get
+
+
+# The default run covers each backend once (LoRA or full); the other halves of the matrix are `slow`.
+@pytest.mark.parametrize("name", ["ddp-lora", "zero2-full", "zero3-lora", *[
+    pytest.param(n, marks=pytest.mark.slow) for n in ("ddp-full", "zero2-lora", "zero3-full")]])
+def test_two_processes_match_one(runs, name: str) -> None:
+    method = name.split("-")[1]
+    single, _ = runs(f"single-{method}")
+    multi, proc = runs(name)
+    assert len(losses(multi)) == 4
+    assert losses(multi) == pytest.approx(losses(single), abs=LOSS_TOL)
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["global_step"] == 4
+    assert summary["launch"]["world_size"] == 2 and summary["launch"]["global_batch_size"] == 4
+    assert "global batch 4 = 2 per device x 1 accumulation x 2 processes" in " ".join(proc.stderr.split())
+    assert proc.stderr.count("done: 4 steps") == 1  # only rank 0 prints
+    # Consolidated final weights load in one process and give the single-process run's outputs.
+    torch.testing.assert_close(final_logits(multi), final_logits(single), atol=LOGITS_TOL, rtol=0)
+
+
+def test_resume_two_process_deepspeed_run(runs, tmp_path: Path) -> None:
+    """A ZeRO-3 run stopped after checkpoint-2 resumes on 2 processes at step 3 and ends like the full run."""
+    full, _ = runs("zero3-lora")
+    stopped = tmp_path / "run"
+    shutil.copytree(full, stopped)
+    for p in ("final", "summary.json", "checkpoints/checkpoint-4"):
+        shutil.rmtree(stopped / p) if (stopped / p).is_dir() else (stopped / p).unlink()
+    recipe = recipe_for(tmp_path, "lora", 2)
+    args = ("train", recipe, "--nproc", "2", "--strategy", "deepspeed", "launch.deepspeed.config=zero3", "--resume")
+    # A different process count is refused before any worker starts: ZeRO state is partitioned per rank.
+    proc = tunekit(*args[:2], "--nproc", "1", *args[4:])
+    assert proc.returncode == 2 and "written by 2 processes" in proc.stderr and "Traceback" not in proc.stderr
+    proc = ok(tunekit(*args))
+    flat = "".join(proc.stderr.split())  # rich wraps long paths
+    assert f"resumingfrom{stopped}/checkpoints/checkpoint-2" in flat
+    assert json.loads((stopped / "summary.json").read_text())["global_step"] == 4
+    steps = [m["step"] for m in read_metrics(stopped) if "loss" in m]
+    assert steps == [1, 2, 3, 4]  # continued at the saved step: no step repeated or skipped
+    assert losses(stopped) == pytest.approx(losses(full), abs=LOSS_TOL)
+    torch.testing.assert_close(final_logits(stopped), final_logits(full), atol=LOGITS_TOL, rtol=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_simulated_nodes_through_torchrun_rendezvous(runs, tmp_path: Path) -> None:
+    """Two `tunekit train --nnodes 2 --node-rank R` launches on 127.0.0.1, one process each."""
+    single, _ = runs("single-lora")
+    recipe = recipe_for(tmp_path, "lora", 2)
+    port = str(_free_port())
+    cmd = [sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "1", "--nnodes", "2",
+           "--master-addr", "127.0.0.1", "--master-port", port, "--node-rank"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    nodes = [subprocess.Popen([*cmd, str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for r in (0, 1)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["launch"]["world_size"] == 2 and summary["global_step"] == 4
+    assert losses(tmp_path / "run") == pytest.approx(losses(single), abs=LOSS_TOL)
+
+
+def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": str(tmp_path / "missing.jsonl"), "format": "messages"}]})
+    proc = tunekit("train", recipe, "--nproc", "2", timeout=240)
+    assert proc.returncode != 0
+    assert "rank 0/2: error:" in proc.stderr and "missing.jsonl" in proc.stderr
+    assert "Root Cause" in proc.stderr and "the 2-process run failed" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fsdp_on_cpu_is_refused_with_the_reason(tmp_path: Path) -> None:
+    proc = tunekit("train", recipe_for(tmp_path, "lora", 2), "--nproc", "2", "--strategy", "fsdp")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "launch.strategy fsdp needs GPUs" in text and "silently drop FSDP" in text
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no worker started
+
+
+@pytest.mark.slow
+def test_zero3_cpu_offload_runs_and_tracks_one_process(runs) -> None:
+    """ZeRO-3 with parameter + optimizer offload steps with DeepSpeedCPUAdam (JIT-compiled cpu_adam op), not
+    torch AdamW, so the comparison is looser: 1e-3 on the loss."""
+    single, _ = runs("single-lora")
+    multi, _ = runs("zero3offload-lora")
+    assert losses(multi) == pytest.approx(losses(single), abs=1e-3)
+    torch.testing.assert_close(final_logits(multi), final_logits(single), atol=1e-3, rtol=0)

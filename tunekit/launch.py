@@ -1,0 +1,219 @@
+"""One process, or tunekit relaunched under torchrun / accelerate launch (never a home-made launcher).
+
+`tunekit train` validates the recipe, and when the launch section asks for more than one process (or
+for DeepSpeed / FSDP, which need a distributed environment), it re-executes itself as
+
+    python -m torch.distributed.run --nproc-per-node N ... -m tunekit train RECIPE OVERRIDES...
+
+with the same interpreter and PYTHONPATH, and exits with the launcher's exit code. A process that is
+already under torchrun or accelerate (LOCAL_RANK / WORLD_SIZE / TORCHELASTIC_RUN_ID / ACCELERATE_* in
+the environment) is never relaunched: it trains as one rank of that run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LAUNCHER_ENV = ("LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")
+# CLI flag -> recipe field they override (flags are sugar for `launch.X=VALUE` overrides).
+FLAG_FIELDS = {"nproc": "nproc", "nnodes": "nnodes", "node_rank": "node_rank", "master_addr": "master_addr",
+               "master_port": "master_port", "strategy": "strategy"}
+
+
+def under_launcher() -> bool:
+    return any(k in os.environ for k in LAUNCHER_ENV)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def rank_prefix() -> str:
+    """`rank 1/2: ` inside a multi-process run, so an error names the rank that raised it."""
+    return f"rank {rank()}/{world_size()}: " if world_size() > 1 else ""
+
+
+def flag_overrides(**flags: Any) -> list[str]:
+    """`--nproc 2 --nnodes 1` -> [`launch.nproc=2`, `launch.nnodes=1`] (unset flags are skipped)."""
+    return [f"launch.{FLAG_FIELDS[k]}={v}" for k, v in flags.items() if v is not None]
+
+
+def needs_relaunch(recipe: Any) -> bool:
+    if under_launcher():
+        return False
+    return recipe.launch.world_size > 1 or recipe.launch.resolved_strategy in ("deepspeed", "fsdp")
+
+
+FSDP_ON_CPU = (
+    "launch.strategy fsdp needs GPUs (or other accelerator devices): this machine has no CUDA device. "
+    "torch's FSDP2 itself runs over gloo, but accelerate (through which transformers' Trainer sets up FSDP) "
+    "enables FSDP only for multi-accelerator runs; on CPU it would silently drop FSDP and train plain DDP. "
+    "Instead: use launch.strategy ddp or deepspeed (ZeRO-2/3 run on CPU), or run on a GPU machine."
+)
+
+
+def check_runnable(recipe: Any) -> None:
+    """Machine-dependent checks made before any worker starts (validate stays machine-independent)."""
+    from tunekit.errors import UserError
+
+    if recipe.launch.launcher == "accelerate" and recipe.launch.world_size > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("launch.launcher accelerate: on a machine without GPUs `accelerate launch --cpu` starts "
+                            "several processes only through MPI (mpirun), and otherwise runs one process with no "
+                            "process group. Instead: use launch.launcher: torchrun (the default) on CPU.")
+    if recipe.launch.resolved_strategy == "fsdp":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(FSDP_ON_CPU)
+
+
+def checkpoint_world_size(checkpoint: Path) -> int:
+    """Processes that wrote an HF Trainer checkpoint (one rng_state_R.pth per rank, rng_state.pth if one)."""
+    return len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+
+
+def check_resume(recipe: Any, checkpoint: Path, world: int) -> None:
+    """DeepSpeed ZeRO partitions optimizer state per rank; resuming needs the same number of processes.
+    DDP checkpoints hold full state and resume with any number of processes."""
+    from tunekit.errors import UserError
+
+    saved = checkpoint_world_size(checkpoint)
+    zero = any(checkpoint.glob("global_step*"))
+    if zero and saved != world:
+        raise UserError(
+            f"--resume: {checkpoint} is a DeepSpeed ZeRO checkpoint written by {saved} processes, but this run "
+            f"has {world}. ZeRO shards optimizer state per rank, so resume with --nproc/--nnodes giving {saved} "
+            f"processes in total; or start a new run from consolidated weights ({checkpoint}/zero_to_fp32.py).")
+
+
+def launcher_command(recipe: Any, worker_args: list[str]) -> list[str]:
+    """The launcher command line; `worker_args` follow `-m tunekit` (e.g. train RECIPE overrides...)."""
+    ln = recipe.launch
+    if ln.launcher == "accelerate":
+        import torch
+
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(ln.world_size),
+               "--num_machines", str(ln.nnodes), "--machine_rank", str(ln.node_rank),
+               "--main_process_ip", ln.master_addr, "--main_process_port", str(ln.master_port),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--max_restarts", "0"]
+        if not torch.cuda.is_available():
+            cmd.append("--cpu")  # accelerate: multi-process CPU (gloo); --cpu excludes --multi_gpu
+        elif ln.world_size > 1:
+            cmd.append("--multi_gpu")
+        return [*cmd, "-m", "tunekit", *worker_args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ln.nproc),
+           "--nnodes", str(ln.nnodes), "--max-restarts", "0"]
+    if ln.nnodes == 1:
+        cmd.append("--standalone")  # rendezvous on a free local port; no master_addr/port needed
+    else:
+        cmd += ["--node-rank", str(ln.node_rank), "--master-addr", ln.master_addr, "--master-port", str(ln.master_port)]
+    return [*cmd, "-m", "tunekit", *worker_args]
+
+
+def worker_env() -> dict[str, str]:
+    """The parent's environment plus a PYTHONPATH that makes workers import this very tunekit."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([here, *[p for p in parts if p != here]])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def relaunch(recipe: Any, worker_args: list[str]) -> int:
+    """Run the launcher, stream its output, and return its exit code. A failing rank ends the whole run:
+    torchrun stops the other ranks and prints the failing rank, its exit code and error."""
+    from tunekit.ui import console
+
+    cmd = launcher_command(recipe, worker_args)
+    ln = recipe.launch
+    console.print(f"launch: {ln.resolved_strategy} with {ln.nproc} process(es) x {ln.nnodes} node(s) "
+                  f"via {ln.launcher}: {' '.join(cmd)}")
+    try:
+        proc = subprocess.run(cmd, env=worker_env())
+    except KeyboardInterrupt:
+        return 130
+    if proc.returncode != 0:
+        console.print(f"[red]error:[/] the {ln.world_size}-process run failed (exit code {proc.returncode}); "
+                      "the failing rank and its error are printed above (`rank N/W: error: ...` and the "
+                      "launcher's `Root Cause` summary).")
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Preprocess data on local rank 0 first while the other ranks wait; they then read its cache.
+
+    The process group is created here (the one accelerate/DeepSpeed/transformers then reuse), with the
+    recipe's timeout, so waiting ranks are bounded by `launch.timeout_minutes` and never hang forever.
+    """
+    if world_size() <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if local_rank == 0:
+            dist.barrier()
+
+
+def init_process_group(recipe: Any) -> None:
+    """Initialise torch.distributed with the recipe's backend and timeout (no-op in one process)."""
+    if world_size() <= 1:
+        return
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from tunekit.launch_backends import backend
+
+    if dist.is_initialized():
+        return
+    name = backend(recipe.launch)
+    timeout = timedelta(minutes=recipe.launch.timeout_minutes)
+    if recipe.launch.resolved_strategy == "deepspeed" and name == "gloo":
+        # accelerate picks a DeepSpeed backend only for accelerator devices; on CPU it would fall back to
+        # one process. Configure its state for DeepSpeed over gloo here; TrainingArguments then reuses it
+        # (`accelerator_config.use_configured_state`, see launch_backends.training_kwargs).
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend=name, timeout=timeout)
+        return
+    if name == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=name, timeout=timeout)
+
+
+def scale_summary(recipe: Any) -> dict:
+    t = recipe.trainer
+    ws = world_size()
+    return {"strategy": recipe.launch.resolved_strategy if ws > 1 or under_launcher() else "single",
+            "world_size": ws, "per_device_batch_size": t.per_device_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "global_batch_size": t.per_device_batch_size * t.gradient_accumulation_steps * ws}
