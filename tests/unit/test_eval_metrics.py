@@ -64,7 +64,7 @@ def test_task_row_missing_answer_names_file_and_row(tmp_path: Path) -> None:
     choice = tmp_path / "c.jsonl"
     choice.write_text(json.dumps({"prompt": "p", "choices": ["a", "b"], "answer": 5}) + "\n")
     task = EvalTask(name="c", kind="multiple_choice", data={"path": str(choice), "format": "choice"})
-    with pytest.raises(UserError, match="row 1: answer index 5 is out of range"):
+    with pytest.raises(UserError, match=r"row 1 \(line 1\): answer index 5 is out of range"):
         read_examples(task)
 
 

@@ -57,9 +57,11 @@ def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
 
 def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Example:
     from tunekit.data.formats import FORMATS
+    from tunekit.data.schema import DatasetSpec
 
     if fmt in FORMATS:
-        msgs = FORMATS[fmt](row, columns, where)
+        # Training formats parse exactly as in training (same column mapping and checks).
+        msgs = FORMATS[fmt](row, DatasetSpec(path="-", format=fmt, columns=columns), where)
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
         return Example(msgs[:last], msgs[last]["content"])
     prompt = [{"role": "user", "content": str(_col(row, "prompt", columns, where))}]
@@ -84,9 +86,12 @@ def read_examples(task: EvalTask) -> list[Example]:
     from tunekit.data.sources import read_rows
 
     assert task.data is not None
-    path, rows = read_rows(task.data.path)
-    rows = rows[: task.max_examples] if task.max_examples else rows
-    return [parse_row(r, task.data.format, task.data.columns, f"{path}: row {i + 1}") for i, r in enumerate(rows)]
+    from tunekit.data.schema import DatasetSpec
+
+    loaded = read_rows(DatasetSpec(path=task.data.path, format="messages"))  # format is not used to read
+    n = task.max_examples or len(loaded.rows)
+    return [parse_row(r, task.data.format, task.data.columns, where)
+            for r, where in zip(loaded.rows[:n], loaded.where[:n])]
 
 
 # ------------------------------------------------------------------------------------------------ scoring
