@@ -61,6 +61,10 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
     """Returns (train Dataset, eval Dataset or None, stats dict)."""
     from datasets import Dataset
 
+    from tunekit.data.preference import build_preference_datasets, is_preference_data
+
+    if is_preference_data(cfg):  # preference / RL formats: conversational columns for TRL (data/preference.py)
+        return build_preference_datasets(cfg, tokenizer, seed)
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("model: the tokenizer has no chat template; choose a model whose tokenizer ships one")
     train_stats, eval_stats = DataStats(), DataStats()

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from tunekit.recipe.base import Section
 
-FORMATS = ("messages", "prompt_completion")
+FORMATS = ("messages", "prompt_completion", "preference", "unpaired_preference", "prompt_answer")
 
 
 class DatasetSpec(Section):
@@ -16,9 +16,12 @@ class DatasetSpec(Section):
         description="A local JSONL file (relative paths resolve against the current directory), or "
         "`builtin:NAME/FILE` for data shipped with tunekit."
     )
-    format: Literal["messages", "prompt_completion"] = Field(
+    format: Literal["messages", "prompt_completion", "preference", "unpaired_preference", "prompt_answer"] = Field(
         description="Row layout. `messages`: {messages: [{role, content}, ...]}. "
-        "`prompt_completion`: {prompt: str, completion: str}."
+        "`prompt_completion`: {prompt: str, completion: str}. "
+        "`preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected}. "
+        "`unpaired_preference` (kto): {prompt, completion, label: true|false}. "
+        "`prompt_answer` (reft): {question, answer, solution} (solution: a reasoning path ending in `#### answer`)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -41,6 +44,11 @@ class DataConfig(Section):
     train_on: Literal["assistant", "all"] = Field(
         default="assistant",
         description="Which tokens carry loss: `assistant` (assistant turns / completions, the default) or `all`.",
+    )
+    drop_invalid_pairs: bool = Field(
+        default=False,
+        description="Preference data: drop (and count) rows whose chosen equals rejected or that miss a field, "
+        "instead of stopping with an error naming the row.",
     )
     shuffle_seed: int | None = Field(
         default=None, description="Seed for shuffling training rows; null uses trainer.seed."

@@ -68,4 +68,7 @@ class Recipe(Section):
     def _check_eval_steps(self) -> Recipe:
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
+        from tunekit.trainers.schema import check_data_formats
+
+        check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
         return self
