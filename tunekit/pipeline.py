@@ -11,6 +11,10 @@ from tunekit.ui import console
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
+    if recipe.trainer.kind == "reft":  # two stages (SFT warm-up, then online RL): tunekit/trainers/reft.py
+        from tunekit.trainers.reft import train as train_reft
+
+        return train_reft(recipe, resume=resume, overwrite=overwrite)
     import transformers
 
     from tunekit.data.build import build_datasets
