@@ -42,6 +42,13 @@ def problem(rng: random.Random) -> dict:
     return {"question": q, "answer": str(c), "solution": f"{step}\n#### {c}"}
 
 
+def plus_one(rng: random.Random) -> dict:
+    """The easy variant: "... gets 1 more": the answer depends on one number of the question."""
+    a, n, i = rng.randint(0, 8), rng.choice(NAMES), rng.choice(ITEMS)
+    return {"question": f"{n} has {a} {i}s and gets 1 more. How many {i}s does {n} have now?",
+            "answer": str(a + 1), "solution": f"{a} + 1 = {a + 1}\n#### {a + 1}"}
+
+
 def wrong(c: int, rng: random.Random) -> int:
     return rng.choice([x for x in range(10) if x != c])
 
@@ -72,6 +79,8 @@ def main() -> None:
         good = rng.random() < 0.5
         unpaired.append({"prompt": p["prompt"], "completion": p["chosen"] if good else p["rejected"], "label": good})
     write("kto_train.jsonl", unpaired)
+    write("plus_one_train.jsonl", [plus_one(rng) for _ in range(256)])
+    write("plus_one_eval.jsonl", [plus_one(rng) for _ in range(32)])
     print(f"wrote {OUT}")
 
 
