@@ -3,7 +3,7 @@
 Each row: {question, answer, solution}; the solution is a one-line reasoning path ending in `#### N`
 (GSM8K style), so the numeric-match reward and the SFT warm-up read the same data. Numbers are small
 (single digits, non-negative results) so a tiny model on a CPU can learn the task in minutes.
-Also writes preference pairs (chosen: the right answer, rejected: a wrong one) for dpo/kto/orpo.
+Also writes preference pairs (chosen: the right answer, rejected: the answer off by ten) for dpo/kto/orpo.
 
     python scripts/make_arith_data.py      # rewrites the files; deterministic (seeded)
 """
@@ -50,7 +50,9 @@ def plus_one(rng: random.Random) -> dict:
 
 
 def wrong(c: int, rng: random.Random) -> int:
-    return rng.choice([x for x in range(10) if x != c])
+    # Off by ten: clearly wrong for single-digit problems, and a difference the builtin tiny (randomly
+    # initialised) model can learn to see in a CPU-sized DPO run, so the learning-signal test is cheap.
+    return c + 10
 
 
 def pair(row: dict, rng: random.Random) -> dict:
@@ -79,8 +81,9 @@ def main() -> None:
         good = rng.random() < 0.5
         unpaired.append({"prompt": p["prompt"], "completion": p["chosen"] if good else p["rejected"], "label": good})
     write("kto_train.jsonl", unpaired)
-    write("plus_one_train.jsonl", [plus_one(rng) for _ in range(256)])
-    write("plus_one_eval.jsonl", [plus_one(rng) for _ in range(32)])
+    easy = random.Random(4321)
+    write("plus_one_train.jsonl", [plus_one(easy) for _ in range(256)])
+    write("plus_one_eval.jsonl", [plus_one(easy) for _ in range(32)])
     print(f"wrote {OUT}")
 
 

@@ -38,8 +38,8 @@ def test_dpo_raises_heldout_preference_accuracy(tmp_path: Path) -> None:
         data={"train": [{"path": "builtin:arith/pref_train.jsonl", "format": "preference"}],
               "eval": [{"path": "builtin:arith/pref_eval.jsonl", "format": "preference"}]},
         method={"name": "lora", "r": 8, "alpha": 16, "modules_to_save": ["lm_head"]},
-        trainer={"kind": "dpo", "loss_type": "sigmoid", "beta": 0.1, "learning_rate": 1e-2, "max_steps": 40,
-                 "per_device_batch_size": 8, "logging_steps": 10, "eval_steps": 40, "lr_scheduler": "constant",
+        trainer={"kind": "dpo", "loss_type": "sigmoid", "beta": 0.1, "learning_rate": 1e-2, "max_steps": 30,
+                 "per_device_batch_size": 8, "logging_steps": 10, "eval_steps": 30, "lr_scheduler": "constant",
                  "seed": 0},
     )
     run_cli("train", recipe, check=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_metrics, run_cli
 from tests.e2e.test_reft import reft_recipe
 
 
+@pytest.mark.slow  # ~2-4 min on 2 free cores; not yet shown to pass reliably (see docs/trainers.md)
 def test_rl_stage_beats_warmup_on_heldout_reward(tmp_path: Path) -> None:
     recipe = reft_recipe(
         tmp_path,
@@ -23,8 +26,8 @@ def test_rl_stage_beats_warmup_on_heldout_reward(tmp_path: Path) -> None:
         trainer={"kind": "reft",
                  "warmup": {"learning_rate": 6e-3, "lr_scheduler": "constant", "max_steps": 30,
                             "per_device_batch_size": 16, "logging_steps": 10, "seed": 0},
-                 "rl": {"algorithm": "grpo", "learning_rate": 3e-3, "lr_scheduler": "constant", "max_steps": 20,
-                        "per_device_batch_size": 16, "num_generations": 4, "max_completion_length": 16,
+                 "rl": {"algorithm": "grpo", "learning_rate": 5e-4, "lr_scheduler": "constant", "max_steps": 30,
+                        "per_device_batch_size": 16, "num_generations": 8, "max_completion_length": 16,
                         "beta": 0.0, "logging_steps": 5, "eval_samples": 4, "seed": 0,
                         "rewards": [{"type": "numeric_match"}, {"type": "format"}]}},
     )
