@@ -175,7 +175,7 @@ def build_rl_trainer(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, fun
         _check_vllm()
     kwargs = training_kwargs(recipe.model_copy(update={"trainer": rl}), checkpoint_dir, False)
     kwargs.update(num_generations=rl.num_generations, max_completion_length=rl.max_completion_length,
-                  temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k or None, beta=rl.beta,
+                  temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k, beta=rl.beta,
                   epsilon=rl.epsilon, num_iterations=rl.num_iterations, reward_weights=weights,
                   use_vllm=rl.use_vllm, log_completions=False)
     if rl.use_vllm:
@@ -237,7 +237,7 @@ def heldout_reward(model: Any, tokenizer: Any, ds: Any, recipe: Any, batch_size:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             with torch.no_grad():
                 seqs = model.generate(**enc, do_sample=True, temperature=rl.temperature, top_p=rl.top_p,
-                                      top_k=rl.top_k or None, max_new_tokens=rl.max_completion_length,
+                                      top_k=rl.top_k, max_new_tokens=rl.max_completion_length,
                                       num_return_sequences=rl.eval_samples, pad_token_id=tokenizer.pad_token_id)
             completions = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             k = rl.eval_samples
