@@ -81,16 +81,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def truncate_metrics(out: Path, step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint's step (they will be logged again)."""
+def truncate_metrics(out: Path, step: int, stage: str | None = None) -> None:
+    """On resume, drop metric lines logged after the checkpoint's step (they will be logged again).
+
+    With `stage`, only that stage's lines (tagged `"stage": NAME`) are truncated; other stages' lines stay.
+    """
     path = out / METRICS
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and
+            (json.loads(ln).get("step", 0) <= step or (stage is not None and json.loads(ln).get("stage") != stage))]
     path.write_text("".join(k + "\n" for k in keep))
 
 
-def metrics_callback(out: Path) -> Any:
+def metrics_callback(out: Path, tags: dict | None = None) -> Any:
     from transformers import TrainerCallback
 
     class MetricsWriter(TrainerCallback):
@@ -105,7 +109,7 @@ def metrics_callback(out: Path) -> Any:
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if not state.is_world_process_zero or not logs:
                 return
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            row = {**(tags or {}), "step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
             row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             now, seen = time.perf_counter(), state.num_input_tokens_seen
             if self._last is not None and "loss" in logs and now > self._last[0]:

@@ -12,6 +12,10 @@ from tunekit.ui import console
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
     """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
+    if recipe.trainer.kind == "reft":  # two stages (SFT warm-up, then online RL): tunekit/trainers/reft.py
+        from tunekit.trainers.reft import train as train_reft
+
+        return train_reft(recipe, resume=resume, overwrite=overwrite)
     import transformers
 
     from tunekit.data.build import build_datasets

@@ -160,7 +160,12 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
     """Returns (train Dataset, eval Dataset or None, stats dict), from the cache when nothing changed.
 
     Sets `tokenizer.chat_template` to the template actually used (the pipeline saves the tokenizer with it).
+    Preference and RL formats hand off to `tunekit/data/preference.py` (conversational columns for TRL).
     """
+    from tunekit.data.preference import build_preference_datasets, is_preference_data
+
+    if is_preference_data(cfg):
+        return build_preference_datasets(cfg, tokenizer, seed)
     needs_template = any(s.format != "text" for s in [*cfg.train, *cfg.eval])
     template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
     seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else seed

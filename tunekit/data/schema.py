@@ -8,7 +8,8 @@ from pydantic import Field, model_validator
 
 from tunekit.recipe.base import Section
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
+           "prompt_answer")
 
 
 class DatasetSpec(Section):
@@ -18,11 +19,16 @@ class DatasetSpec(Section):
         "shipped with tunekit, or `hub:ORG/NAME` for a Hugging Face Hub dataset. Relative paths resolve against "
         "the current directory."
     )
-    format: Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text"] = Field(
+    format: Literal[
+        "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
+        "prompt_answer",
+    ] = Field(
         description="Row layout. `alpaca`: {instruction, input?, output, system?}. `messages`: {messages: "
         "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
         "(see `roles`). `prompt_completion`: {prompt, completion}. `text`: {text} for continued pre-training "
-        "(every token trained, EOS appended)."
+        "(every token trained, EOS appended). `preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected}. "
+        "`unpaired_preference` (kto): {prompt, completion, label: true|false}. "
+        "`prompt_answer` (reft): {question, answer, solution} (solution: a reasoning path ending in `#### answer`)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -98,6 +104,11 @@ class DataConfig(Section):
         default=None,
         description="Where tokenized datasets are cached, keyed by a fingerprint of data, tokenizer, template and "
         "options. null: $TUNEKIT_CACHE/data (default ~/.cache/tunekit/data).",
+    )
+    drop_invalid_pairs: bool = Field(
+        default=False,
+        description="Preference data: drop (and count) rows whose chosen equals rejected or that miss a field, "
+        "instead of stopping with an error naming the row.",
     )
     shuffle_seed: int | None = Field(
         default=None, description="Seed for mixing and shuffling training rows; null uses trainer.seed."

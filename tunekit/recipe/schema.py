@@ -76,6 +76,12 @@ class Recipe(Section):
     def _check_eval_steps(self) -> Recipe:
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
+        from tunekit.trainers.schema import check_data_formats
+
+        check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
+        if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit"):
+            raise ValueError(f"method.name: {self.method.name} (representation interventions) cannot carry the reft "
+                             "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
         return self
 
     @model_validator(mode="after")

@@ -4,48 +4,46 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from tunekit.recipe.base import Section
+from tunekit.trainers.optim_schema import SCHEDULERS, TRACKERS, OptimSettings
+from tunekit.trainers.preference_schema import (
+    CPOTrainerConfig,
+    DPOTrainerConfig,
+    KTOTrainerConfig,
+    ORPOTrainerConfig,
+)
+from tunekit.trainers.reft_schema import ReFTTrainerConfig
 
-SCHEDULERS = Literal[
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
-]
-TRACKERS = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "trackio"]
-
-
-class OptimSettings(Section):
-    """Settings shared by every trainer kind."""
-
-    num_epochs: float = Field(default=1.0, gt=0, description="Passes over the training data (ignored if max_steps > 0).")
-    max_steps: int = Field(default=-1, description="Total optimizer steps; -1 trains for `num_epochs`.")
-    per_device_batch_size: int = Field(default=8, ge=1, description="Examples per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(default=2.0e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: SCHEDULERS = Field(default="cosine", description="Learning-rate schedule after warm-up.")
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
-    optim: str = Field(default="adamw_torch", description="Optimizer name as transformers knows it.")
-    seed: int = Field(default=0, description="Seed for initialisation of new weights, data order and dropout.")
-    gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
-    logging_steps: int = Field(default=10, ge=1, description="Log metrics every N optimizer steps.")
-    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps (needs eval data).")
-    report_to: list[TRACKERS] = Field(
-        default_factory=list, description="Experiment trackers (must be installed): tensorboard, wandb, mlflow, ..."
-    )
-
-    @model_validator(mode="after")
-    def _warmup(self) -> OptimSettings:
-        if self.warmup_ratio and self.warmup_steps:
-            raise ValueError("set warmup_ratio or warmup_steps, not both")
-        return self
+__all__ = ["SCHEDULERS", "TRACKERS", "OptimSettings", "TrainerConfig"]
 
 
 class SFTTrainerConfig(OptimSettings):
     kind: Literal["sft"] = Field(description="Supervised fine-tuning (next-token loss on the trained tokens).")
 
 
-TrainerConfig = Annotated[SFTTrainerConfig, Field(discriminator="kind")]
+TrainerConfig = Annotated[
+    SFTTrainerConfig | DPOTrainerConfig | KTOTrainerConfig | ORPOTrainerConfig | CPOTrainerConfig | ReFTTrainerConfig,
+    Field(discriminator="kind"),
+]
+
+# Data formats that only the preference / RL trainers read; every other format is an SFT format.
+NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
+# Which data formats each non-SFT trainer kind reads (checked when the recipe is validated).
+DATA_FORMATS: dict[str, tuple[str, ...]] = {
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "cpo": ("preference",),
+    "kto": ("unpaired_preference", "preference"),
+    "reft": ("prompt_answer",),
+}
+
+
+def check_data_formats(kind: str, formats: list[str]) -> None:
+    """Raise ValueError when a dataset's format cannot feed this trainer kind."""
+    allowed = DATA_FORMATS.get(kind)
+    bad = sorted({f for f in formats if (f not in allowed if allowed else f in NON_SFT_FORMATS)})
+    if bad:
+        reads = " or ".join(allowed) if allowed else "an SFT format (messages, prompt_completion, ...)"
+        raise ValueError(f"trainer.kind `{kind}` reads data in format {reads}, but data uses {', '.join(bad)}; "
+                         "convert the data or choose the trainer kind that reads it")

@@ -1,0 +1,82 @@
+"""dpo / kto / orpo / cpo end to end through the real CLI on the builtin tiny model (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import read_metrics, run_cli, tiny_recipe
+
+RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]
+PAIRS = {"path": "builtin:arith/pref_train.jsonl", "format": "preference"}
+
+
+def _run(tmp: Path, trainer: dict, data: dict | None = None) -> Path:
+    recipe = tiny_recipe(tmp, data=data or {"train": [PAIRS]},
+                         trainer={"max_steps": 3, "learning_rate": 5e-3, "logging_steps": 1, "seed": 0, **trainer})
+    run_cli("train", recipe, check=True)
+    return tmp / "run"
+
+
+def _standard_outputs(run: Path, keys: set[str]) -> list[dict]:
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    assert not (run / "final" / "ref").exists()  # the reference is the adapter-disabled base, never saved
+    metrics = read_metrics(run)
+    logged = set().union(*metrics)
+    assert keys <= logged, keys - logged
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 3
+    return metrics
+
+
+def test_dpo_robust_loss(tmp_path: Path) -> None:
+    run = _run(tmp_path, {"kind": "dpo", "loss_type": "robust", "beta": 0.1, "label_smoothing": 0.1})
+    metrics = _standard_outputs(run, {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                      "rewards/accuracies"})
+    assert all(m["loss"] > 0 for m in metrics if "loss" in m)
+
+
+def test_dpo_weighted_loss_combination(tmp_path: Path) -> None:
+    run = _run(tmp_path, {"kind": "dpo", "loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]})
+    _standard_outputs(run, {"loss", "rewards/margins"})
+    resolved = (run / "recipe.resolved.yaml").read_text()
+    assert "bco_pair" in resolved and "0.2" in resolved
+
+
+def test_kto_unpaired(tmp_path: Path) -> None:
+    data = {"train": [{"path": "builtin:arith/kto_train.jsonl", "format": "unpaired_preference"}]}
+    run = _run(tmp_path, {"kind": "kto", "desirable_weight": 1.0, "undesirable_weight": 1.0}, data)
+    _standard_outputs(run, {"loss", "kl"})
+
+
+def test_orpo(tmp_path: Path) -> None:
+    run = _run(tmp_path, {"kind": "orpo", "beta": 0.1})
+    _standard_outputs(run, {"loss", "rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"})
+
+
+def test_simpo_through_cpo(tmp_path: Path) -> None:
+    run = _run(tmp_path, {"kind": "cpo", "loss_type": "simpo", "cpo_alpha": 0.0, "beta": 2.0, "simpo_gamma": 0.5})
+    _standard_outputs(run, {"loss", "rewards/margins"})
+
+
+def test_bad_pairs_name_the_row_or_are_counted(tmp_path: Path) -> None:
+    rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"}, {"prompt": "q2", "chosen": "same", "rejected": "same"},
+            {"prompt": "q3", "chosen": "a"}]
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": str(bad), "format": "preference"}]},
+                         trainer={"kind": "dpo", "max_steps": 1, "per_device_batch_size": 1})
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pairs.jsonl: row 2" in proc.stderr and "identical" in proc.stderr
+    proc = run_cli("train", recipe, "data.drop_invalid_pairs=true", "--overwrite", check=True)
+    stats = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]["train"]
+    assert stats["rows_out"] == 1
+    assert stats["dropped"] == {"chosen identical to rejected": 1, "invalid row": 1}
+
+
+def test_trainer_kind_and_data_format_must_fit(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, trainer={"kind": "dpo"})  # default data is `messages`
+    proc = run_cli("validate", recipe)
+    assert proc.returncode == 2 and "reads data in format preference" in proc.stderr

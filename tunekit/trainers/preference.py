@@ -1,0 +1,112 @@
+"""`dpo`, `kto`, `orpo`, `cpo` (incl. SimPO): preference trainers built from TRL.
+
+The data stage hands over conversational {prompt, chosen, rejected} (or {prompt, completion, label})
+rows; TRL applies the chat template and tokenizes. Reference model (dpo, kto): with `ref_model: null`
+TRL uses the initial policy: for a PeftModel it keeps a frozen copy of the adapter as it was before
+training (identical to the adapter-disabled base for a freshly initialised LoRA, and still right for
+adapters whose init changes the base, e.g. PiSSA); for full training it loads a second copy of the
+base model. An explicit `ref_model` is loaded like the base model. When the adapter is a fresh LoRA
+(every lora_B is zero, so the adapter is a no-op) the copy is dropped again and the reference is
+the adapter-disabled base: the same numbers, half the adapter memory, and no `ref/` folder saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunekit.trainers.common import training_kwargs
+
+
+def _ref_model(recipe: Any) -> Any:
+    t = recipe.trainer
+    if not t.ref_model:
+        return None
+    from tunekit.model.load import load_model, resolve_model_path
+
+    cfg = recipe.model.model_copy(update={"path": t.ref_model})
+    ref = load_model(cfg, resolve_model_path(cfg))
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def _base_as_reference(trainer: Any) -> Any:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" not in getattr(model, "peft_config", {}):
+        return trainer
+    lora_b = [p for n, p in model.named_parameters() if ".lora_B.default" in n]
+    others = [n for n in model.peft_config if n not in ("default", "ref")]
+    if lora_b and not others and all(not p.detach().any() for p in lora_b):
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+    return trainer
+
+
+def build_dpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+              callbacks: list) -> Any:
+    from trl import DPOConfig, DPOTrainer
+
+    t = recipe.trainer
+    args = DPOConfig(
+        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        max_length=recipe.data.max_length,
+        beta=t.beta,
+        loss_type=t.loss_types,
+        loss_weights=t.loss_weights,
+        label_smoothing=t.label_smoothing,
+        f_divergence_type=t.f_divergence_type,
+        use_weighting=t.use_weighting,
+        ld_alpha=t.ld_alpha,
+        discopop_tau=t.discopop_tau,
+        precompute_ref_log_probs=t.precompute_ref_log_probs,
+    )
+    return _base_as_reference(DPOTrainer(model=model, ref_model=_ref_model(recipe), args=args,
+                                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                         callbacks=callbacks))
+
+
+def build_kto(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+              callbacks: list) -> Any:
+    from trl import KTOConfig, KTOTrainer
+
+    t = recipe.trainer
+    args = KTOConfig(
+        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        max_length=recipe.data.max_length,
+        beta=t.beta,
+        loss_type=t.loss_type,
+        desirable_weight=t.desirable_weight,
+        undesirable_weight=t.undesirable_weight,
+        precompute_ref_log_probs=t.precompute_ref_log_probs,
+    )
+    return _base_as_reference(KTOTrainer(model=model, ref_model=_ref_model(recipe), args=args,
+                                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                         callbacks=callbacks))
+
+
+def build_orpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+               callbacks: list) -> Any:
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    args = ORPOConfig(**training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+                      max_length=recipe.data.max_length, beta=recipe.trainer.beta)
+    return ORPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=tokenizer, callbacks=callbacks)
+
+
+def build_cpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+              callbacks: list) -> Any:
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    t = recipe.trainer
+    args = CPOConfig(
+        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        max_length=recipe.data.max_length,
+        loss_type=t.loss_type,
+        beta=t.beta,
+        label_smoothing=t.label_smoothing,
+        cpo_alpha=t.cpo_alpha,
+        simpo_gamma=t.simpo_gamma,
+        alpha=t.alpha,
+    )
+    return CPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, callbacks=callbacks)

@@ -1,0 +1,109 @@
+"""`trainer:` models for preference objectives: dpo, kto, orpo, cpo (incl. SimPO). Field names follow TRL."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tunekit.trainers.optim_schema import OptimSettings
+
+# Every loss TRL 1.16's DPOTrainer implements (trl/trainer/dpo_trainer.py, `loss_type == ...` branches).
+DPOLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]
+F_DIVERGENCES = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
+REF_HELP = (
+    "Reference model: null (the default) uses the initial policy itself: for adapter methods (lora, ...) the "
+    "model with the adapter as it was before training (a fresh LoRA adapter is a no-op, so this is the base "
+    "model), for full training a second copy of the base model. Or a path / hub id of an explicit reference model."
+)
+
+
+class _RefSettings(OptimSettings):
+    ref_model: str | None = Field(default=None, description=REF_HELP)
+    precompute_ref_log_probs: bool = Field(
+        default=False,
+        description="Compute the reference log-probabilities of every example once before training, so no "
+        "reference model is kept in memory during training.",
+    )
+
+
+class DPOTrainerConfig(_RefSettings):
+    kind: Literal["dpo"] = Field(description="Direct Preference Optimization through TRL's DPOTrainer (paired data).")
+    learning_rate: float = Field(default=5.0e-6, gt=0, description="Peak learning rate.")
+    beta: float = Field(
+        default=0.1, gt=0, description="Strength of the pull towards the reference model (tau for `ipo`)."
+    )
+    loss_type: DPOLoss | list[DPOLoss] = Field(
+        default="sigmoid",
+        description="DPO loss, or a list of losses combined as a weighted sum (e.g. [sigmoid, bco_pair, sft] for MPO).",
+    )
+    loss_weights: list[float] | None = Field(
+        default=None, description="Weights for a list of loss types (same length); null weighs each by 1."
+    )
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Robust DPO: probability a preference label is flipped (< 0.5). EXO: the epsilon smoothing.",
+    )
+    f_divergence_type: F_DIVERGENCES = Field(
+        default="reverse_kl", description="f-DPO regulariser between policy and reference (reverse_kl is plain DPO)."
+    )
+    use_weighting: bool = Field(default=False, description="WPO weighting of pairs by their policy probability.")
+    ld_alpha: float | None = Field(
+        default=None, ge=0, le=1, description="LD-DPO weight of the verbose (longer-than-shared) part; null: off."
+    )
+    discopop_tau: float = Field(default=0.05, gt=0, description="Temperature of the `discopop` loss.")
+
+    @model_validator(mode="after")
+    def _losses(self) -> DPOTrainerConfig:
+        losses = self.loss_types
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(losses)} loss types")
+        if "robust" in losses and self.label_smoothing >= 0.5:
+            raise ValueError("loss_type `robust` needs label_smoothing < 0.5 (it is a label-flip probability)")
+        if "exo_pair" in losses and self.label_smoothing == 0:
+            raise ValueError("loss_type `exo_pair` needs label_smoothing > 0 (the paper uses 1e-3)")
+        return self
+
+    @property
+    def loss_types(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+
+class KTOTrainerConfig(_RefSettings):
+    kind: Literal["kto"] = Field(
+        description="Kahneman-Tversky Optimization through TRL's KTOTrainer: unpaired good/bad completions "
+        "(paired `preference` data is split into one good and one bad example per pair)."
+    )
+    learning_rate: float = Field(default=5.0e-6, gt=0, description="Peak learning rate.")
+    beta: float = Field(default=0.1, gt=0, description="Strength of the pull towards the reference model.")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(default="kto", description="KTO loss variant.")
+    desirable_weight: float = Field(default=1.0, gt=0, description="Weight of the desirable examples' loss.")
+    undesirable_weight: float = Field(default=1.0, gt=0, description="Weight of the undesirable examples' loss.")
+
+
+class ORPOTrainerConfig(OptimSettings):
+    kind: Literal["orpo"] = Field(
+        description="Odds-Ratio Preference Optimization (reference-free; SFT loss plus an odds-ratio term) "
+        "through TRL's experimental ORPOTrainer."
+    )
+    learning_rate: float = Field(default=8.0e-6, gt=0, description="Peak learning rate.")
+    beta: float = Field(default=0.1, gt=0, description="Weight of the odds-ratio term (lambda in the ORPO paper).")
+
+
+class CPOTrainerConfig(OptimSettings):
+    kind: Literal["cpo"] = Field(
+        description="Contrastive Preference Optimization and SimPO (reference-free) through TRL's experimental "
+        "CPOTrainer. For SimPO set loss_type: simpo (and cpo_alpha: 0 for the paper's pure SimPO)."
+    )
+    learning_rate: float = Field(default=1.0e-6, gt=0, description="Peak learning rate.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = Field(
+        default="sigmoid", description="Preference loss; `simpo` is length-normalised with a target margin."
+    )
+    beta: float = Field(default=0.1, gt=0, description="Scale of the implicit reward (SimPO uses ~2.0).")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Label smoothing of the sigmoid loss.")
+    cpo_alpha: float = Field(default=1.0, ge=0, description="Weight of the SFT (behaviour cloning) term on chosen.")
+    simpo_gamma: float = Field(default=0.5, description="SimPO target reward margin (loss_type: simpo only).")
+    alpha: float = Field(default=0.0, description="AlphaPO reward shape; 0 is the plain log-probability reward.")

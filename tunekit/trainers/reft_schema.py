@@ -1,0 +1,163 @@
+"""`trainer: {kind: reft}`: Reinforced Fine-Tuning = an SFT warm-up stage, then online RL (GRPO or RLOO)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from tunekit.recipe.base import Section
+from tunekit.trainers.optim_schema import OptimSettings
+
+
+class _Reward(Section):
+    weight: float = Field(default=1.0, description="Weight of this reward in the weighted sum of all rewards.")
+
+
+class NumericMatchReward(_Reward):
+    type: Literal["numeric_match"] = Field(
+        description="1 when the completion's answer (the number after the last `####`, else its last number) "
+        "equals the row's answer column within the tolerance, else 0."
+    )
+    column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")
+    tolerance: float = Field(default=1e-6, ge=0, description="Absolute tolerance of the comparison.")
+    relative_tolerance: float = Field(default=0.0, ge=0, description="Tolerance relative to |answer|.")
+
+
+class ExactMatchReward(_Reward):
+    type: Literal["exact_match"] = Field(
+        description="1 when the completion's final answer text (after the last `####`, else the whole completion) "
+        "equals the answer column, else 0."
+    )
+    column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")
+    ignore_case: bool = Field(default=True, description="Compare case-insensitively.")
+
+
+class RegexMatchReward(_Reward):
+    type: Literal["regex_match"] = Field(
+        description="With `column` null: 1 when `pattern` is found in the completion. With `column`: 1 when the "
+        "pattern's first group (or whole match) of the last match equals that column's value."
+    )
+    pattern: str = Field(description="Python regular expression searched in the completion.")
+    column: str | None = Field(default=None, description="Column the captured text must equal; null: any match.")
+
+    @model_validator(mode="after")
+    def _compiles(self) -> RegexMatchReward:
+        import re
+
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {e}") from None
+        return self
+
+
+class FormatReward(_Reward):
+    type: Literal["format"] = Field(
+        description="1 when the whole completion matches `pattern` (default: reasoning ending in `#### <number>`)."
+    )
+    pattern: str = Field(
+        default=r"(?s).*####\s*-?[\d,]*\.?\d+\s*", description="Regular expression the full completion must match."
+    )
+
+
+class PythonReward(_Reward):
+    type: Literal["python"] = Field(
+        description="Your own function `def NAME(completions, **kwargs) -> list[float | None]`: completions are "
+        "strings, kwargs hold `prompts` (question strings) and each dataset column as a list."
+    )
+    file: str = Field(description="Python file defining the function (relative paths resolve against the cwd).")
+    function: str = Field(description="Name of the function in `file`.")
+
+    @model_validator(mode="after")
+    def _signature(self) -> PythonReward:
+        check_reward_signature(Path(self.file), self.function)
+        return self
+
+
+RewardSpec = Annotated[
+    NumericMatchReward | ExactMatchReward | RegexMatchReward | FormatReward | PythonReward, Field(discriminator="type")
+]
+
+
+def check_reward_signature(path: Path, name: str) -> None:
+    """Read (never run) the user's file and check `name` is `def name(completions, ..., **kwargs)`."""
+    if not path.is_file():
+        raise ValueError(f"reward file `{path}` not found (relative paths resolve against {Path.cwd()})")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as e:
+        raise ValueError(f"reward file `{path}` line {e.lineno}: syntax error: {e.msg}") from None
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    fn = defs.get(name)
+    if fn is None:
+        found = ", ".join(sorted(defs)) or "none"
+        raise ValueError(f"reward file `{path}` defines no top-level function `{name}` (functions found: {found})")
+    if isinstance(fn, ast.AsyncFunctionDef):
+        raise ValueError(f"`{name}` in `{path}` is async; write a plain `def`")
+    a = fn.args
+    names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+    if "completions" not in names or a.kwarg is None:
+        raise ValueError(f"`{name}` in `{path}` (line {fn.lineno}) must accept `completions` and `**kwargs`, e.g. "
+                         f"`def {name}(completions, answer, **kwargs)`; it is called with keyword arguments")
+
+
+class WarmupStage(OptimSettings):
+    """SFT warm-up on question -> reasoning path (the `solution` column)."""
+
+    learning_rate: float = Field(default=2.0e-4, gt=0, description="Peak learning rate of the warm-up.")
+
+
+class RLStage(OptimSettings):
+    """Online RL on the same questions: sample several reasoning paths, score them against the answer."""
+
+    learning_rate: float = Field(default=1.0e-5, gt=0, description="Peak learning rate of the RL stage.")
+    algorithm: Literal["grpo", "rloo"] = Field(
+        default="grpo", description="Critic-free policy-gradient algorithm (TRL's GRPOTrainer or RLOOTrainer)."
+    )
+    rewards: list[RewardSpec] = Field(
+        min_length=1, description="Reward functions; the training reward is their weighted sum."
+    )
+    num_generations: int = Field(default=8, ge=2, description="Reasoning paths sampled per question.")
+    max_completion_length: int = Field(default=256, ge=1, description="Maximum tokens per sampled completion.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling: keep the top tokens up to this mass.")
+    top_k: int = Field(default=0, ge=0, description="Keep only the k most likely tokens (0: no limit).")
+    beta: float = Field(
+        default=0.05, ge=0, description="KL coefficient towards the warm-up model (0: no reference model is kept)."
+    )
+    epsilon: float = Field(default=0.2, gt=0, description="Clipping range of the policy ratio.")
+    num_iterations: int = Field(default=1, ge=1, description="Optimisation passes over each batch of samples.")
+    use_vllm: bool = Field(
+        default=False, description="Generate with vLLM (needs vllm installed and a GPU); otherwise plain generate()."
+    )
+    eval_samples: int = Field(
+        default=4, ge=1, description="Completions sampled per held-out question to measure the mean held-out reward."
+    )
+
+    @model_validator(mode="after")
+    def _batch(self) -> RLStage:
+        per_step = self.per_device_batch_size * self.gradient_accumulation_steps
+        if per_step % self.num_generations:
+            raise ValueError(f"per_device_batch_size x gradient_accumulation_steps ({per_step}) counts completions "
+                             f"and must be a multiple of num_generations ({self.num_generations})")
+        return self
+
+
+class ReFTTrainerConfig(Section):
+    kind: Literal["reft"] = Field(
+        description="Reinforced Fine-Tuning (ReFT paper): SFT warm-up on reasoning paths, then online RL on the "
+        "same questions with answer-derived rewards. Data: `prompt_answer` rows {question, answer, solution}."
+    )
+    warmup: WarmupStage = Field(description="Stage 1: supervised warm-up on question -> solution.")
+    rl: RLStage = Field(description="Stage 2: online RL starting from the warm-up's final weights.")
+
+    @property
+    def seed(self) -> int:
+        return self.warmup.seed
+
+    @property
+    def eval_steps(self) -> int | None:
+        return self.warmup.eval_steps or self.rl.eval_steps
