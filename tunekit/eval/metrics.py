@@ -12,21 +12,9 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+"
-_HASH_ANSWER = re.compile(r"####\s*(" + _NUMBER + ")")
-_ANY_NUMBER = re.compile(_NUMBER)
+from tunekit.trainers import rewards
 
-
-def extract_number(text: str) -> float | None:
-    """The answer's number: after `####` if present, else the last number in the text; None if there is none."""
-    m = _HASH_ANSWER.search(text)
-    found = m.group(1) if m else (_ANY_NUMBER.findall(text) or [None])[-1]
-    if found is None:
-        return None
-    try:
-        return float(found.replace(",", ""))
-    except ValueError:
-        return None
+extract_number = rewards.extract_number  # one answer parser for eval metrics and ReFT rewards
 
 
 def normalize(text: str) -> str:
@@ -43,10 +31,8 @@ def exact_match(pred: str, ref: str, **_: object) -> float:
 
 
 def numeric_match(pred: str, ref: str, **_: object) -> float:
-    a, b = extract_number(pred), extract_number(ref)
-    if a is None or b is None:
-        return 0.0
-    return float(abs(a - b) <= 1e-6 * max(1.0, abs(b)))
+    """The ReFT reward's numeric match (same parser, same tolerance rule), as a 0/1 metric."""
+    return float(rewards.numeric_match(pred, ref, tolerance=1e-6, relative=1e-6))
 
 
 def contains(pred: str, ref: str, **_: object) -> float:
