@@ -210,6 +210,19 @@ def init_process_group(recipe: Any) -> None:
     dist.init_process_group(backend=name, timeout=timeout)
 
 
+def shutdown() -> None:
+    """End a distributed run cleanly: wait for every rank, then destroy the process group.
+
+    Without this, gloo's worker threads can still be alive at interpreter exit and abort the process
+    ("terminate called without an active exception"), turning a finished run into a failed one.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def scale_summary(recipe: Any) -> dict:
     t = recipe.trainer
     ws = world_size()

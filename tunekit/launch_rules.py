@@ -80,11 +80,12 @@ def facts(recipe: Any, launch_files: dict | None = None) -> dict[str, Any]:
     launch = recipe.launch
     strategy = launch.resolved_strategy
     method = recipe.method
+    optim_settings = getattr(recipe.trainer, "warmup", recipe.trainer)  # staged trainers (reft): the SFT stage
     f: dict[str, Any] = {
         "method": method.name,
         "strategy": strategy,
-        "optim": recipe.trainer.optim,
-        "gradient_checkpointing": bool(getattr(recipe.trainer, "gradient_checkpointing", False)),
+        "optim": optim_settings.optim,
+        "gradient_checkpointing": bool(getattr(optim_settings, "gradient_checkpointing", False)),
         "quant_storage_set": bool(getattr(method, "bnb_4bit_quant_storage", None)
                                   or getattr(method, "quant_storage", None)),
         "sharding": None, "zero_stage": None, "offload": False, "offload_params": False,

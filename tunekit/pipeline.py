@@ -93,10 +93,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     if main:
         output.write_json(out / "summary.json", summary)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {out}")
+    del trainer, model
+    launch.shutdown()  # every rank, before rank 0 goes on alone
     if recipe.eval.run_after_train and main:
         from tunekit.eval.run import evaluate
 
-        del trainer, model
         evaluate(out)
     return out
 

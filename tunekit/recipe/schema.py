@@ -82,6 +82,9 @@ class Recipe(Section):
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit"):
             raise ValueError(f"method.name: {self.method.name} (representation interventions) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
+        if self.trainer.kind == "reft" and self.launch.world_size > 1:
+            raise ValueError("trainer.kind reft runs its two stages in one process so far; set launch.nproc and "
+                             "launch.nnodes to 1 (multi-process ReFT is not supported yet)")
         return self
 
     @model_validator(mode="after")
