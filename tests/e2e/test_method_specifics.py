@@ -200,6 +200,79 @@ def test_lora_initialisations_build_and_run(init: str, data_file: Path, tmp_path
     assert torch.isfinite(loss) and any(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("init", ["eva", "corda"])
+def test_data_driven_lora_inits_calibrate_on_the_training_data(init: str, data_file: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from tunekit.errors import UserError
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+    from tunekit.pipeline import train
+
+    # The tiny rows train 1-2 answer tokens each: fewer than EVA's r * rho components, so EVA reads every token.
+    extra = {"eva_config": {"use_label_mask": False}} if init == "eva" else {}
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=2), init_lora_weights=init,
+                         **extra)
+    base_dir = materialize("builtin:tiny-llama", 0)
+    with pytest.raises(UserError, match="calibration"):  # the builder alone has no data to read
+        apply_method(load_model(recipe.model, str(base_dir)), recipe)
+    if init == "corda" and importlib.util.find_spec("attr") is None:  # peft's CorDA imports attrs
+        with pytest.raises(UserError, match="attrs"):
+            train(recipe)
+        return
+    seen: dict = {}
+
+    class Initial(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            model.eval()
+            with torch.no_grad():
+                seen["logits"] = model(input_ids=PROBE_IDS).logits
+            model.train()
+            seen["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    run = train(recipe, callbacks=[Initial()])
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 2
+    sd = seen["state"]
+    a_keys = [k for k in sd if "lora_A" in k]
+    assert a_keys and all(sd[k].abs().sum() > 0 for k in a_keys)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(input_ids=PROBE_IDS).logits
+    # Both inits keep the base model's function at step 0 (EVA: B = 0; CorDA: W - B A is kept as the base).
+    assert (seen["logits"] - plain).abs().max() < 1e-4
+    base_sd = base.state_dict()
+    residual = {k: v for k, v in sd.items() if k.endswith("base_layer.weight")}
+    originals = {k: base_sd[k.removeprefix("base_model.model.").replace(".base_layer", "")] for k in residual}
+    if init == "eva":
+        # lora_A rows are the top right-singular vectors of the layers' inputs: orthonormal, unlike kaiming rows.
+        for k in a_keys:
+            a = sd[k]
+            assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4), k
+        assert all(sd[k.replace("lora_A", "lora_B")].abs().sum() == 0 for k in a_keys)
+        assert all(torch.equal(residual[k], originals[k]) for k in residual)  # the base weights are untouched
+    else:
+        # lora_B lora_A is the top-r part of the covariance-weighted SVD of W, and the base keeps the residual.
+        assert all(sd[k.replace("lora_A", "lora_B")].abs().sum() > 0 for k in a_keys)
+        assert all(not torch.allclose(residual[k], originals[k]) for k in residual)
+
+
+def test_eva_that_cannot_converge_is_a_clear_error(data_file: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunekit.errors import UserError
+    from tunekit.methods import lora
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+
+    monkeypatch.setattr(lora, "EVA_MAX_PASSES", 2)
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), init_lora_weights="eva")
+    labels = torch.full_like(PROBE_IDS, -100)
+    labels[0, -1] = PROBE_IDS[0, -1]  # one trained token: fewer than EVA's r * rho components, never an SVD step
+    batch = {"input_ids": PROBE_IDS, "attention_mask": torch.ones_like(PROBE_IDS), "labels": labels}
+    base = load_model(recipe.model, str(materialize("builtin:tiny-llama", 0)))
+    with pytest.raises(UserError, match="did not converge in 2 passes"):
+        apply_method(base, recipe, calibration=[batch])
+
+
 def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_path: Path) -> None:
     from tunekit.errors import UserError
     from tunekit.methods.registry import count_without_weights

@@ -8,12 +8,14 @@ are given as mappings and turned into peft's config classes here. LoRA+ replaces
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 from tunekit.errors import UserError
 
 NOT_PEFT = {"name", "alpha", "dropout", "loraplus_lr_ratio", "loraplus_lr_embedding", "bits", "quant_type",
-            "double_quant", "compute_dtype"}
+            "double_quant", "compute_dtype", "calibration_batches"}
 
 
 def peft_kwargs(cfg: Any, tuner: str) -> dict:
@@ -35,11 +37,16 @@ def peft_kwargs(cfg: Any, tuner: str) -> dict:
 
 def peft_config(cfg: Any) -> Any:
     from peft import LoraConfig, TaskType
+    from peft.tuners.lora.config import CordaConfig, EvaConfig
 
     kw = dict(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
               bias=cfg.bias, modules_to_save=cfg.modules_to_save or None, init_lora_weights=cfg.init_lora_weights)
     kw.update(peft_kwargs(cfg, "lora"))
     kw["modules_to_save"] = kw["modules_to_save"] or None
+    if cfg.init_lora_weights == "eva" and kw.get("eva_config") is None:
+        kw["eva_config"] = EvaConfig()
+    if cfg.init_lora_weights == "corda" and kw.get("corda_config") is None:
+        kw["corda_config"] = CordaConfig()
     try:
         return LoraConfig(task_type=TaskType.CAUSAL_LM, **kw)
     except (ValueError, TypeError) as e:
@@ -63,24 +70,82 @@ def quantization_kwargs(recipe: Any) -> dict:
                                                      else "cpu"}}
 
 
-def build(model: Any, cfg: Any, recipe: Any) -> Any:
+CALIBRATED = ("eva", "corda")  # inits that read activations of training batches (_corda, _eva)
+EVA_MAX_PASSES = 50  # EVA repeats the calibration batches until its SVD converges; give up after this many passes
+
+
+def build(model: Any, cfg: Any, recipe: Any, calibration: list[dict] | None = None) -> Any:
+    """`calibration`: a few collated training batches (dicts of tensors), read by the eva and corda inits."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from tunekit.methods.registry import MethodPlan
 
-    if cfg.init_lora_weights in ("eva", "corda"):
-        raise UserError(f"method.init_lora_weights: `{cfg.init_lora_weights}` needs a calibration pass over "
-                        "data, which tunekit does not wire yet; use pissa, olora, gaussian or loftq")
+    init = cfg.init_lora_weights
+    if init in CALIBRATED and not calibration:
+        raise UserError(f"method.init_lora_weights: `{init}` needs calibration batches of training data "
+                        "(apply_method(model, recipe, calibration=...); `tunekit train` passes them)")
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.trainer.gradient_checkpointing)
     try:
-        model = get_peft_model(model, peft_config(cfg))
-    except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"method ({cfg.name}): {e}") from None
-    except ImportError as e:  # e.g. LoftQ needs scipy
-        raise UserError(f"method.init_lora_weights ({cfg.init_lora_weights}): {e}") from None
+        config = peft_config(cfg)
+        if init == "corda":
+            _corda(model, config, calibration or [])
+        model = get_peft_model(model, config)
+        if init == "eva":
+            _eva(model, calibration or [])
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise UserError(f"method ({cfg.name}, init_lora_weights={init}): {e}") from None
+    except ImportError as e:  # e.g. LoftQ needs scipy, CorDA attrs
+        hint = " (peft's CorDA imports the `attrs` package: pip install attrs)" if e.name == "attr" else ""
+        raise UserError(f"method.init_lora_weights ({init}): {e}{hint}") from None
     configure = _loraplus(cfg, recipe) if cfg.loraplus_lr_ratio else None
     return MethodPlan(model=model, configure_trainer=configure)
+
+
+def _on(model: Any, batch: dict) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _corda(model: Any, config: Any, calibration: list[dict]) -> None:
+    """CorDA: covariance of each target layer's inputs over the batches, then peft builds the adapters from it."""
+    from peft.tuners.lora.corda import preprocess_corda
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    _maybe_include_all_linear_layers(config, model)  # CorDA matches target_modules before get_peft_model expands it
+
+    def run_model() -> None:
+        training = model.training
+        model.eval()
+        for batch in calibration:  # peft's covariance hook reads one sequence at a time
+            for i in range(batch["input_ids"].shape[0]):
+                n = int(batch["attention_mask"][i].sum())
+                model(**_on(model, {"input_ids": batch["input_ids"][i:i + 1, :n]}))
+        model.train(training)
+
+    preprocess_corda(model, config, run_model=run_model)
+
+
+def _eva(peft_model: Any, calibration: list[dict]) -> None:
+    """EVA: incremental SVD of each target layer's inputs (label-masked tokens), repeated until it converges."""
+    from peft.tuners.lora.eva import initialize_lora_eva_weights
+
+    limit = EVA_MAX_PASSES * len(calibration)
+    calls = [0]
+
+    def forward(model: Any, batch: dict) -> Any:
+        calls[0] += 1
+        if calls[0] > limit:
+            raise UserError(f"method.init_lora_weights: eva's SVD did not converge in {EVA_MAX_PASSES} passes over "
+                            f"{len(calibration)} calibration batches (each layer needs at least r * rho trained tokens "
+                            "per batch); raise method.calibration_batches or trainer.per_device_batch_size, lower "
+                            "eva_config.tau, or set eva_config.use_label_mask: false")
+        return model(**_on(model, batch))
+
+    # Every process reads the same batches (so computes the same init): nothing to gather across processes.
+    with contextlib.redirect_stdout(io.StringIO()):  # peft prints a line per layer and batch it skips
+        initialize_lora_eva_weights(peft_model, dataloader=calibration, forward_fn=forward,
+                                    show_progress_bar=False, gather_distributed_inputs=False)
 
 
 def _loraplus(cfg: Any, recipe: Any) -> Any:

@@ -57,12 +57,20 @@ def load_kwargs(recipe: Any) -> dict:
     return lora.quantization_kwargs(recipe) if recipe.method.name == "qlora" else {}
 
 
-def apply_method(model: Any, recipe: Any) -> MethodPlan:
+def apply_method(model: Any, recipe: Any, calibration: list[dict] | None = None) -> MethodPlan:
+    """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda); see
+    `needs_calibration` and `tunekit.pipeline.calibration_batches`."""
     import transformers
 
     transformers.set_seed(recipe.trainer.seed)  # new weights (adapters, interventions) are a function of the seed
-    plan = builder(recipe.method.name)(model, recipe.method, recipe)
+    extra = {"calibration": calibration} if needs_calibration(recipe) else {}
+    plan = builder(recipe.method.name)(model, recipe.method, recipe, **extra)
     return plan if isinstance(plan, MethodPlan) else MethodPlan(model=plan)
+
+
+def needs_calibration(recipe: Any) -> bool:
+    """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva and corda inits)."""
+    return recipe.method.name in ("lora", "qlora") and recipe.method.init_lora_weights in lora.CALIBRATED
 
 
 def count_parameters(model: Any) -> dict:

@@ -63,7 +63,11 @@ class _LoraBase(Section):
     )
     init_lora_weights: bool | str = Field(
         default=True, description="Initialisation: true (B=0, the reference init), false, or one of "
-        f"{', '.join(LORA_INITS)}, pissa_niter_N. eva and corda need calibration data (see docs/methods.md).")
+        f"{', '.join(LORA_INITS)}, pissa_niter_N. eva and corda run over calibration_batches batches of the "
+        "training data first (see docs/methods.md).")
+    calibration_batches: int = Field(
+        default=4, ge=1, description="eva / corda inits: how many training batches (per_device_batch_size rows "
+        "each, from the start of the training data) the calibration pass reads.")
     loraplus_lr_ratio: float | None = Field(
         default=None, gt=0, description="LoRA+: the B matrices learn this many times faster than A "
         "(peft.optimizers.create_loraplus_optimizer; the paper suggests 16). null: plain LoRA.")
