@@ -41,6 +41,9 @@ TINY_OPTIONS: dict[str, dict] = {
     "adalora": {"init_r": 4, "target_r": 2, "tinit": 4, "tfinal": 2, "total_step": 10},  # no rank pruning yet
 }
 METHODS = [method_name(m) for m in ALL_METHODS if method_name(m) not in EXCLUDED]
+# LoRA initialisations that rewrite the base weights (the base keeps a residual): their final/ must still
+# reload onto the original base with the trained model's outputs.
+INIT_VARIANTS = {f"lora-{init}": {"r": 4, "alpha": 8, "init_lora_weights": init} for init in ("pissa", "olora", "corda")}
 # Methods whose trainable set is not all updated in two steps, by design: LISA trains 1 of 2 layers per step;
 # ShadowPEFT's last-layer update modules only feed a next layer, which the 2-layer model does not have.
 PARTLY_UPDATED = {"lisa", "shadow"}
@@ -60,7 +63,8 @@ def method_recipe(name: str, data: Path, out: Path, max_steps: int) -> Recipe:
     return Recipe.model_validate({
         "model": {"path": "builtin:tiny-llama", "dtype": "float32"},
         "data": {"train": [{"path": str(data), "format": "messages"}], "max_length": 24},
-        "method": {"name": name, **TINY_OPTIONS.get(name, {})},
+        "method": {"name": "lora", **INIT_VARIANTS[name]} if name in INIT_VARIANTS
+        else {"name": name, **TINY_OPTIONS.get(name, {})},
         "trainer": {"kind": "sft", "learning_rate": 1e-2, "max_steps": max_steps, "per_device_batch_size": 2,
                     "logging_steps": 1, "seed": 0, "lr_scheduler": "constant"},
         "output": {"dir": str(out), "save_steps": 1},
@@ -100,7 +104,7 @@ def probe() -> object:
     return Probe()
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHODS + list(INIT_VARIANTS))
 def test_method_trains_resumes_saves_and_reloads(name: str, data_file: Path, tmp_path: Path) -> None:
     from tunekit.methods.registry import load_trained
     from tunekit.pipeline import train

@@ -99,7 +99,35 @@ def build(model: Any, cfg: Any, recipe: Any, calibration: list[dict] | None = No
         hint = " (peft's CorDA imports the `attrs` package: pip install attrs)" if e.name == "attr" else ""
         raise UserError(f"method.init_lora_weights ({init}): {e}{hint}") from None
     configure = _loraplus(cfg, recipe) if cfg.loraplus_lr_ratio else None
-    return MethodPlan(model=model, configure_trainer=configure)
+    save = _portable_save(model, recipe) if str(init).lower().startswith(MUTATES_BASE) else None
+    return MethodPlan(model=model, configure_trainer=configure, save=save)
+
+
+# Initialisations that move the principal part of each adapted weight into the adapter (the base keeps the
+# residual). Their trained adapter only fits that residual base, so final/ gets peft's conversion to a plain
+# LoRA (rank 2r) that applies to the original base: what `load_trained`, eval, merge and the ReFT RL stage load.
+MUTATES_BASE = ("pissa", "olora", "corda", "lora_ga")
+INITIAL_ADAPTER = "initial_adapter"
+
+
+def _portable_save(model: Any, recipe: Any) -> Any:
+    from pathlib import Path
+
+    from tunekit import launch
+
+    initial = Path(recipe.output.dir) / INITIAL_ADAPTER
+    if launch.is_main_process():
+        config = model.peft_config["default"]
+        init, config.init_lora_weights = config.init_lora_weights, True  # as peft requires for the initial copy
+        try:
+            model.save_pretrained(str(initial))
+        finally:
+            config.init_lora_weights = init
+
+    def save(trained: Any, final: Path) -> None:
+        trained.save_pretrained(str(final), path_initial_model_for_weight_conversion=str(initial))
+
+    return save
 
 
 def _on(model: Any, batch: dict) -> dict:
