@@ -130,7 +130,7 @@ def run_warmup(recipe: Any, model_path: str, tokenizer: Any, train_ds: Any, eval
     seconds = round(time.perf_counter() - start, 2)
     return _finish(trainer, tokenizer, recipe, heldout, stage_dir, out, "warmup", {
         "global_step": trainer.state.global_step, "train_seconds": seconds, "train_loss_mean": result.training_loss,
-        "resumed_from": str(ckpt) if ckpt else None})
+        "resumed_from": str(ckpt) if ckpt else None}, save=plan.save)
 
 
 def _rl_model(recipe: Any, model_path: str, warm_final: Path) -> Any:
@@ -208,8 +208,11 @@ def _check_vllm() -> None:
 
 
 def _finish(trainer: Any, tokenizer: Any, recipe: Any, heldout: Any, stage_dir: Path, out: Path, stage: str,
-            info: dict) -> dict:
-    trainer.save_model(str(stage_dir / output.FINAL))
+            info: dict, save: Any = None) -> dict:
+    if save is None:
+        trainer.save_model(str(stage_dir / output.FINAL))
+    else:  # the method's own save (e.g. PiSSA/CorDA adapters converted to fit the original base)
+        save(trainer.model, stage_dir / output.FINAL)
     tokenizer.save_pretrained(str(stage_dir / output.FINAL))
     info["heldout_reward"] = heldout_reward(trainer.model, tokenizer, heldout, recipe)
     console.print(f"{stage}: {info['global_step']} steps, mean held-out reward {info['heldout_reward']:.3f}")
