@@ -19,7 +19,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     import transformers
 
     from tunekit.data.build import build_datasets
-    from tunekit.methods.registry import apply_method, load_kwargs, needs_calibration
+    from tunekit.methods.registry import apply_method, calibration_data, load_kwargs
     from tunekit.model.load import load_model, load_tokenizer, resolve_model_path
     from tunekit.trainers.registry import BUILDERS
 
@@ -45,7 +45,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
                   f"{data_stats['train']['trained_tokens']} trained tokens")
 
-    calibration = calibration_batches(recipe, train_ds, tokenizer) if needs_calibration(recipe) else None
+    calibration = calibration_data(recipe, train_ds, tokenizer)  # None unless the method reads training batches
     plan = apply_method(load_model(recipe.model, model_path, **load_kwargs(recipe)), recipe, calibration)
     model = plan.model
     params = plan.parameters()
@@ -101,37 +101,6 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
 
         evaluate(out)
     return out
-
-
-def calibration_batches(recipe: Recipe, train_ds: object, tokenizer: object) -> list[dict]:
-    """The first `method.calibration_batches` batches of the training rows, right-padded (labels -100 on padding).
-
-    Packed rows are read as one sequence each: the statistics eva / corda take are of layer inputs.
-    """
-    import torch
-
-    from tunekit.errors import UserError
-
-    if len(train_ds) == 0 or "input_ids" not in train_ds[0]:
-        raise UserError(f"method.init_lora_weights: `{recipe.method.init_lora_weights}` calibrates on tokenized "
-                        f"training rows, which trainer.kind `{recipe.trainer.kind}` does not build; use another init")
-    size = recipe.trainer.per_device_batch_size
-    n = min(len(train_ds), recipe.method.calibration_batches * size)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = []
-    for start in range(0, n, size):
-        rows = [train_ds[i] for i in range(start, min(start + size, n))]
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = torch.tensor(r["input_ids"])
-            labels[i, :k] = torch.tensor(r.get("labels", r["input_ids"]))
-            mask[i, :k] = 1
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
-    return batches
 
 
 def data_fingerprint(recipe: Recipe) -> dict:

@@ -130,6 +130,23 @@ def _portable_save(model: Any, recipe: Any) -> Any:
     return save
 
 
+def calibration_batches(recipe: Any, train_ds: Any, tokenizer: Any) -> list[dict]:
+    """The first `method.calibration_batches` batches of training rows, collated as the SFT trainer does
+    (right-padded, labels -100 on padding). Packed rows are read as one sequence each: the statistics eva /
+    corda take are of layer inputs."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    if len(train_ds) == 0 or "input_ids" not in train_ds[0]:
+        raise UserError(f"method.init_lora_weights: `{recipe.method.init_lora_weights}` calibrates on tokenized "
+                        f"training rows, which trainer.kind `{recipe.trainer.kind}` does not build; use another init")
+    size = recipe.trainer.per_device_batch_size
+    n = min(len(train_ds), recipe.method.calibration_batches * size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad)
+    rows = [{"input_ids": r["input_ids"], "labels": r.get("labels", r["input_ids"])} for r in train_ds.select(range(n))]
+    return [collate(rows[i : i + size]) for i in range(0, n, size)]
+
+
 def _on(model: Any, batch: dict) -> dict:
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}

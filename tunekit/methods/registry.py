@@ -58,14 +58,19 @@ def load_kwargs(recipe: Any) -> dict:
 
 
 def apply_method(model: Any, recipe: Any, calibration: list[dict] | None = None) -> MethodPlan:
-    """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda); see
-    `needs_calibration` and `tunekit.pipeline.calibration_batches`."""
+    """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda), from
+    `calibration_data`."""
     import transformers
 
     transformers.set_seed(recipe.trainer.seed)  # new weights (adapters, interventions) are a function of the seed
     extra = {"calibration": calibration} if needs_calibration(recipe) else {}
     plan = builder(recipe.method.name)(model, recipe.method, recipe, **extra)
     return plan if isinstance(plan, MethodPlan) else MethodPlan(model=plan)
+
+
+def calibration_data(recipe: Any, train_ds: Any, tokenizer: Any) -> list[dict] | None:
+    """The training batches the method reads when it is built, or None when it reads none."""
+    return lora.calibration_batches(recipe, train_ds, tokenizer) if needs_calibration(recipe) else None
 
 
 def needs_calibration(recipe: Any) -> bool:
