@@ -46,10 +46,21 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a `checkpoint-N` directory."""
+    return int(checkpoint.name.split("-")[-1])
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     ckpts = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
              and (p / "trainer_state.json").exists()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return max(ckpts, key=checkpoint_step, default=None)
+
+
+def write_run_header(out: Path, recipe: Any) -> None:
+    """The files every run writes before it trains: the resolved recipe and the library versions."""
+    write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
+    write_json(out / "versions.json", versions())
 
 
 def write_yaml(path: Path, data: Any) -> None:

@@ -28,8 +28,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     console.quiet = not main
     if main:
         output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-        output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-        output.write_json(out / "versions.json", output.versions())
+        output.write_run_header(out, recipe)
     launch.check_runnable(recipe)
     # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
     model_path = resolve_model_path(recipe.model)
@@ -60,7 +59,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     if checkpoint is not None:
         launch.check_resume(recipe, checkpoint, scale["world_size"])
     if checkpoint is not None and main:
-        output.truncate_metrics(out, int(checkpoint.name.split("-")[-1]))
+        output.truncate_metrics(out, output.checkpoint_step(checkpoint))
         console.print(f"resuming from {checkpoint}")
     trainer = BUILDERS[recipe.trainer.kind](
         recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS),

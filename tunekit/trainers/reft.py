@@ -38,8 +38,7 @@ def train(recipe: Any, resume: bool = False, overwrite: bool = False) -> Path:
     out = Path(recipe.output.dir)
     warm_dir, rl_dir = out / STAGES / "warmup", out / STAGES / "rl"
     _prepare(out, warm_dir, resume, overwrite or recipe.output.overwrite)
-    output.write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-    output.write_json(out / "versions.json", output.versions())
+    output.write_run_header(out, recipe)
     console.rule(f"[bold]tunekit train (reft: warm-up, then {recipe.trainer.rl.algorithm})[/] -> {out}")
 
     model_path = resolve_model_path(recipe.model)
@@ -84,7 +83,7 @@ def _prepare(out: Path, warm_dir: Path, resume: bool, overwrite: bool) -> None:
 def _checkpoint(stage_dir: Path, out: Path, stage: str, resume: bool) -> Path | None:
     ckpt = output.latest_checkpoint(stage_dir) if resume else None
     if ckpt is not None:
-        output.truncate_metrics(out, int(ckpt.name.split("-")[-1]), stage=stage)
+        output.truncate_metrics(out, output.checkpoint_step(ckpt), stage=stage)
         console.print(f"{stage}: resuming from {ckpt}")
     return ckpt
 
