@@ -58,11 +58,11 @@ def needs_relaunch(recipe: Any) -> bool:
     return recipe.launch.world_size > 1 or recipe.launch.resolved_strategy in ("deepspeed", "fsdp")
 
 
-FSDP_ON_CPU = (
-    "launch.strategy fsdp needs GPUs (or other accelerator devices): this machine has no CUDA device. "
-    "torch's FSDP2 itself runs over gloo, but accelerate (through which transformers' Trainer sets up FSDP) "
-    "enables FSDP only for multi-accelerator runs; on CPU it would silently drop FSDP and train plain DDP. "
-    "Instead: use launch.strategy ddp or deepspeed (ZeRO-2/3 run on CPU), or run on a GPU machine."
+FSDP_OFFLOAD_ON_CPU = (
+    "launch.fsdp.cpu_offload: true needs a GPU: offloading moves parameters from accelerator memory to CPU "
+    "memory (pinned, which torch can only allocate with an accelerator present), and on this CPU-only machine "
+    "they already live on the CPU. Instead: set launch.fsdp.cpu_offload: false (activation checkpointing "
+    "still works), or run on a GPU machine."
 )
 
 
@@ -80,8 +80,10 @@ def check_runnable(recipe: Any) -> None:
     if recipe.launch.resolved_strategy == "fsdp":
         import torch
 
-        if not torch.cuda.is_available():
-            raise UserError(FSDP_ON_CPU)
+        from tunekit.launch_backends import fsdp_config
+
+        if fsdp_config(recipe.launch.fsdp).get("cpu_offload") and not torch.cuda.is_available():
+            raise UserError(FSDP_OFFLOAD_ON_CPU)
 
 
 def checkpoint_world_size(checkpoint: Path) -> int:
@@ -182,8 +184,9 @@ def main_process_first() -> Iterator[None]:
 
 
 def init_process_group(recipe: Any) -> None:
-    """Initialise torch.distributed with the recipe's backend and timeout (no-op in one process)."""
-    if world_size() <= 1:
+    """Initialise torch.distributed with the recipe's backend and timeout (no-op in one plain process;
+    DeepSpeed and FSDP get a process group even when the launcher started a single one)."""
+    if world_size() <= 1 and not (under_launcher() and recipe.launch.resolved_strategy in ("deepspeed", "fsdp")):
         return
     from datetime import timedelta
 
@@ -205,9 +208,69 @@ def init_process_group(recipe: Any) -> None:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         PartialState(backend=name, timeout=timeout)
         return
+    if recipe.launch.resolved_strategy == "fsdp" and name == "gloo":
+        # accelerate 1.x switches a run to FSDP only when its process state is a multi-accelerator type
+        # (MULTI_GPU, MULTI_XPU, ...); a MULTI_CPU state would silently drop the FSDP plugin and train plain
+        # DDP. torch's fully_shard itself runs over gloo, so configure the CPU state here and present it as
+        # multi-device for that one decision: the Trainer's Accelerator then records it as FSDP (checked
+        # after the trainer is built, `check_engine`). TrainingArguments reuses this state (`use_configured_state`).
+        from accelerate import PartialState
+        from accelerate.utils import DistributedType
+
+        PartialState(cpu=True, backend=name, timeout=timeout)
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+        return
     if name == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=name, timeout=timeout)
+
+
+# The accelerate distributed type each strategy must end up as; anything else means the engine was dropped.
+ENGINES = {"single": ("NO",), "ddp": ("MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU"),
+           "deepspeed": ("DEEPSPEED",), "fsdp": ("FSDP",)}
+
+
+def engine(trainer: Any) -> str:
+    """The engine accelerate actually set up for this trainer (`FSDP`, `DEEPSPEED`, `MULTI_CPU`, `NO`, ...)."""
+    return str(trainer.accelerator.distributed_type).split(".")[-1]
+
+
+def check_engine(recipe: Any, trainer: Any) -> str:
+    """Refuse to train when accelerate set up another engine than the recipe asked for (e.g. FSDP silently
+    dropped for plain DDP): a run must never look sharded when it is not. Returns the engine's name."""
+    from tunekit.errors import UserError
+
+    got = engine(trainer)
+    strategy = recipe.launch.resolved_strategy if world_size() > 1 or under_launcher() else "single"
+    if got not in ENGINES[strategy]:
+        raise UserError(f"launch.strategy {strategy}: accelerate set up {got} instead of "
+                        f"{' or '.join(ENGINES[strategy])}; refusing to train with another engine than the recipe "
+                        "asks for. Run `tunekit train --debug` and report the accelerate/transformers versions.")
+    return got
+
+
+def save_consolidated(trainer: Any, path: str) -> None:
+    """Save full Hugging Face weights (or the full adapter) that load in one process. Every rank calls this:
+    ZeRO-3 and FSDP gather the shards here. An FSDP run whose checkpoints use SHARDED_STATE_DICT (resumable
+    with any process count through torch.distributed.checkpoint) still gets consolidated final weights:
+    transformers' save_model would otherwise write none for a sharded state dict."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if plugin is not None:  # the run's last save: checkpoints are written by now
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+        _drop_activation_checkpoint_wrappers(trainer.model)
+    trainer.save_model(path)
+
+
+def _drop_activation_checkpoint_wrappers(model: Any) -> None:
+    """FSDP's activation checkpointing wraps each decoder layer in a checkpoint wrapper. The state dict hides the
+    wrapper (`_checkpoint_wrapped_module.` is stripped from its keys), but peft picks the adapter's keys by module
+    name, where the wrapper is still present: it would match nothing and save an empty adapter. After training
+    the wrappers have no further use, so put the wrapped layers back in their place."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ActivationWrapper):
+            model.set_submodule(name, module._checkpoint_wrapped_module)
 
 
 def shutdown() -> None:

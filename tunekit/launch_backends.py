@@ -114,4 +114,6 @@ def training_kwargs(recipe: Any) -> dict:
     elif strategy == "fsdp":
         kw["fsdp"] = True
         kw["fsdp_config"] = fsdp_config(launch.fsdp)
+        if backend(launch) == "gloo":
+            kw["accelerator_config"] = {"use_configured_state": True}
     return kw

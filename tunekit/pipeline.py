@@ -65,12 +65,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS),
         [output.metrics_callback(out), *plan.callbacks, *(callbacks or [])],
     )
+    scale["engine"] = launch.check_engine(recipe, trainer)
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if plan.save is None:
-        trainer.save_model(str(out / output.FINAL))  # every rank: ZeRO-3 / FSDP gather the full weights here
+        launch.save_consolidated(trainer, str(out / output.FINAL))  # every rank: ZeRO-3 / FSDP gather here
     elif main:
         plan.save(model, out / output.FINAL)
     if main:

@@ -1,4 +1,4 @@
-"""Multi-process training through the real CLI on CPU (gloo): DDP, DeepSpeed ZeRO-2/3, two simulated nodes.
+"""Multi-process training through the real CLI on CPU (gloo): DDP, DeepSpeed ZeRO-2/3, FSDP2, two simulated nodes.
 
 Parity construction: the single-process run uses per_device_batch_size=4; the 2-process runs use 2 per
 device. HF Trainer (through accelerate) draws one seeded permutation of the data and hands consecutive
@@ -84,7 +84,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
             else:
                 extra = {"ddp": [], "zero2": ["--strategy", "deepspeed", "launch.deepspeed.config=zero2"],
                          "zero3": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3"],
-                         "zero3offload": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3-offload"]}[kind]
+                         "zero3offload": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3-offload"],
+                         "fsdp": ["--strategy", "fsdp"],
+                         # fsdp2-offload's activation checkpointing; its CPU offload needs a GPU.
+                         "fsdpac": ["--strategy", "fsdp", "launch.fsdp.config=fsdp2-offload",
+                                    "launch.fsdp.cpu_offload=false"]}[kind]
                 proc = ok(tunekit("train", recipe_for(tmp, method, 2), "--nproc", "2", *extra))
             cache[name] = (tmp / "run", proc)
         return cache[name]
@@ -92,9 +96,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-# The default run covers each backend once (LoRA or full); the other halves of the matrix are `slow`.
-@pytest.mark.parametrize("name", ["ddp-lora", "zero2-full", "zero3-lora", *[
-    pytest.param(n, marks=pytest.mark.slow) for n in ("ddp-full", "zero2-lora", "zero3-full")]])
+# Every backend with LoRA and full training; FSDP also with its activation checkpointing.
+ENGINE = {"ddp": "MULTI_CPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP", "fsdpac": "FSDP"}
+
+
+@pytest.mark.parametrize("name", ["ddp-lora", "ddp-full", "zero2-lora", "zero2-full", "zero3-lora", "zero3-full",
+                                  "fsdp-lora", "fsdp-full", "fsdpac-lora"])
 def test_two_processes_match_one(runs, name: str) -> None:
     method = name.split("-")[1]
     single, _ = runs(f"single-{method}")
@@ -104,6 +111,7 @@ def test_two_processes_match_one(runs, name: str) -> None:
     summary = json.loads((multi / "summary.json").read_text())
     assert summary["global_step"] == 4
     assert summary["launch"]["world_size"] == 2 and summary["launch"]["global_batch_size"] == 4
+    assert summary["launch"]["engine"] == ENGINE[name.split("-")[0]]  # the engine accelerate really ran
     assert "global batch 4 = 2 per device x 1 accumulation x 2 processes" in " ".join(proc.stderr.split())
     assert proc.stderr.count("done: 4 steps") == 1  # only rank 0 prints
     # Consolidated final weights load in one process and give the single-process run's outputs.
@@ -163,12 +171,31 @@ def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> 
     assert "Root Cause" in proc.stderr and "the 2-process run failed" in " ".join(proc.stderr.split())
 
 
+def test_resume_two_process_fsdp_run_on_one_process(runs, tmp_path: Path) -> None:
+    """FSDP2's sharded checkpoints (torch.distributed.checkpoint) reshard on load: a 2-process run stopped
+    after checkpoint-2 resumes on 1 process (4 per device: the same global batch) and ends like the full run."""
+    full, _ = runs("fsdp-lora")
+    stopped = tmp_path / "run"
+    shutil.copytree(full, stopped)
+    for p in ("final", "summary.json", "checkpoints/checkpoint-4"):
+        shutil.rmtree(stopped / p) if (stopped / p).is_dir() else (stopped / p).unlink()
+    assert (stopped / "checkpoints/checkpoint-2/pytorch_model_fsdp_0/.metadata").exists()  # sharded, not gathered
+    proc = ok(tunekit("train", recipe_for(tmp_path, "lora", 4), "--nproc", "1", "--strategy", "fsdp", "--resume"))
+    assert "resumingfrom" in "".join(proc.stderr.split())
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["launch"]["engine"] == "FSDP"
+    assert [m["step"] for m in read_metrics(stopped) if "loss" in m] == [1, 2, 3, 4]
+    assert losses(stopped) == pytest.approx(losses(full), abs=LOSS_TOL)
+    torch.testing.assert_close(final_logits(stopped), final_logits(full), atol=LOGITS_TOL, rtol=0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_fsdp_on_cpu_is_refused_with_the_reason(tmp_path: Path) -> None:
-    proc = tunekit("train", recipe_for(tmp_path, "lora", 2), "--nproc", "2", "--strategy", "fsdp")
+def test_fsdp_cpu_offload_without_a_gpu_is_refused_with_the_reason(tmp_path: Path) -> None:
+    proc = tunekit("train", recipe_for(tmp_path, "lora", 2), "--nproc", "2", "--strategy", "fsdp",
+                   "launch.fsdp.config=fsdp2-offload")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     text = " ".join(proc.stderr.split())
-    assert "launch.strategy fsdp needs GPUs" in text and "silently drop FSDP" in text
+    assert "launch.fsdp.cpu_offload: true needs a GPU" in text and "set launch.fsdp.cpu_offload: false" in text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no worker started
 
 

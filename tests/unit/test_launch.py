@@ -75,7 +75,7 @@ def test_shipped_configs_by_name_and_recipe_settings_applied() -> None:
         "zero_optimization"]["offload_param"] == {"device": "none"}
     f = fsdp_config(FSDPSettings(sharding="shard_grad_op", cpu_offload=True, auto_wrap="none"))
     assert f["version"] == 2 and f["reshard_after_forward"] is False and f["cpu_offload"] is True
-    assert f["auto_wrap_policy"] == "NO_WRAP" and f["state_dict_type"] == "FULL_STATE_DICT"
+    assert f["auto_wrap_policy"] == "NO_WRAP" and f["state_dict_type"] == "SHARDED_STATE_DICT"
     assert fsdp_config(FSDPSettings(config="fsdp2-offload"))["activation_checkpointing"] is True
     with pytest.raises(UserError, match="Did you mean `zero2`"):
         config_path("deepspeed", "zer2")
@@ -121,3 +121,19 @@ def test_slurm_script_uses_the_documented_flags() -> None:
     script = (REPO / "scripts" / "slurm_multinode.sh").read_text()
     for flag in ("--nnodes", "--node-rank", "--master-addr", "--master-port", "--nproc"):
         assert flag in script
+
+
+def test_a_dropped_engine_is_refused_not_trained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If accelerate set up another engine than the recipe's strategy (e.g. FSDP dropped for plain DDP), the run
+    stops before training instead of looking sharded when it is not."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.nproc=2", "launch.strategy=fsdp"])
+    as_run = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.FSDP))
+    assert launch.check_engine(r, as_run) == "FSDP"
+    dropped = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+    with pytest.raises(UserError, match="accelerate set up MULTI_CPU instead of FSDP"):
+        launch.check_engine(r, dropped)
