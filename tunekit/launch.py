@@ -42,6 +42,22 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def strategy(recipe: Any) -> str:
+    """The strategy this process runs. Under a launcher the environment's world size counts: `auto` with
+    several processes is DDP, also when the user started them with their own `torchrun -m tunekit ...`
+    (the recipe then says nproc 1)."""
+    s = recipe.launch.resolved_strategy
+    if s == "single" and world_size() > 1:
+        if recipe.launch.strategy == "single":
+            from tunekit.errors import UserError
+
+            raise UserError(f"launch.strategy single, but this process is one of {world_size()} started by a "
+                            "launcher (WORLD_SIZE). Set launch.strategy: auto, ddp, deepspeed or fsdp, or start "
+                            "one process.")
+        return "ddp"
+    return s
+
+
 def rank_prefix() -> str:
     """`rank 1/2: ` inside a multi-process run, so an error names the rank that raised it."""
     return f"rank {rank()}/{world_size()}: " if world_size() > 1 else ""
@@ -186,7 +202,7 @@ def main_process_first() -> Iterator[None]:
 def init_process_group(recipe: Any) -> None:
     """Initialise torch.distributed with the recipe's backend and timeout (no-op in one plain process;
     DeepSpeed and FSDP get a process group even when the launcher started a single one)."""
-    if world_size() <= 1 and not (under_launcher() and recipe.launch.resolved_strategy in ("deepspeed", "fsdp")):
+    if world_size() <= 1 and not (under_launcher() and strategy(recipe) in ("deepspeed", "fsdp")):
         return
     from datetime import timedelta
 
@@ -199,7 +215,7 @@ def init_process_group(recipe: Any) -> None:
         return
     name = backend(recipe.launch)
     timeout = timedelta(minutes=recipe.launch.timeout_minutes)
-    if recipe.launch.resolved_strategy == "deepspeed" and name == "gloo":
+    if strategy(recipe) == "deepspeed" and name == "gloo":
         # accelerate picks a DeepSpeed backend only for accelerator devices; on CPU it would fall back to
         # one process. Configure its state for DeepSpeed over gloo here; TrainingArguments then reuses it
         # (`accelerator_config.use_configured_state`, see launch_backends.training_kwargs).
@@ -208,7 +224,7 @@ def init_process_group(recipe: Any) -> None:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         PartialState(backend=name, timeout=timeout)
         return
-    if recipe.launch.resolved_strategy == "fsdp" and name == "gloo":
+    if strategy(recipe) == "fsdp" and name == "gloo":
         # accelerate 1.x switches a run to FSDP only when its process state is a multi-accelerator type
         # (MULTI_GPU, MULTI_XPU, ...); a MULTI_CPU state would silently drop the FSDP plugin and train plain
         # DDP. torch's fully_shard itself runs over gloo, so configure the CPU state here and present it as
@@ -241,10 +257,10 @@ def check_engine(recipe: Any, trainer: Any) -> str:
     from tunekit.errors import UserError
 
     got = engine(trainer)
-    strategy = recipe.launch.resolved_strategy if world_size() > 1 or under_launcher() else "single"
-    if got not in ENGINES[strategy]:
-        raise UserError(f"launch.strategy {strategy}: accelerate set up {got} instead of "
-                        f"{' or '.join(ENGINES[strategy])}; refusing to train with another engine than the recipe "
+    want = strategy(recipe) if world_size() > 1 or under_launcher() else "single"
+    if got not in ENGINES[want]:
+        raise UserError(f"launch.strategy {want}: accelerate set up {got} instead of "
+                        f"{' or '.join(ENGINES[want])}; refusing to train with another engine than the recipe "
                         "asks for. Run `tunekit train --debug` and report the accelerate/transformers versions.")
     return got
 
@@ -289,7 +305,7 @@ def shutdown() -> None:
 def scale_summary(recipe: Any) -> dict:
     t = recipe.trainer
     ws = world_size()
-    return {"strategy": recipe.launch.resolved_strategy if ws > 1 or under_launcher() else "single",
+    return {"strategy": strategy(recipe) if ws > 1 or under_launcher() else "single",
             "world_size": ws, "per_device_batch_size": t.per_device_batch_size,
             "gradient_accumulation_steps": t.gradient_accumulation_steps,
             "global_batch_size": t.per_device_batch_size * t.gradient_accumulation_steps * ws}

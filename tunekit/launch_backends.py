@@ -98,8 +98,10 @@ def training_kwargs(recipe: Any) -> dict:
     """Extra TrainingArguments keywords for the recipe's launch strategy (empty for one plain process)."""
     import torch
 
+    from tunekit.launch import strategy as run_strategy
+
     launch = recipe.launch
-    strategy = launch.resolved_strategy
+    strategy = run_strategy(recipe)
     if strategy == "single":
         return {}
     kw: dict[str, Any] = {"ddp_timeout": launch.timeout_minutes * 60}

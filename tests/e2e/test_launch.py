@@ -163,6 +163,21 @@ def test_two_simulated_nodes_through_torchrun_rendezvous(runs, tmp_path: Path) -
     assert losses(tmp_path / "run") == pytest.approx(losses(single), abs=LOSS_TOL)
 
 
+def test_users_own_torchrun_is_not_relaunched_and_trains_ddp(runs, tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m tunekit train RECIPE` with no launch section: each process is one DDP rank
+    (not two independent single-process runs writing the same files)."""
+    single, _ = runs("single-lora")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "-m", "tunekit", "train", str(recipe_for(tmp_path, "lora", 2))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "launch: " not in proc.stderr  # not relaunched
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["launch"]["strategy"] == "ddp" and summary["launch"]["engine"] == "MULTI_CPU"
+    assert summary["launch"]["world_size"] == 2
+    assert losses(tmp_path / "run") == pytest.approx(losses(single), abs=LOSS_TOL)
+
+
 def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, data={"train": [{"path": str(tmp_path / "missing.jsonl"), "format": "messages"}]})
     proc = tunekit("train", recipe, "--nproc", "2", timeout=240)

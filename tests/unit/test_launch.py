@@ -137,3 +137,15 @@ def test_a_dropped_engine_is_refused_not_trained(monkeypatch: pytest.MonkeyPatch
     dropped = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
     with pytest.raises(UserError, match="accelerate set up MULTI_CPU instead of FSDP"):
         launch.check_engine(r, dropped)
+
+
+def test_strategy_under_a_users_own_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `torchrun --nproc-per-node 2 -m tunekit train` the recipe says one process; the environment wins."""
+    auto = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    single = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.strategy=single"])
+    assert launch.strategy(auto) == "single"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch.strategy(auto) == "ddp" and launch.scale_summary(auto)["global_batch_size"] == 2 * (
+        auto.trainer.per_device_batch_size * auto.trainer.gradient_accumulation_steps)
+    with pytest.raises(UserError, match="launch.strategy single, but this process is one of 2"):
+        launch.strategy(single)

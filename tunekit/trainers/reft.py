@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import output
+from tunekit import launch, output
 from tunekit.errors import UserError
 from tunekit.ui import console
 
@@ -35,6 +35,10 @@ def train(recipe: Any, resume: bool = False, overwrite: bool = False) -> Path:
     from tunekit.model.load import load_tokenizer, resolve_model_path
     from tunekit.pipeline import data_fingerprint
 
+    if launch.world_size() > 1:  # started by the user's own torchrun: the recipe check could not see it
+        raise UserError(f"trainer.kind reft runs its two stages in one process so far, but this process is one "
+                        f"of {launch.world_size()} started by a launcher; start it as one process "
+                        "(`tunekit train RECIPE`).")
     out = Path(recipe.output.dir)
     warm_dir, rl_dir = out / STAGES / "warmup", out / STAGES / "rl"
     _prepare(out, warm_dir, resume, overwrite or recipe.output.overwrite)
