@@ -265,6 +265,25 @@ def check_engine(recipe: Any, trainer: Any) -> str:
     return got
 
 
+def consolidate_saves(trainer: Any) -> None:
+    """Make every Hugging Face save of an FSDP run complete, at checkpoints and at the end.
+
+    FSDP's activation checkpointing wraps each decoder layer in a checkpoint wrapper. The state dict hides the
+    wrapper (`_checkpoint_wrapped_module.` is stripped from its keys), but peft picks the adapter's entries by
+    module name, where the wrapper is still present: it would match nothing and save an *empty* adapter. So each
+    save runs with the wrapped layers put back in their place, and the wrappers restored afterwards for the
+    training that follows. Every rank calls save_model (FSDP gathers the shards there)."""
+    if getattr(trainer.accelerator.state, "fsdp_plugin", None) is None:
+        return
+    save_model = trainer.save_model
+
+    def save_without_wrappers(*args: Any, **kwargs: Any) -> None:
+        with _activation_checkpoint_wrappers_removed(trainer.model):
+            save_model(*args, **kwargs)
+
+    trainer.save_model = save_without_wrappers
+
+
 def save_consolidated(trainer: Any, path: str) -> None:
     """Save full Hugging Face weights (or the full adapter) that load in one process. Every rank calls this:
     ZeRO-3 and FSDP gather the shards here. An FSDP run whose checkpoints use SHARDED_STATE_DICT (resumable
@@ -273,20 +292,21 @@ def save_consolidated(trainer: Any, path: str) -> None:
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     if plugin is not None:  # the run's last save: checkpoints are written by now
         plugin.set_state_dict_type("FULL_STATE_DICT")
-        _drop_activation_checkpoint_wrappers(trainer.model)
     trainer.save_model(path)
 
 
-def _drop_activation_checkpoint_wrappers(model: Any) -> None:
-    """FSDP's activation checkpointing wraps each decoder layer in a checkpoint wrapper. The state dict hides the
-    wrapper (`_checkpoint_wrapped_module.` is stripped from its keys), but peft picks the adapter's keys by module
-    name, where the wrapper is still present: it would match nothing and save an empty adapter. After training
-    the wrappers have no further use, so put the wrapped layers back in their place."""
+@contextlib.contextmanager
+def _activation_checkpoint_wrappers_removed(model: Any) -> Iterator[None]:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
-    for name, module in list(model.named_modules()):
-        if isinstance(module, ActivationWrapper):
-            model.set_submodule(name, module._checkpoint_wrapped_module)
+    wrappers = [(name, m) for name, m in model.named_modules() if isinstance(m, ActivationWrapper)]
+    for name, wrapper in wrappers:
+        model.set_submodule(name, wrapper._checkpoint_wrapped_module)
+    try:
+        yield
+    finally:
+        for name, wrapper in wrappers:
+            model.set_submodule(name, wrapper)
 
 
 def shutdown() -> None:

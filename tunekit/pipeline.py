@@ -66,6 +66,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         [output.metrics_callback(out), *plan.callbacks, *(callbacks or [])],
     )
     scale["engine"] = launch.check_engine(recipe, trainer)
+    launch.consolidate_saves(trainer)
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()

@@ -86,14 +86,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
                          "zero3": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3"],
                          "zero3offload": ["--strategy", "deepspeed", "launch.deepspeed.config=zero3-offload"],
                          "fsdp": ["--strategy", "fsdp"],
-                         # fsdp2-offload's activation checkpointing; its CPU offload needs a GPU.
-                         "fsdpac": ["--strategy", "fsdp", "launch.fsdp.config=fsdp2-offload",
-                                    "launch.fsdp.cpu_offload=false"]}[kind]
+                         # a user's own FSDP config: activation checkpointing, full state dicts at every save.
+                         "fsdpac": ["--strategy", "fsdp", f"launch.fsdp.config={FULL_STATE_DICT_AC}"]}[kind]
                 proc = ok(tunekit("train", recipe_for(tmp, method, 2), "--nproc", "2", *extra))
             cache[name] = (tmp / "run", proc)
         return cache[name]
 
     return get
+
+
+FULL_STATE_DICT_AC = Path(__file__).parent / "fsdp2-full-state-dict-ac.yaml"
 
 
 # Every backend with LoRA and full training; FSDP also with its activation checkpointing.
@@ -186,6 +188,36 @@ def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> 
     assert "Root Cause" in proc.stderr and "the 2-process run failed" in " ".join(proc.stderr.split())
 
 
+def checkpoint_logits(run: Path, step: int) -> torch.Tensor:
+    """Load the adapter in RUN/checkpoints/checkpoint-STEP in this process; logits on the fixed input."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.model.builtin import materialize
+
+    ckpt = run / "checkpoints" / f"checkpoint-{step}"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0)), ckpt)
+    with torch.no_grad():
+        return model.eval()(torch.arange(3, 35)[None]).logits
+
+
+def test_fsdp_full_state_dict_checkpoints_hold_the_whole_adapter(runs) -> None:
+    """With FSDP activation checkpointing and FULL_STATE_DICT, every checkpoint's adapter (not only final/) holds
+    the trained LoRA weights: the same outputs as the single-process run's checkpoint at that step. (peft once saved
+    an empty adapter here: it matched the adapter by module names that still held the checkpoint wrapper.)"""
+    single, _ = runs("single-lora")
+    multi, _ = runs("fsdpac-lora")
+    assert losses(multi) == pytest.approx(losses(single), abs=LOSS_TOL)
+    from safetensors.torch import load_file
+
+    assert len(load_file(multi / "checkpoints/checkpoint-2/adapter_model.safetensors")) == len(
+        load_file(single / "checkpoints/checkpoint-2/adapter_model.safetensors"))
+    for step in (2, 4):
+        torch.testing.assert_close(checkpoint_logits(multi, step), checkpoint_logits(single, step),
+                                   atol=LOGITS_TOL, rtol=0)
+    torch.testing.assert_close(final_logits(multi), final_logits(single), atol=LOGITS_TOL, rtol=0)
+
+
 def test_resume_two_process_fsdp_run_on_one_process(runs, tmp_path: Path) -> None:
     """FSDP2's sharded checkpoints (torch.distributed.checkpoint) reshard on load: a 2-process run stopped
     after checkpoint-2 resumes on 1 process (4 per device: the same global batch) and ends like the full run."""
@@ -195,6 +227,9 @@ def test_resume_two_process_fsdp_run_on_one_process(runs, tmp_path: Path) -> Non
     for p in ("final", "summary.json", "checkpoints/checkpoint-4"):
         shutil.rmtree(stopped / p) if (stopped / p).is_dir() else (stopped / p).unlink()
     assert (stopped / "checkpoints/checkpoint-2/pytorch_model_fsdp_0/.metadata").exists()  # sharded, not gathered
+    proc = tunekit("eval", stopped)  # an unfinished sharded run: no HF weights yet, and eval says why
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "a sharded FSDP checkpoint" in " ".join(proc.stderr.split())
     proc = ok(tunekit("train", recipe_for(tmp_path, "lora", 4), "--nproc", "1", "--strategy", "fsdp", "--resume"))
     assert "resumingfrom" in "".join(proc.stderr.split())
     summary = json.loads((stopped / "summary.json").read_text())

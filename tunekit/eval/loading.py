@@ -36,6 +36,11 @@ def weights_kind(d: Path) -> str:
                         "so the adapter cannot be loaded (copy the adapter_config.json saved with it)")
     if (d / "config.json").is_file():
         return "full"
+    if (d / "pytorch_model_fsdp_0").is_dir():
+        raise UserError(f"{d}: a sharded FSDP checkpoint (pytorch_model_fsdp_0/): it holds no Hugging Face weights. "
+                        "Finish the run with `tunekit train RECIPE --resume` (final/ is consolidated), or train with an "
+                        "FSDP config that has `state_dict_type: FULL_STATE_DICT` to write full weights at every "
+                        "checkpoint")
     raise UserError(f"{d}: no model here (neither adapter_config.json nor config.json)")
 
 
