@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_metrics, run_cli, tiny_recipe
 
 RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]
@@ -42,6 +44,40 @@ def test_dpo_weighted_loss_combination(tmp_path: Path) -> None:
     _standard_outputs(run, {"loss", "rewards/margins"})
     resolved = (run / "recipe.resolved.yaml").read_text()
     assert "bco_pair" in resolved and "0.2" in resolved
+
+
+def _losses(run: Path) -> list[float]:
+    return [m["loss"] for m in read_metrics(run) if "loss" in m]
+
+
+def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
+    """`ref_model` is the reference DPO measures against. At step 1 the policy is the untrained model, so with a
+    reference of the same weights every margin is 0 and the sigmoid loss is ln 2; an explicit reference with those
+    same weights (here with the reference log-probs precomputed before training) gives the implicit run's losses
+    at every step; an explicit reference with other weights moves the step-1 loss off ln 2."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.model.builtin import materialize
+
+    other = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    other.save_pretrained(tmp_path / "other-ref")
+
+    runs = {}
+    for name, ref in {"implicit": {}, "precomputed": {"ref_model": "builtin:tiny-llama",
+                                                      "precompute_ref_log_probs": True},
+                      "other": {"ref_model": str(tmp_path / "other-ref")}}.items():
+        (tmp_path / name).mkdir()
+        runs[name] = _losses(_run(tmp_path / name, {"kind": "dpo", **ref}))
+    assert runs["implicit"][0] == pytest.approx(math.log(2), abs=1e-5)
+    assert runs["precomputed"] == pytest.approx(runs["implicit"], abs=1e-5)
+    assert abs(runs["other"][0] - math.log(2)) > 1e-3
 
 
 def test_kto_unpaired(tmp_path: Path) -> None:
