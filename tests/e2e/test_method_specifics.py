@@ -256,6 +256,46 @@ def test_data_driven_lora_inits_calibrate_on_the_training_data(init: str, data_f
         assert all(not torch.allclose(residual[k], originals[k]) for k in residual)
 
 
+def test_lora_ga_aligns_the_adapter_with_the_full_fine_tuning_gradient(data_file: Path, tmp_path: Path) -> None:
+    """LoRA-GA (arXiv 2407.05000, peft's default direction ArB2r): lora_A's rows span the top-r right singular
+    vectors of the full fine-tuning gradient averaged over the calibration batches, lora_B's columns the next r
+    left ones, and the base keeps W - s·B·A, so the model computes the base's function at step 0."""
+    from tunekit.methods.registry import apply_method
+    from tunekit.model.load import load_model
+
+    r = 4
+    recipe = with_method(method_recipe("lora", data_file, tmp_path / "run", max_steps=1), init_lora_weights="lora_ga",
+                         r=r, use_rslora=False)
+    ids = [PROBE_IDS, PROBE_IDS.flip(1)]
+    batches = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": i} for i in ids]
+    base_dir = str(materialize("builtin:tiny-llama", 0))
+    reference = load_model(recipe.model, base_dir)
+    weight = reference.model.layers[0].self_attn.q_proj.weight
+    grads = []
+    for b in batches:
+        reference.zero_grad()
+        reference(**b).loss.backward()
+        grads.append(weight.grad.clone())
+    u, _, vh = torch.linalg.svd(torch.stack(grads).mean(0))
+    with torch.no_grad():
+        plain = reference.eval()(input_ids=PROBE_IDS).logits
+
+    model = apply_method(load_model(recipe.model, base_dir), recipe, calibration=batches).model
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+
+    def captured(m: torch.Tensor, basis: torch.Tensor) -> float:  # share of m's rows inside basis's row span
+        return float((m @ basis.T).norm() ** 2 / m.norm() ** 2)
+
+    assert captured(a, vh[:r]) > 0.99  # A: top-r right singular vectors of the gradient
+    assert captured(b.T, u[:, r:2 * r].T) > 0.99  # B: the next r left singular vectors
+    assert captured(a, vh[r:2 * r]) < 0.01  # and not some other part of it
+    shifted = layer.base_layer.weight.detach() + layer.scaling["default"] * b @ a
+    torch.testing.assert_close(shifted, weight.detach(), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=PROBE_IDS).logits, plain, atol=1e-4, rtol=0)
+
+
 def test_eva_that_cannot_converge_is_a_clear_error(data_file: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from tunekit.errors import UserError

@@ -84,3 +84,7 @@ def test_lora_options_cover_peft_and_reject_typos() -> None:
     q = load_recipe(RECIPES / "quickstart.yaml", ("method.name=qlora", "method.bits=8"))
     assert q.method.bits == 8
     assert "method.bits" in _err("method.name=qlora", "method.bits=3")
+    msg = _err("method.name=qlora", "method.init_lora_weights=lora_ga")
+    assert "method.init_lora_weights" in msg and "lora_ga estimates full-precision gradients" in msg
+    assert load_recipe(RECIPES / "quickstart.yaml", ("method.init_lora_weights=lora_ga",)).method.init_lora_weights \
+        == "lora_ga"

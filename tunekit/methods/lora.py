@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from typing import Any
 
 from tunekit.errors import UserError
@@ -37,7 +38,7 @@ def peft_kwargs(cfg: Any, tuner: str) -> dict:
 
 def peft_config(cfg: Any) -> Any:
     from peft import LoraConfig, TaskType
-    from peft.tuners.lora.config import CordaConfig, EvaConfig
+    from peft.tuners.lora.config import CordaConfig, EvaConfig, LoraGAConfig
 
     kw = dict(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
               bias=cfg.bias, modules_to_save=cfg.modules_to_save or None, init_lora_weights=cfg.init_lora_weights)
@@ -47,6 +48,8 @@ def peft_config(cfg: Any) -> Any:
         kw["eva_config"] = EvaConfig()
     if cfg.init_lora_weights == "corda" and kw.get("corda_config") is None:
         kw["corda_config"] = CordaConfig()
+    if cfg.init_lora_weights == "lora_ga" and kw.get("lora_ga_config") is None:
+        kw["lora_ga_config"] = LoraGAConfig()
     try:
         return LoraConfig(task_type=TaskType.CAUSAL_LM, **kw)
     except (ValueError, TypeError) as e:
@@ -70,12 +73,12 @@ def quantization_kwargs(recipe: Any) -> dict:
                                                      else "cpu"}}
 
 
-CALIBRATED = ("eva", "corda")  # inits that read activations of training batches (_corda, _eva)
+CALIBRATED = ("eva", "corda", "lora_ga")  # inits that read training batches (_eva, _corda, _lora_ga)
 EVA_MAX_PASSES = 50  # EVA repeats the calibration batches until its SVD converges; give up after this many passes
 
 
 def build(model: Any, cfg: Any, recipe: Any, calibration: list[dict] | None = None) -> Any:
-    """`calibration`: a few collated training batches (dicts of tensors), read by the eva and corda inits."""
+    """`calibration`: a few collated training batches (dicts of tensors), read by the eva, corda, lora_ga inits."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from tunekit.methods.registry import MethodPlan
@@ -90,6 +93,8 @@ def build(model: Any, cfg: Any, recipe: Any, calibration: list[dict] | None = No
         config = peft_config(cfg)
         if init == "corda":
             _corda(model, config, calibration or [])
+        if init == "lora_ga":
+            _lora_ga(model, config, calibration or [])
         model = get_peft_model(model, config)
         if init == "eva":
             _eva(model, calibration or [])
@@ -169,6 +174,23 @@ def _corda(model: Any, config: Any, calibration: list[dict]) -> None:
         model.train(training)
 
     preprocess_corda(model, config, run_model=run_model)
+
+
+def _lora_ga(model: Any, config: Any, calibration: list[dict]) -> None:
+    """LoRA-GA: the full fine-tuning gradient of each target weight, averaged over the batches; get_peft_model
+    then sets A and B from its SVD so the first steps follow full fine-tuning, and takes B·A out of the base."""
+    from peft.tuners.lora.loraga import preprocess_loraga
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    _maybe_include_all_linear_layers(config, model)  # preprocess_loraga matches target_modules before get_peft_model
+
+    def train_step() -> None:  # peft enables gradients on the target weights only and averages over the calls
+        for batch in calibration:
+            model(**_on(model, batch)).loss.backward()
+
+    with warnings.catch_warnings():  # peft counts calls with full backward hooks; the inputs need no gradient
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        preprocess_loraga(model, config, train_step=train_step)
 
 
 def _eva(peft_model: Any, calibration: list[dict]) -> None:

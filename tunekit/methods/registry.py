@@ -58,7 +58,7 @@ def load_kwargs(recipe: Any) -> dict:
 
 
 def apply_method(model: Any, recipe: Any, calibration: list[dict] | None = None) -> MethodPlan:
-    """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda), from
+    """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda / lora_ga), from
     `calibration_data`."""
     import transformers
 
@@ -74,7 +74,7 @@ def calibration_data(recipe: Any, train_ds: Any, tokenizer: Any) -> list[dict] |
 
 
 def needs_calibration(recipe: Any) -> bool:
-    """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva and corda inits)."""
+    """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva, corda and lora_ga inits)."""
     return recipe.method.name in ("lora", "qlora") and recipe.method.init_lora_weights in lora.CALIBRATED
 
 

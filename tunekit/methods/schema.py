@@ -41,7 +41,7 @@ class FreezeMethod(Section):
 
 _LORA_CURATED = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "modules_to_save",
                  "init_lora_weights"}
-LORA_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica")
+LORA_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "lora_ga", "loftq", "orthogonal", "mica")
 
 
 class _LoraBase(Section):
@@ -63,10 +63,10 @@ class _LoraBase(Section):
     )
     init_lora_weights: bool | str = Field(
         default=True, description="Initialisation: true (B=0, the reference init), false, or one of "
-        f"{', '.join(LORA_INITS)}, pissa_niter_N. eva and corda run over calibration_batches batches of the "
-        "training data first (see docs/methods.md).")
+        f"{', '.join(LORA_INITS)}, pissa_niter_N. eva and corda (layer inputs) and lora_ga (full fine-tuning "
+        "gradients) run over calibration_batches batches of the training data first (see docs/methods.md).")
     calibration_batches: int = Field(
-        default=4, ge=1, description="eva / corda inits: how many training batches (per_device_batch_size rows "
+        default=4, ge=1, description="eva / corda / lora_ga inits: how many training batches (per_device_batch_size rows "
         "each, from the start of the training data) the calibration pass reads.")
     loraplus_lr_ratio: float | None = Field(
         default=None, gt=0, description="LoRA+: the B matrices learn this many times faster than A "
@@ -100,6 +100,14 @@ class _QloraBase(_LoraBase):
     double_quant: bool = Field(default=True, description="4-bit: also quantize the quantization constants.")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="4-bit: dtype of the matmuls (auto: the model's dtype).")
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _init_on_quantized(cls, v: bool | str) -> bool | str:
+        if v == "lora_ga":
+            raise ValueError("lora_ga estimates full-precision gradients of the base weights, which a quantized "
+                             "base does not have; use method.name: lora for LoRA-GA, or another init with qlora")
+        return v
 
 
 QloraMethod = _lora_model("QloraMethod", _QloraBase)
