@@ -44,6 +44,7 @@ METHODS = [method_name(m) for m in ALL_METHODS if method_name(m) not in EXCLUDED
 # LoRA initialisations that rewrite the base weights (the base keeps a residual): their final/ must still
 # reload onto the original base with the trained model's outputs.
 INIT_VARIANTS = {f"lora-{init}": {"r": 4, "alpha": 8, "init_lora_weights": init} for init in ("pissa", "olora", "corda", "lora_ga")}
+INIT_VARIANTS["lora-kasa"] = {"r": 4, "alpha": 8, "kasa_config": {}}  # KaSA truncates the base's SVD too
 # Methods whose trainable set is not all updated in two steps, by design: LISA trains 1 of 2 layers per step;
 # ShadowPEFT's last-layer update modules only feed a next layer, which the 2-layer model does not have.
 PARTLY_UPDATED = {"lisa", "shadow"}
