@@ -24,8 +24,8 @@ RULES: list[dict[str, Any]] = [
         "unless": {"quant_storage_set": (True,)},
         "why": "ZeRO-3 and FSDP shard flat tensors of one dtype; 4-bit weights packed as uint8 cannot be "
                "sharded next to bfloat16 ones unless bitsandbytes stores them in that dtype.",
-        "instead": "set the method's quantized storage dtype (`bnb_4bit_quant_storage`) to model.dtype "
-                   "(e.g. bfloat16), or use launch.strategy: ddp or deepspeed stage 1/2.",
+        "instead": "set method.quant_storage: auto (bitsandbytes' `bnb_4bit_quant_storage` = model.dtype, "
+                   "e.g. bfloat16), or use launch.strategy: ddp or deepspeed stage 1/2.",
     },
     {
         "id": "prompt-learning-sharded",
@@ -86,8 +86,7 @@ def facts(recipe: Any, launch_files: dict | None = None) -> dict[str, Any]:
         "strategy": strategy,
         "optim": optim_settings.optim,
         "gradient_checkpointing": bool(getattr(optim_settings, "gradient_checkpointing", False)),
-        "quant_storage_set": bool(getattr(method, "bnb_4bit_quant_storage", None)
-                                  or getattr(method, "quant_storage", None)),
+        "quant_storage_set": getattr(method, "quant_storage", None) not in (None, "uint8"),
         "sharding": None, "zero_stage": None, "offload": False, "offload_params": False,
         "fsdp_activation_checkpointing": False,
     }

@@ -322,7 +322,8 @@ def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_
         count_without_weights(recipe)
 
 
-@pytest.mark.parametrize("quant", [{"bits": 8}, {"bits": 4, "quant_type": "fp4", "double_quant": False}])
+@pytest.mark.parametrize("quant", [{"bits": 8}, {"bits": 4, "quant_type": "fp4", "double_quant": False},
+                                   {"bits": 4, "quant_storage": "auto"}, {"bits": 4, "quant_storage": "bfloat16"}])
 def test_qlora_variants_quantize_the_base(quant: dict, data_file: Path, tmp_path: Path) -> None:
     import bitsandbytes as bnb
 
@@ -334,8 +335,11 @@ def test_qlora_variants_quantize_the_base(quant: dict, data_file: Path, tmp_path
     plan = apply_method(model, recipe)
     layer = plan.model.base_model.model.model.layers[0].mlp.up_proj.base_layer
     assert isinstance(layer, bnb.nn.Linear8bitLt if quant["bits"] == 8 else bnb.nn.Linear4bit)
-    if quant["bits"] == 4:
+    if quant.get("quant_type") == "fp4":
         assert layer.weight.quant_state.quant_type == "fp4" and not layer.weight.quant_state.nested
+    if quant["bits"] == 4:  # the packed 4-bit weights' storage dtype: what ZeRO-3 / FSDP shard (auto: model.dtype)
+        storage = {None: torch.uint8, "auto": torch.float32, "bfloat16": torch.bfloat16}[quant.get("quant_storage")]
+        assert layer.weight.dtype == storage
     plan.model(input_ids=PROBE_IDS, labels=PROBE_IDS).loss.backward()
     assert all(p.grad is not None for p in plan.model.parameters() if p.requires_grad)
     assert count_parameters(plan.model)["total"] == 168128  # logical counts, same as unquantized LoRA

@@ -54,6 +54,13 @@ def test_validate_rejects_an_incompatible_combination_with_the_explanation(tmp_p
     assert proc.returncode == 2 and "[param-offload-needs-zero3]" in proc.stderr
     ok = run_cli("validate", tiny_recipe(tmp_path), "launch.strategy=deepspeed", "launch.deepspeed.config=zero3-offload")
     assert ok.returncode == 0, ok.stderr
+    # QLoRA under FSDP needs the 4-bit storage dtype, and the advice given is a setting the recipe accepts.
+    qlora = tiny_recipe(tmp_path, "qlora.yaml", method={"name": "qlora", "r": 8, "alpha": 16})
+    proc = run_cli("validate", qlora, "launch.nproc=2", "launch.strategy=fsdp")
+    assert proc.returncode == 2 and "[qlora-sharded-storage]" in proc.stderr
+    assert "set method.quant_storage: auto" in " ".join(proc.stderr.split())
+    ok = run_cli("validate", qlora, "launch.nproc=2", "launch.strategy=fsdp", "method.quant_storage=auto")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_docs_render_the_rules_table() -> None:

@@ -88,3 +88,5 @@ def test_lora_options_cover_peft_and_reject_typos() -> None:
     assert "method.init_lora_weights" in msg and "lora_ga estimates full-precision gradients" in msg
     assert load_recipe(RECIPES / "quickstart.yaml", ("method.init_lora_weights=lora_ga",)).method.init_lora_weights \
         == "lora_ga"
+    assert "quant_storage applies to 4-bit weights only" in _err("method.name=qlora", "method.bits=8",
+                                                                  "method.quant_storage=bfloat16")

@@ -16,7 +16,7 @@ from typing import Any
 from tunekit.errors import UserError
 
 NOT_PEFT = {"name", "alpha", "dropout", "loraplus_lr_ratio", "loraplus_lr_embedding", "bits", "quant_type",
-            "double_quant", "compute_dtype", "calibration_batches"}
+            "double_quant", "compute_dtype", "quant_storage", "calibration_batches"}
 
 
 def peft_kwargs(cfg: Any, tuner: str) -> dict:
@@ -67,8 +67,10 @@ def quantization_kwargs(recipe: Any) -> dict:
         q = BitsAndBytesConfig(load_in_8bit=True)
     else:
         compute = torch_dtype(recipe.model.dtype if m.compute_dtype == "auto" else m.compute_dtype)
+        storage = torch_dtype(recipe.model.dtype if m.quant_storage == "auto" else m.quant_storage or "uint8")
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quant_type,
-                               bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute)
+                               bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute,
+                               bnb_4bit_quant_storage=storage)
     return {"quantization_config": q, "device_map": {"": torch.cuda.current_device() if torch.cuda.is_available()
                                                      else "cpu"}}
 

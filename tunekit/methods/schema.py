@@ -100,6 +100,16 @@ class _QloraBase(_LoraBase):
     double_quant: bool = Field(default=True, description="4-bit: also quantize the quantization constants.")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="4-bit: dtype of the matmuls (auto: the model's dtype).")
+    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] | None = Field(
+        default=None, description="4-bit: dtype the packed 4-bit weights are stored in (bitsandbytes "
+        "`bnb_4bit_quant_storage`); null keeps bitsandbytes' uint8. ZeRO-3 and FSDP need it equal to the model's "
+        "dtype (auto: model.dtype) so quantized and unquantized weights shard together.")
+
+    @model_validator(mode="after")
+    def _storage_is_4bit(self) -> _QloraBase:
+        if self.bits == 8 and self.quant_storage is not None:
+            raise ValueError("quant_storage applies to 4-bit weights only; remove it or set bits: 4")
+        return self
 
     @field_validator("init_lora_weights")
     @classmethod
