@@ -4,7 +4,8 @@ Parity construction: the single-process run uses per_device_batch_size=4; the 2-
 device. HF Trainer (through accelerate) draws one seeded permutation of the data and hands consecutive
 micro-batches to consecutive ranks, so step k sees the same 4 examples in both runs; with
 `average_tokens_across_devices` the loss is normalised by the global token count, so the gradients are
-the same up to float32 reduction order. Tolerance: 1e-4 absolute on every logged loss (observed ~1e-6).
+the same up to float32 reduction order. Tolerance: 1e-4 absolute on every logged loss (observed ~1e-6; QLoRA,
+whose adapters TRL keeps in bfloat16, ~5e-5).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ pytestmark = pytest.mark.multiprocess
 
 LOSS_TOL = 1e-4
 LOGITS_TOL = 1e-4
-METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"name": "full"}, 1e-3)}
+# TRL trains QLoRA adapters in bfloat16 (as the QLoRA paper does), so a gradient element near zero can flip sign
+# between reduction orders and Adam moves it by ±lr: the final adapters differ by a few bf16 steps (observed 1.5e-3).
+QLORA_LOGITS_TOL = 5e-3
+# DeepSpeed keeps fp32 master weights for those bf16 adapters, where torch's AdamW in one process updates the bf16
+# values themselves: ZeRO-3 QLoRA's loss drifts from step 3 (observed 7.5e-4 at step 3).
+LOSS_TOL_FOR = {"zero3-qlora": 1e-3}
+METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"name": "full"}, 1e-3),
+           # 4-bit base stored in the model's dtype (float32 here), as ZeRO-3 / FSDP need: bitsandbytes runs on CPU.
+           "qlora": ({"name": "qlora", "r": 8, "alpha": 16, "quant_storage": "auto"}, 5e-3)}
 
 
 def tunekit(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -98,18 +107,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
 FULL_STATE_DICT_AC = Path(__file__).parent / "fsdp2-full-state-dict-ac.yaml"
 
 
-# Every backend with LoRA and full training; FSDP also with its activation checkpointing.
+# Every backend with LoRA and full training; FSDP also with its activation checkpointing, and QLoRA (4-bit storage
+# in the model's dtype) under FSDP and (slow) ZeRO-3.
 ENGINE = {"ddp": "MULTI_CPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP", "fsdpac": "FSDP"}
 
 
 @pytest.mark.parametrize("name", ["ddp-lora", "ddp-full", "zero2-lora", "zero2-full", "zero3-lora", "zero3-full",
-                                  "fsdp-lora", "fsdp-full", "fsdpac-lora"])
+                                  "fsdp-lora", "fsdp-full", "fsdpac-lora", "fsdp-qlora",
+                                  pytest.param("zero3-qlora", marks=pytest.mark.slow)])
 def test_two_processes_match_one(runs, name: str) -> None:
     method = name.split("-")[1]
     single, _ = runs(f"single-{method}")
     multi, proc = runs(name)
     assert len(losses(multi)) == 4
-    assert losses(multi) == pytest.approx(losses(single), abs=LOSS_TOL)
+    assert losses(multi) == pytest.approx(losses(single), abs=LOSS_TOL_FOR.get(name, LOSS_TOL))
     summary = json.loads((multi / "summary.json").read_text())
     assert summary["global_step"] == 4
     assert summary["launch"]["world_size"] == 2 and summary["launch"]["global_batch_size"] == 4
@@ -117,7 +128,8 @@ def test_two_processes_match_one(runs, name: str) -> None:
     assert "global batch 4 = 2 per device x 1 accumulation x 2 processes" in " ".join(proc.stderr.split())
     assert proc.stderr.count("done: 4 steps") == 1  # only rank 0 prints
     # Consolidated final weights load in one process and give the single-process run's outputs.
-    torch.testing.assert_close(final_logits(multi), final_logits(single), atol=LOGITS_TOL, rtol=0)
+    torch.testing.assert_close(final_logits(multi), final_logits(single), rtol=0,
+                               atol=QLORA_LOGITS_TOL if method == "qlora" else LOGITS_TOL)
 
 
 def test_resume_two_process_deepspeed_run(runs, tmp_path: Path) -> None:

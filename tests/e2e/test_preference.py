@@ -69,12 +69,17 @@ def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
             p.add_(torch.randn_like(p) * 0.05)
     other.save_pretrained(tmp_path / "other-ref")
 
-    runs = {}
+    from tunekit.pipeline import train
+    from tunekit.recipe.load import load_recipe
+
+    runs = {}  # in this process: three CLI start-ups cost more than the training
     for name, ref in {"implicit": {}, "precomputed": {"ref_model": "builtin:tiny-llama",
                                                       "precompute_ref_log_probs": True},
                       "other": {"ref_model": str(tmp_path / "other-ref")}}.items():
         (tmp_path / name).mkdir()
-        runs[name] = _losses(_run(tmp_path / name, {"kind": "dpo", **ref}))
+        recipe = tiny_recipe(tmp_path / name, data={"train": [PAIRS]},
+                             trainer={"kind": "dpo", "max_steps": 3, "learning_rate": 5e-3, **ref})
+        runs[name] = _losses(train(load_recipe(recipe)))
     assert runs["implicit"][0] == pytest.approx(math.log(2), abs=1e-5)
     assert runs["precomputed"] == pytest.approx(runs["implicit"], abs=1e-5)
     assert abs(runs["other"][0] - math.log(2)) > 1e-3
