@@ -21,6 +21,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     from tunekit.data.build import build_datasets
     from tunekit.methods.registry import apply_method, calibration_data, load_kwargs
     from tunekit.model.load import load_model, load_tokenizer, resolve_model_path
+    from tunekit.trainers.preference import dropped_by_trainer
     from tunekit.trainers.registry import BUILDERS
 
     out = Path(recipe.output.dir)
@@ -65,6 +66,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS),
         [output.metrics_callback(out), *plan.callbacks, *(callbacks or [])],
     )
+    dropped = dropped_by_trainer(recipe, train_ds, trainer)
+    if dropped:
+        data_stats["train"]["dropped_by_trainer"] = dropped
+        (reason, n), = dropped.items()
+        console.print(f"[yellow]warning:[/] the {recipe.trainer.kind} trainer dropped {n} training rows whose {reason}: "
+                      "raise data.max_length or shorten those prompts (counted in data.json)")
+        if main:
+            output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
     scale["engine"] = launch.check_engine(recipe, trainer)
     launch.consolidate_saves(trainer)
     if plan.configure_trainer is not None:

@@ -91,6 +91,21 @@ def test_kto_unpaired(tmp_path: Path) -> None:
     _standard_outputs(run, {"loss", "kl"})
 
 
+def test_kto_on_paired_data_mixes_both_labels_and_counts_dropped_rows(tmp_path: Path) -> None:
+    """KTO reads rows in order; paired rows are unpaired and shuffled, so the first batches already hold
+    undesirable completions (TRL's own unpairing puts every chosen completion first). Rows whose prompt alone
+    fills max_length, which TRL filters out, are counted in data.json and reported."""
+    recipe = tiny_recipe(tmp_path, data={"train": [PAIRS], "max_length": 64},
+                         trainer={"kind": "kto", "max_steps": 3, "learning_rate": 5e-3, "logging_steps": 1})
+    proc = run_cli("train", recipe, check=True)
+    steps = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert len(steps) == 3 and any("rewards/rejected" in m for m in steps)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]["train"]
+    (reason, n), = data["dropped_by_trainer"].items()
+    assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < n < 2 * data["rows_out"]
+    assert f"the kto trainer dropped {n} training rows" in " ".join(proc.stderr.split())
+
+
 def test_orpo(tmp_path: Path) -> None:
     run = _run(tmp_path, {"kind": "orpo", "beta": 0.1})
     _standard_outputs(run, {"loss", "rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"})

@@ -79,8 +79,32 @@ def build_kto(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: A
         precompute_ref_log_probs=t.precompute_ref_log_probs,
     )
     return _base_as_reference(KTOTrainer(model=model, ref_model=_ref_model(recipe), args=args,
-                                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                         callbacks=callbacks))
+                                         train_dataset=kto_rows(recipe, train_ds), eval_dataset=eval_ds,
+                                         processing_class=tokenizer, callbacks=callbacks))
+
+
+def dropped_by_trainer(recipe: Any, train_ds: Any, trainer: Any) -> dict[str, int]:
+    """Rows TRL's DPO and KTO trainers filtered out: those whose prompt alone fills `max_length` (they would keep
+    no completion token). Counted so the run says so instead of training on fewer rows without a word."""
+    if recipe.trainer.kind not in ("dpo", "kto") or train_ds is None:
+        return {}
+    offered = len(train_ds) * (2 if recipe.trainer.kind == "kto" and "chosen" in train_ds.column_names else 1)
+    dropped = offered - len(trainer.train_dataset)
+    return {f"prompt alone fills data.max_length ({recipe.data.max_length} tokens)": dropped} if dropped > 0 else {}
+
+
+def kto_rows(recipe: Any, train_ds: Any) -> Any:
+    """KTO learns from single completions labelled desirable or not. TRL's KTOTrainer reads its rows in order
+    (sequential sampling: its KL estimate pairs each row with a neighbour's completion) and unpairs paired rows as
+    all chosen completions, then all rejected ones, so paired data would train on desirable examples only for the
+    first half of an epoch. tunekit unpairs here and shuffles (the data seed), so every batch mixes both labels
+    and neighbours rarely share a prompt."""
+    if train_ds is None or "chosen" not in train_ds.column_names:
+        return train_ds  # unpaired rows: the data stage shuffled them already
+    from trl.data_utils import unpair_preference_dataset
+
+    seed = recipe.data.shuffle_seed if recipe.data.shuffle_seed is not None else recipe.trainer.seed
+    return unpair_preference_dataset(train_ds).shuffle(seed=seed).flatten_indices()
 
 
 def build_orpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
