@@ -54,3 +54,8 @@ def tiny_recipe(tmp: Path, name: str = "recipe.yaml", **sections: dict) -> Path:
 
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def losses(run: Path) -> list[float]:
+    """The training loss of every logged step of RUN, in order."""
+    return [m["loss"] for m in read_metrics(run) if "loss" in m]

@@ -40,8 +40,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     tokenizer = load_tokenizer(recipe.model, model_path)
     with launch.main_process_first():
         train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    data_record = {"files": data_fingerprint(recipe), "stats": data_stats} if main else None
     if main:
-        output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
+        output.write_json(out / "data.json", data_record)
     console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
                   f"{data_stats['train']['trained_tokens']} trained tokens")
 
@@ -73,7 +74,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         console.print(f"[yellow]warning:[/] the {recipe.trainer.kind} trainer dropped {n} training rows whose {reason}: "
                       "raise data.max_length or shorten those prompts (counted in data.json)")
         if main:
-            output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": data_stats})
+            output.write_json(out / "data.json", data_record)  # data_stats is its "stats": rewritten, not re-hashed
     scale["engine"] = launch.check_engine(recipe, trainer)
     launch.consolidate_saves(trainer)
     if plan.configure_trainer is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import read_metrics, tiny_recipe
+from tests.conftest import losses, read_metrics, tiny_recipe
 
 pytestmark = pytest.mark.multiprocess
 
@@ -57,26 +57,25 @@ def recipe_for(tmp: Path, method: str, per_device: int, name: str = "recipe.yaml
                        output={"dir": str(tmp / "run"), "save_steps": 2})
 
 
-def losses(run: Path) -> list[float]:
-    return [m["loss"] for m in read_metrics(run) if "loss" in m]
-
-
-def final_logits(run: Path) -> torch.Tensor:
-    """Load RUN/final in this (single) process and return logits on a fixed input."""
+def weights_logits(weights: Path) -> torch.Tensor:
+    """Load the weights or adapter in WEIGHTS in this (single) process and return logits on a fixed input."""
     from transformers import AutoModelForCausalLM
 
     from tunekit.model.builtin import materialize
 
-    final = run / "final"
-    if (final / "adapter_config.json").exists():
+    if (weights / "adapter_config.json").exists():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0)),
-                                          final)
+                                          weights)
     else:
-        model = AutoModelForCausalLM.from_pretrained(final)
+        model = AutoModelForCausalLM.from_pretrained(weights)
     with torch.no_grad():
         return model.eval()(torch.arange(3, 35)[None]).logits
+
+
+def final_logits(run: Path) -> torch.Tensor:
+    return weights_logits(run / "final")
 
 
 @pytest.fixture(scope="module")
@@ -200,19 +199,6 @@ def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> 
     assert "Root Cause" in proc.stderr and "the 2-process run failed" in " ".join(proc.stderr.split())
 
 
-def checkpoint_logits(run: Path, step: int) -> torch.Tensor:
-    """Load the adapter in RUN/checkpoints/checkpoint-STEP in this process; logits on the fixed input."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from tunekit.model.builtin import materialize
-
-    ckpt = run / "checkpoints" / f"checkpoint-{step}"
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0)), ckpt)
-    with torch.no_grad():
-        return model.eval()(torch.arange(3, 35)[None]).logits
-
-
 def test_fsdp_full_state_dict_checkpoints_hold_the_whole_adapter(runs) -> None:
     """With FSDP activation checkpointing and FULL_STATE_DICT, every checkpoint's adapter (not only final/) holds
     the trained LoRA weights: the same outputs as the single-process run's checkpoint at that step. (peft once saved
@@ -225,8 +211,8 @@ def test_fsdp_full_state_dict_checkpoints_hold_the_whole_adapter(runs) -> None:
     assert len(load_file(multi / "checkpoints/checkpoint-2/adapter_model.safetensors")) == len(
         load_file(single / "checkpoints/checkpoint-2/adapter_model.safetensors"))
     for step in (2, 4):
-        torch.testing.assert_close(checkpoint_logits(multi, step), checkpoint_logits(single, step),
-                                   atol=LOGITS_TOL, rtol=0)
+        ckpt = Path("checkpoints") / f"checkpoint-{step}"
+        torch.testing.assert_close(weights_logits(multi / ckpt), weights_logits(single / ckpt), atol=LOGITS_TOL, rtol=0)
     torch.testing.assert_close(final_logits(multi), final_logits(single), atol=LOGITS_TOL, rtol=0)
 
 

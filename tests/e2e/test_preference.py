@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tests.conftest import losses, read_metrics, run_cli, tiny_recipe
 
 RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]
 PAIRS = {"path": "builtin:arith/pref_train.jsonl", "format": "preference"}
@@ -46,10 +46,6 @@ def test_dpo_weighted_loss_combination(tmp_path: Path) -> None:
     assert "bco_pair" in resolved and "0.2" in resolved
 
 
-def _losses(run: Path) -> list[float]:
-    return [m["loss"] for m in read_metrics(run) if "loss" in m]
-
-
 def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
     """`ref_model` is the reference DPO measures against. At step 1 the policy is the untrained model, so with a
     reference of the same weights every margin is 0 and the sigmoid loss is ln 2; an explicit reference with those
@@ -79,7 +75,7 @@ def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         recipe = tiny_recipe(tmp_path / name, data={"train": [PAIRS]},
                              trainer={"kind": "dpo", "max_steps": 3, "learning_rate": 5e-3, **ref})
-        runs[name] = _losses(train(load_recipe(recipe)))
+        runs[name] = losses(train(load_recipe(recipe)))
     assert runs["implicit"][0] == pytest.approx(math.log(2), abs=1e-5)
     assert runs["precomputed"] == pytest.approx(runs["implicit"], abs=1e-5)
     assert abs(runs["other"][0] - math.log(2)) > 1e-3

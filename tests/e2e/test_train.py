@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tests.conftest import losses, read_metrics, run_cli, tiny_recipe
 from tunekit.model.builtin import materialize
 
 RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]
@@ -40,8 +40,8 @@ def test_lora_run_writes_every_output(lora_run: Path) -> None:
 
 
 def test_loss_falls(lora_run: Path) -> None:
-    losses = [m["loss"] for m in read_metrics(lora_run) if "loss" in m]
-    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+    steps = losses(lora_run)
+    assert sum(steps[-3:]) / 3 < steps[0] - 0.3, steps
 
 
 def test_lora_changes_adapter_and_not_base(lora_run: Path) -> None:
@@ -100,9 +100,7 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     a, b = json.loads((full / "summary.json").read_text()), json.loads((stopped / "summary.json").read_text())
     assert a["global_step"] == b["global_step"] == 8
     assert b["final_loss"] == pytest.approx(a["final_loss"], abs=1e-4)
-    losses_a = [m["loss"] for m in read_metrics(full) if "loss" in m]
-    losses_b = [m["loss"] for m in read_metrics(stopped) if "loss" in m]
-    assert losses_b == pytest.approx(losses_a, abs=1e-4)  # no duplicated or missing steps in metrics.jsonl
+    assert losses(stopped) == pytest.approx(losses(full), abs=1e-4)  # no duplicated or missing steps in metrics.jsonl
     wa = load_file(full / "final" / "adapter_model.safetensors")
     wb = load_file(stopped / "final" / "adapter_model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
