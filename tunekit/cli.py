@@ -14,7 +14,8 @@ from pathlib import Path
 import typer
 
 from tunekit import __version__
-from tunekit.errors import UserError
+from tunekit.errors import UserError, did_you_mean
+from tunekit.paths import shipped_dir
 
 app = typer.Typer(
     name="tunekit",
@@ -74,23 +75,17 @@ def train(
     _state["debug"] |= debug
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")
-    from tunekit import launch
+    from tunekit.launch import relaunch
     from tunekit.recipe.load import load_recipe
 
-    overrides = [*(overrides or []), *launch.flag_overrides(
+    overrides = [*(overrides or []), *relaunch.flag_overrides(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
         strategy=strategy)]
     r = load_recipe(recipe, overrides)
-    if launch.needs_relaunch(r):
-        launch.check_runnable(r)
-        if r.launch.node_rank == 0:  # refuse a non-empty output.dir or a bad resume before starting workers
-            from tunekit.output import latest_checkpoint, prepare_run_dir
-
-            prepare_run_dir(Path(r.output.dir), resume=resume, overwrite=overwrite or r.output.overwrite)
-            if resume:
-                launch.check_resume(r, latest_checkpoint(Path(r.output.dir)), r.launch.world_size)
+    if relaunch.needs_relaunch(r.launch):
+        relaunch.prepare(r, resume=resume, overwrite=overwrite)
         flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * _state["debug"]
-        sys.exit(launch.relaunch(r, ["train", str(recipe), *overrides, *flags]))
+        sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
     from tunekit.pipeline import train as run_train
 
     run_train(r, resume=resume, overwrite=overwrite)
@@ -183,7 +178,7 @@ def merge(
               tunekit merge runs/a runs/b --method ties --density 0.3 --out merged-ties/
     """
     _state["debug"] |= debug
-    from tunekit.merge import merge_cli
+    from tunekit.merge.run import merge_cli
 
     merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
 
@@ -191,25 +186,12 @@ def merge(
 # ------------------------------------------------------------------------------------------------ recipes
 
 
-def shipped_dir(kind: str) -> Path:
-    """Shipped recipes/configs: inside the installed wheel, or at the repo root for an editable install."""
-    pkg = Path(__file__).resolve().parent
-    for candidate in (pkg / "_shipped" / kind, pkg.parent / kind):
-        if candidate.is_dir():
-            return candidate
-    raise UserError(f"cannot find the shipped {kind}/ folder; reinstall tunekit")
-
-
 def _recipe_path(name: str) -> Path:
     d = shipped_dir("recipes")
     path = d / (name if name.endswith(".yaml") else f"{name}.yaml")
     if not path.exists():
-        import difflib
-
         names = sorted(p.stem for p in d.glob("*.yaml"))
-        guess = difflib.get_close_matches(name, names, n=1)
-        hint = f" Did you mean `{guess[0]}`?" if guess else ""
-        raise UserError(f"no shipped recipe `{name}`.{hint} Available: {', '.join(names)}")
+        raise UserError(f"no shipped recipe `{name}`.{did_you_mean(name, names)} Available: {', '.join(names)}")
     return path
 
 
@@ -285,7 +267,7 @@ def main() -> None:
     except UserError as e:
         if debug or _state["debug"]:
             raise
-        from tunekit.launch import rank_prefix
+        from tunekit.launch.runtime import rank_prefix
 
         typer.echo(f"{rank_prefix()}error: {e}", err=True)
         sys.exit(e.exit_code)

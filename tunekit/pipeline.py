@@ -1,120 +1,173 @@
-"""The training flow, top to bottom: recipe -> data -> model + method -> trainer -> run outputs."""
+"""The training flow, top to bottom: recipe -> run dir -> data -> stages -> summary -> eval.
+
+Every trainer kind goes through `train`. A kind trains in one stage (sft, dpo, kto, orpo, cpo) or several
+(reft: SFT warm-up, then online RL); `trainers.registry.stages` lists them, and `run_stage` takes each through
+the same steps: model + method, trainer, resume point, train, save.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from tunekit import launch, output
+from tunekit import run_dir
+from tunekit.data.build import build_datasets
+from tunekit.data.cache import source_fingerprints
+from tunekit.eval.run import evaluate
+from tunekit.launch import engines, rules, runtime
+from tunekit.model.load import load_tokenizer, resolve_model_path
 from tunekit.recipe.schema import Recipe
+from tunekit.trainers.preference import dropped_by_trainer
+from tunekit.trainers.registry import stages as kind_stages
+from tunekit.trainers.stage import RunInputs, Stage
 from tunekit.ui import console
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
     """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
-    if recipe.trainer.kind == "reft":  # two stages (SFT warm-up, then online RL): tunekit/trainers/reft.py
-        from tunekit.trainers.reft import train as train_reft
+    inputs = open_run(recipe, resume, overwrite)
+    staged = kind_stages(inputs)
+    results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
+    summary = write_summary(inputs, staged.stages, results, staged.summary)
+    runtime.shutdown()  # every rank, before rank 0 goes on alone
+    if recipe.eval.run_after_train and runtime.is_main_process():
+        evaluate(inputs.out)
+    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
+    return inputs.out
 
-        return train_reft(recipe, resume=resume, overwrite=overwrite)
+
+def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
+    """Run dir and its header, process group and seed, tokenizer, then the data stage (data.json)."""
     import transformers
 
-    from tunekit.data.build import build_datasets
-    from tunekit.methods.registry import apply_method, calibration_data, load_kwargs
-    from tunekit.model.load import load_model, load_tokenizer, resolve_model_path
-    from tunekit.trainers.preference import dropped_by_trainer
-    from tunekit.trainers.registry import BUILDERS
-
     out = Path(recipe.output.dir)
-    main = launch.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
+    main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     if main:
-        output.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-        output.write_run_header(out, recipe)
-    launch.check_runnable(recipe)
+        run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+        run_dir.write_run_header(out, recipe)
+    rules.check_runnable(recipe.launch)
     # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
     model_path = resolve_model_path(recipe.model)
-    launch.init_process_group(recipe)
+    runtime.init_process_group(recipe.launch)
     transformers.set_seed(recipe.trainer.seed)
-
-    console.rule(f"[bold]tunekit train[/] -> {out}")
+    console.rule(f"[bold]tunekit train ({recipe.trainer.kind})[/] -> {out}")
     tokenizer = load_tokenizer(recipe.model, model_path)
-    with launch.main_process_first():
-        train_ds, eval_ds, data_stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
-    data_record = {"files": data_fingerprint(recipe), "stats": data_stats} if main else None
+    with runtime.main_process_first():
+        train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
     if main:
-        output.write_json(out / "data.json", data_record)
-    console.print(f"data: {data_stats['train_rows']} train rows, {data_stats['eval_rows']} eval rows, "
-                  f"{data_stats['train']['trained_tokens']} trained tokens")
+        run_dir.write_json(out / "data.json", {"files": source_fingerprints(recipe.data), "stats": stats})
+    trained = stats.get("train", {}).get("trained_tokens")
+    console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
+                  + (f", {trained} trained tokens" if isinstance(trained, int) else ""))
+    return RunInputs(recipe, out, model_path, tokenizer, train_ds, eval_ds, resume)
 
-    calibration = calibration_data(recipe, train_ds, tokenizer)  # None unless the method reads training batches
-    plan = apply_method(load_model(recipe.model, model_path, **load_kwargs(recipe)), recipe, calibration)
-    model = plan.model
+
+def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
+    """Model + method, trainer, resume point, train, save: the same steps for every stage of every kind."""
+    import transformers
+
+    staged = stage.dir != inputs.out
+    if staged and (stage.dir / "stage.json").is_file():
+        console.print(f"{stage.title} already finished ({stage.dir / run_dir.FINAL}); going on with the next stage")
+        return json.loads((stage.dir / "stage.json").read_text())
+    if staged:
+        console.rule(f"stage: {stage.title}")
+    transformers.set_seed(stage.seed)
+    plan = stage.build_model()
     params = plan.parameters()
-    console.print(f"model: {recipe.model.path} with method {recipe.method.name}: "
+    console.print(f"model: {inputs.recipe.model.path} with method {inputs.recipe.method.name}: "
                   f"{params['trainable']:,} trainable of {params['total']:,} ({params['trainable_percent']:.2f}%)")
-
-    scale = launch.scale_summary(recipe)
+    scale = runtime.scale_summary(inputs.recipe.launch, stage.recipe.trainer)
     console.print(f"scale: {scale['strategy']}, {scale['world_size']} process(es), global batch "
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
-    checkpoint = output.latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        launch.check_resume(recipe, checkpoint, scale["world_size"])
-    if checkpoint is not None and main:
-        output.truncate_metrics(out, output.checkpoint_step(checkpoint))
-        console.print(f"resuming from {checkpoint}")
-    trainer = BUILDERS[recipe.trainer.kind](
-        recipe, model, tokenizer, train_ds, eval_ds, str(out / output.CHECKPOINTS),
-        [output.metrics_callback(out), *plan.callbacks, *(callbacks or [])],
-    )
-    dropped = dropped_by_trainer(recipe, train_ds, trainer)
-    if dropped:
-        data_stats["train"]["dropped_by_trainer"] = dropped
-        (reason, n), = dropped.items()
-        console.print(f"[yellow]warning:[/] the {recipe.trainer.kind} trainer dropped {n} training rows whose {reason}: "
-                      "raise data.max_length or shorten those prompts (counted in data.json)")
-        if main:
-            output.write_json(out / "data.json", data_record)  # data_stats is its "stats": rewritten, not re-hashed
-    scale["engine"] = launch.check_engine(recipe, trainer)
-    launch.consolidate_saves(trainer)
+    checkpoint = resume_point(stage, inputs)
+    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
+                                  [run_dir.metrics_callback(inputs.out, stage.tags), *plan.callbacks, *callbacks])
+    report_dropped_rows(stage, inputs, trainer)
+    engine = engines.check_engine(inputs.recipe.launch, trainer)
+    engines.consolidate_saves(trainer)
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    info = {"params": params, "global_step": trainer.state.global_step,
+            "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
+            "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine}
+    save_final(stage, plan, trainer, inputs.tokenizer)
+    info.update(stage.record(trainer, info) if stage.record else {})
+    if inputs.eval_ds is not None and not staged:
+        info["eval"] = final_eval(trainer)
+    if staged:
+        run_dir.write_json(stage.dir / "stage.json", info)
+    return info
+
+
+def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
+    """The stage's latest checkpoint under --resume (metrics logged after it are dropped: they come again)."""
+    checkpoint = run_dir.latest_checkpoint(stage.dir) if inputs.resume else None
+    if checkpoint is None:
+        return None
+    rules.check_resume(checkpoint, runtime.world_size())
+    if runtime.is_main_process():
+        run_dir.truncate_metrics(inputs.out, run_dir.checkpoint_step(checkpoint), stage=stage.tags.get("stage"))
+    console.print(f"{stage.tags['stage'] + ': ' if stage.tags else ''}resuming from {checkpoint}")
+    return checkpoint
+
+
+def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
+    """Rows the TRL trainer dropped (DPO/KTO prompts filling max_length): warned and counted in data.json."""
+    dropped = dropped_by_trainer(stage.recipe, stage.train_ds, trainer)
+    if not dropped:
+        return
+    (reason, n), = dropped.items()
+    console.print(f"[yellow]warning:[/] the {stage.recipe.trainer.kind} trainer dropped {n} training rows whose "
+                  f"{reason}: raise data.max_length or shorten those prompts (counted in data.json)")
+    if runtime.is_main_process():
+        record = json.loads((inputs.out / "data.json").read_text())  # rewritten, not re-hashed
+        record["stats"]["train"]["dropped_by_trainer"] = dropped
+        run_dir.write_json(inputs.out / "data.json", record)
+
+
+def save_final(stage: Stage, plan: Any, trainer: Any, tokenizer: Any) -> None:
+    """final/: the method's own save, or the trainer's (every rank: ZeRO-3 / FSDP gather there); the tokenizer."""
+    final = stage.dir / run_dir.FINAL
+    if stage.before_save is not None:
+        stage.before_save(trainer)
     if plan.save is None:
-        launch.save_consolidated(trainer, str(out / output.FINAL))  # every rank: ZeRO-3 / FSDP gather here
-    elif main:
-        plan.save(model, out / output.FINAL)
-    if main:
-        tokenizer.save_pretrained(str(out / output.FINAL))
-
-    summary = {
-        "params": params,
-        "method": recipe.method.name,
-        "trainer": recipe.trainer.kind,
-        "global_step": trainer.state.global_step,
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "train_loss_mean": result.training_loss,
-        "final_loss": output.final_train_loss(out),
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "launch": scale,
-    }
-    if eval_ds is not None:
-        last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
-        summary["eval"] = last[-1] if last else trainer.evaluate()
-    if main:
-        output.write_json(out / "summary.json", summary)
-    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {out}")
-    del trainer, model
-    launch.shutdown()  # every rank, before rank 0 goes on alone
-    if recipe.eval.run_after_train and main:
-        from tunekit.eval.run import evaluate
-
-        evaluate(out)
-    return out
+        engines.save_consolidated(trainer, str(final))
+    elif runtime.is_main_process():
+        plan.save(plan.model, final)
+    if runtime.is_main_process():
+        tokenizer.save_pretrained(str(final))
 
 
-def data_fingerprint(recipe: Recipe) -> dict:
-    from tunekit.data.cache import source_fingerprints
+def final_eval(trainer: Any) -> dict:
+    """The eval metrics at the last step: logged by the trainer's schedule, else evaluated now."""
+    step = trainer.state.global_step
+    last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
+    return last[-1] if last else trainer.evaluate()
 
-    return source_fingerprints(recipe.data)
+
+def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: dict) -> dict:
+    """summary.json; a staged run's last stage's final/ becomes the run's final/."""
+    recipe, out, last = inputs.recipe, inputs.out, stages[-1]
+    if last.dir != out and runtime.is_main_process():
+        if (out / run_dir.FINAL).exists():
+            shutil.rmtree(out / run_dir.FINAL)
+        shutil.copytree(last.dir / run_dir.FINAL, out / run_dir.FINAL)
+    info = results[last.name]
+    summary = {"params": info["params"], "method": recipe.method.name, "trainer": recipe.trainer.kind,
+               "global_step": info["global_step"], "train_seconds": info["train_seconds"],
+               "train_loss_mean": info["train_loss_mean"], "final_loss": run_dir.final_train_loss(out),
+               "resumed_from": info["resumed_from"],
+               "launch": {**runtime.scale_summary(recipe.launch, last.recipe.trainer), "engine": info["engine"]}}
+    summary.update({"eval": info["eval"]} if "eval" in info else {})
+    summary.update({**extra, "stages": results} if len(stages) > 1 else {})
+    if runtime.is_main_process():
+        run_dir.write_json(out / "summary.json", summary)
+    return summary

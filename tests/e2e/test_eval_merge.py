@@ -107,7 +107,7 @@ def test_merge_adapter_matches_adapter_logits(run: Path, tmp_path: Path) -> None
 
 
 def test_merge_refuses_existing_out_and_drifting_logits(run: Path, tmp_path: Path) -> None:
-    from tunekit.merge import merge_adapter
+    from tunekit.merge.adapter import merge_adapter
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")
@@ -137,7 +137,7 @@ def test_bad_run_dirs_name_the_file(run: Path, tmp_path: Path) -> None:
 
 
 def test_sampling_reports_pass_at_k_and_majority(run: Path) -> None:
-    from tunekit.eval.loading import load_run_model
+    from tunekit.targets import load_run_model
     from tunekit.eval.run import run_tasks
     from tunekit.eval.schema import EvalTask
 

@@ -92,7 +92,7 @@ def test_hft_freezes_the_expected_half() -> None:
 def test_representation_methods_touch_only_interventions(name: str, data_file: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tunekit.methods.reft import ATTR
+    from tunekit.methods.interventions import ATTR
     from tunekit.methods.registry import load_trained
     from tunekit.pipeline import train
 

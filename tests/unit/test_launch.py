@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli, tiny_recipe
-from tunekit import launch, launch_rules
+from tunekit.launch import engines, relaunch, rules, runtime
 from tunekit.errors import UserError
-from tunekit.launch_backends import config_path, deepspeed_config, fsdp_config
-from tunekit.launch_schema import DeepSpeedSettings, FSDPSettings
+from tunekit.launch.engines import config_path, deepspeed_config, fsdp_config
+from tunekit.launch.schema import DeepSpeedSettings, FSDPSettings
 from tunekit.recipe.load import load_recipe
 
 BASE_FACTS = {"method": "lora", "strategy": "ddp", "optim": "adamw_torch", "gradient_checkpointing": False,
@@ -21,7 +21,7 @@ BASE_FACTS = {"method": "lora", "strategy": "ddp", "optim": "adamw_torch", "grad
 
 
 def fired(**facts) -> list[str]:
-    return [r["id"] for r in launch_rules.violations({**BASE_FACTS, **facts})]
+    return [r["id"] for r in rules.violations({**BASE_FACTS, **facts})]
 
 
 def test_rules_fire_exactly_on_their_combinations() -> None:
@@ -67,7 +67,7 @@ def test_docs_render_the_rules_table() -> None:
     doc = (REPO / "docs" / "scaling.md").read_text()
     block = re.search(r"<!-- rules:start -->\n(.*?)<!-- rules:end -->", doc, re.S)
     assert block, "docs/scaling.md lost its rules markers"
-    assert block.group(1) == launch_rules.render_markdown(), "regenerate with: python -m tunekit.launch_rules"
+    assert block.group(1) == rules.render_markdown(), "regenerate with: python -m tunekit.launch.rules"
 
 
 def test_shipped_configs_by_name_and_recipe_settings_applied() -> None:
@@ -91,7 +91,7 @@ def test_shipped_configs_by_name_and_recipe_settings_applied() -> None:
 
 
 def test_flags_become_launch_overrides_and_strategy_resolves() -> None:
-    ov = launch.flag_overrides(nproc=8, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=None)
+    ov = relaunch.flag_overrides(nproc=8, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=None)
     assert ov == ["launch.nproc=8", "launch.nnodes=2", "launch.node_rank=1", "launch.master_addr=10.0.0.1"]
     r = load_recipe(REPO / "recipes" / "quickstart.yaml", ov)
     assert r.launch.world_size == 16 and r.launch.resolved_strategy == "ddp"
@@ -104,24 +104,24 @@ def test_flags_become_launch_overrides_and_strategy_resolves() -> None:
 
 def test_launcher_command_lines() -> None:
     r = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.nproc=4"])
-    cmd = launch.launcher_command(r, ["train", "x.yaml"])
+    cmd = relaunch.launcher_command(r.launch, ["train", "x.yaml"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--standalone" in cmd
     assert cmd[cmd.index("--nproc-per-node") + 1] == "4" and cmd[-4:] == ["-m", "tunekit", "train", "x.yaml"]
     r = load_recipe(REPO / "recipes" / "quickstart.yaml",
                     ["launch.nnodes=2", "launch.node_rank=1", "launch.master_addr=h0", "launch.master_port=1234"])
-    cmd = launch.launcher_command(r, ["train", "x.yaml"])
+    cmd = relaunch.launcher_command(r.launch, ["train", "x.yaml"])
     assert "--standalone" not in cmd and cmd[cmd.index("--master-addr") + 1] == "h0"
     assert cmd[cmd.index("--node-rank") + 1] == "1" and cmd[cmd.index("--master-port") + 1] == "1234"
     r = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.nproc=2", "launch.launcher=accelerate"])
-    cmd = launch.launcher_command(r, ["train", "x.yaml"])
+    cmd = relaunch.launcher_command(r.launch, ["train", "x.yaml"])
     assert cmd[2] == "accelerate.commands.launch" and cmd[cmd.index("--num_processes") + 1] == "2"
     import torch
 
     if not torch.cuda.is_available():  # accelerate launch --cpu needs MPI for several processes
         with pytest.raises(UserError, match="use launch.launcher: torchrun"):
-            launch.check_runnable(r)
-    env = launch.worker_env()
-    assert env["PYTHONPATH"].split(":")[0] == str(Path(launch.__file__).resolve().parent.parent)
+            rules.check_runnable(r.launch)
+    env = relaunch.worker_env()
+    assert env["PYTHONPATH"].split(":")[0] == str(Path(relaunch.__file__).resolve().parents[2])
 
 
 def test_slurm_script_uses_the_documented_flags() -> None:
@@ -140,19 +140,19 @@ def test_a_dropped_engine_is_refused_not_trained(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.nproc=2", "launch.strategy=fsdp"])
     as_run = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.FSDP))
-    assert launch.check_engine(r, as_run) == "FSDP"
+    assert engines.check_engine(r.launch, as_run) == "FSDP"
     dropped = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
     with pytest.raises(UserError, match="accelerate set up MULTI_CPU instead of FSDP"):
-        launch.check_engine(r, dropped)
+        engines.check_engine(r.launch, dropped)
 
 
 def test_strategy_under_a_users_own_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under `torchrun --nproc-per-node 2 -m tunekit train` the recipe says one process; the environment wins."""
     auto = load_recipe(REPO / "recipes" / "quickstart.yaml")
     single = load_recipe(REPO / "recipes" / "quickstart.yaml", ["launch.strategy=single"])
-    assert launch.strategy(auto) == "single"
+    assert runtime.strategy(auto.launch) == "single"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert launch.strategy(auto) == "ddp" and launch.scale_summary(auto)["global_batch_size"] == 2 * (
+    assert runtime.strategy(auto.launch) == "ddp" and runtime.scale_summary(auto.launch, auto.trainer)["global_batch_size"] == 2 * (
         auto.trainer.per_device_batch_size * auto.trainer.gradient_accumulation_steps)
     with pytest.raises(UserError, match="launch.strategy single, but this process is one of 2"):
-        launch.strategy(single)
+        runtime.strategy(single.launch)

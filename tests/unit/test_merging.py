@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunekit.errors import UserError
-from tunekit.merging import merge_models, merge_states
+from tunekit.merge.models import merge_models, merge_states
 from tunekit.model.builtin import materialize
 
 R, ALPHA, TARGETS = 4, 8, ["q_proj", "v_proj", "down_proj"]

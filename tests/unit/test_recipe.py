@@ -86,7 +86,7 @@ def test_cross_field_rule(tmp_path: Path) -> None:
 def test_every_field_has_a_description() -> None:
     from pydantic import BaseModel
 
-    from tunekit.recipe.load import _strip_annotated
+    from tunekit.recipe.errors import _strip_annotated
     from tunekit.recipe.schema import Recipe
 
     seen: set[type] = set()

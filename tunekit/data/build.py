@@ -15,6 +15,7 @@ from tunekit.data import cache
 from tunekit.data.formats import FORMATS
 from tunekit.data.masking import assistant_spans, tokenize_plain, tokenize_texts
 from tunekit.data.packing import pack
+from tunekit.data.preference import build_preference_datasets, is_preference_data
 from tunekit.data.schema import DataConfig, DatasetSpec
 from tunekit.data.sources import Rows, read_rows
 from tunekit.data.stats import DataStats, split_summary
@@ -162,7 +163,6 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
     Sets `tokenizer.chat_template` to the template actually used (the pipeline saves the tokenizer with it).
     Preference and RL formats hand off to `tunekit/data/preference.py` (conversational columns for TRL).
     """
-    from tunekit.data.preference import build_preference_datasets, is_preference_data
 
     if is_preference_data(cfg):
         return build_preference_datasets(cfg, tokenizer, seed)

@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunekit import __version__, paths
 from tunekit.data.schema import DataConfig
+from tunekit.data.sources import HUB, local_files
+from tunekit.run_dir import file_sha256
 
 CACHE_VERSION = 1  # bump when the encoding logic changes what a cached entry contains
 
@@ -29,14 +32,11 @@ CACHE_VERSION = 1  # bump when the encoding logic changes what a cached entry co
 def cache_root(cfg: DataConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit")) / "data"
+    return paths.cache_root() / "data"
 
 
 def source_fingerprints(cfg: DataConfig) -> dict[str, Any]:
     """path -> sha256 of each local file (or hub coordinates) for every dataset in the recipe."""
-    from tunekit.data.sources import HUB, local_files
-    from tunekit.output import file_sha256
-
     out: dict[str, Any] = {}
     for spec in [*cfg.train, *cfg.eval]:
         if spec.path.startswith(HUB):
@@ -58,7 +58,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int) -> str:
-    from tunekit import __version__
 
     key = {
         "cache_version": CACHE_VERSION,

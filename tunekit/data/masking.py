@@ -15,6 +15,7 @@ import bisect
 from collections.abc import Callable
 from typing import Any
 
+from tunekit.data.templates import renderer
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -116,8 +117,6 @@ def span_mask(n: int, spans: list[tuple[int, int]]) -> list[int]:
 
 def tokenize_with_mask(tokenizer: Any, messages: list[dict], train_on: str, where: str) -> dict:
     """One conversation with the tokenizer's current template (used by tests and `--show`)."""
-    from tunekit.data.templates import renderer
-
     text, spans = assistant_spans(renderer(tokenizer, tokenizer.chat_template), messages, train_on, where)
     enc = tokenize_texts(tokenizer, [text], [spans])[0]
     return {"input_ids": enc["input_ids"], "mask": span_mask(len(enc["input_ids"]), enc["spans"])}

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from tunekit.data.build import build_datasets
+from tunekit.data.packing import unpack
+from tunekit.model.builtin import TOKENIZER_DIR, is_builtin
+from tunekit.model.load import load_tokenizer
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
+
 OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 
 
-def load_data_tokenizer(recipe: Any) -> Any:
+def load_data_tokenizer(recipe: Recipe) -> Any:
     """The recipe's tokenizer; a builtin model's tokenizer is read from the shipped files (no model built)."""
-    from tunekit.model.builtin import TOKENIZER_DIR, is_builtin
-    from tunekit.model.load import load_tokenizer
-
     if is_builtin(recipe.model.path) and not recipe.model.tokenizer:
         return load_tokenizer(recipe.model, str(TOKENIZER_DIR))
     return load_tokenizer(recipe.model)
@@ -75,9 +80,7 @@ def marked(tokenizer: Any, ids: list[int], labels: list[int]) -> Text:
     return text
 
 
-def preprocess(recipe: Any, show: int = 0) -> dict:
-    from tunekit.data.build import build_datasets
-    from tunekit.data.packing import unpack
+def preprocess(recipe: Recipe, show: int = 0) -> dict:
 
     console = Console()
     if not console.is_terminal:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekit.errors import UserError
+from tunekit.paths import asset
 
-ASSETS_DATA = Path(__file__).resolve().parent.parent / "assets" / "data"
+ASSETS_DATA = asset("data")
 HUB = "hub:"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 

@@ -6,13 +6,13 @@ tokenizer (final/) carries it and inference renders prompts exactly as training 
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from tunekit.errors import UserError
+from tunekit.errors import UserError, did_you_mean
+from tunekit.paths import asset
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "assets" / "templates"
+TEMPLATES_DIR = asset("templates")
 BUILTIN_TEMPLATES: dict[str, str] = {
     "chatml": "chatml.jinja",
     "llama3": "llama3.jinja",
@@ -30,10 +30,8 @@ def load_template(choice: str) -> str:
     p = Path(choice).expanduser()
     if p.is_file():
         return p.read_text(encoding="utf-8")
-    guess = difflib.get_close_matches(choice, list(BUILTIN_TEMPLATES), n=1)
-    hint = f" Did you mean `{guess[0]}`?" if guess else ""
     raise UserError(f"data.chat_template: `{choice}` is neither a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
-                    f"nor an existing .jinja file (relative to {Path.cwd()}).{hint}")
+                    f"nor an existing .jinja file (relative to {Path.cwd()}).{did_you_mean(choice, BUILTIN_TEMPLATES)}")
 
 
 def apply_chat_template_choice(tokenizer: Any, choice: str | None, needed: bool = True) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import re
 import time
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
+from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
-from tunekit.eval.tasks import RUNNERS, shipped_task
+from tunekit.eval.tasks import RUNNERS, read_examples, shipped_task
+from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
 
@@ -54,29 +57,48 @@ def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> d
     return {t.name: RUNNERS[t.kind](t, model, tokenizer, ctx) for t in tasks}
 
 
+def check_tasks(tasks: list[EvalTask]) -> None:
+    """Check every task first: bad data or a missing lm-eval fails before any model loads."""
+    for t in tasks:
+        if t.kind != "lm_eval":
+            read_examples(t)
+        elif importlib.util.find_spec("lm_eval") is None:
+            raise UserError(f"eval task `{t.name}`: kind lm_eval needs lm-evaluation-harness, which is not "
+                            "installed: pip install lm-eval")
+
+
+def training_record(target: Target) -> dict | None:
+    """What the run's summary.json says about training (steps, time, losses), for the report."""
+    if target.run_dir is None or not (target.run_dir / "summary.json").is_file():
+        return None
+    s = json.loads((target.run_dir / "summary.json").read_text())
+    training = {k: s[k] for k in ("global_step", "train_seconds", "train_loss_mean", "final_loss") if k in s}
+    training.update({k: v for k, v in (s.get("eval") or {}).items() if k == "eval_loss"})
+    return training
+
+
+def write_report(out: Path, report: dict, run: Path | None, shown: int) -> dict:
+    """report.json, report.md and the plots (training curves of a run, metrics tuned vs base)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if run is not None:
+        report["plots"].append(rep.plot_training(run / "metrics.jsonl", out))
+    report["plots"].append(rep.plot_metrics(report, out))
+    report["plots"] = [p for p in report["plots"] if p]
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(rep.markdown(report, shown), encoding="utf-8")
+    return report
+
+
 def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: Path | None = None,
              overwrite: bool = False, compare_base: bool | None = None, batch_size: int | None = None,
              max_examples: int | None = None) -> Path:
-    from tunekit.eval import report as rep
-    from tunekit.eval.loading import load_base, load_tokenizer_for, load_tuned, resolve_target
-
     start = time.perf_counter()
     target = resolve_target(target_path)
     tasks = choose_tasks(target, task_names or [])
     if max_examples:
         tasks = [t.model_copy(update={"max_examples": min(t.max_examples or max_examples, max_examples)})
                  for t in tasks]
-    for t in tasks:  # check every task first: bad data or a missing lm-eval fails before any model loads
-        if t.kind != "lm_eval":
-            from tunekit.eval.tasks import read_examples
-
-            read_examples(t)
-        else:
-            import importlib.util
-
-            if importlib.util.find_spec("lm_eval") is None:
-                raise UserError(f"eval task `{t.name}`: kind lm_eval needs lm-evaluation-harness, which is not "
-                                "installed: pip install lm-eval")
+    check_tasks(tasks)
     cfg = target.recipe.eval if target.recipe is not None else None
     compare = compare_base if compare_base is not None else (cfg.compare_base if cfg else True)
     compare = compare and (target.kind == "adapter" or target.run_dir is not None)
@@ -92,24 +114,12 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
     base = run_tasks(load_base(target), tokenizer, tasks, {**ctx, "which": "base"}) if compare else {}
     results = {t.name: {"kind": t.kind, "tuned": tuned[t.name], "base": base.get(t.name)} for t in tasks}
 
-    training = None
-    if target.run_dir is not None and (target.run_dir / "summary.json").is_file():
-        s = json.loads((target.run_dir / "summary.json").read_text())
-        training = {k: s[k] for k in ("global_step", "train_seconds", "train_loss_mean", "final_loss") if k in s}
-        training.update({k: v for k, v in (s.get("eval") or {}).items() if k == "eval_loss"})
     meta = {"target": str(target.label), "model": target.weights, "base_model": target.model_cfg.path,
             "run_dir": str(target.run_dir) if target.run_dir else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - start, 1), "plots": []}
-    report = rep.build(meta, results, training)
-    out.mkdir(parents=True, exist_ok=True)
-    if target.run_dir is not None:
-        report["plots"].append(rep.plot_training(target.run_dir / "metrics.jsonl", out))
-    report["plots"].append(rep.plot_metrics(report, out))
-    report["plots"] = [p for p in report["plots"] if p]
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    shown = cfg.num_examples_shown if cfg else 3
-    (out / "report.md").write_text(rep.markdown(report, shown), encoding="utf-8")
+    report = write_report(out, rep.build(meta, results, training_record(target)), target.run_dir,
+                          cfg.num_examples_shown if cfg else 3)
     for name, t in report["tasks"].items():
         line = ", ".join(f"{m} {v:.4g}" + (f" (base {t['base'][m]:.4g})" if t["base"] else "")
                          for m, v in t["tuned"].items() if m != "tokens")

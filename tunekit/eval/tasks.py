@@ -13,8 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit.errors import UserError
+from tunekit.data.formats import FORMATS
+from tunekit.data.masking import tokenize_with_mask
+from tunekit.data.schema import DatasetSpec
+from tunekit.data.sources import read_rows
+from tunekit.errors import UserError, did_you_mean
+from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
+from tunekit.ui import console
 
 QA_METRICS = ["numeric_match", "exact_match", "contains", "regex", "token_f1", "rouge_l"]
 SHIPPED: dict[str, dict] = {
@@ -30,11 +36,7 @@ def shipped_task(name: str) -> EvalTask:
     if name.startswith("lm_eval:"):
         return EvalTask(name=name, kind="lm_eval", lm_eval_task=name.split(":", 1)[1])
     if name not in SHIPPED:
-        import difflib
-
-        guess = difflib.get_close_matches(name, list(SHIPPED), n=1)
-        hint = f" Did you mean `{guess[0]}`?" if guess else ""
-        raise UserError(f"--task: no shipped task `{name}`.{hint} Shipped: {', '.join(SHIPPED)}; "
+        raise UserError(f"--task: no shipped task `{name}`.{did_you_mean(name, SHIPPED)} Shipped: {', '.join(SHIPPED)}; "
                         "or `lm_eval:TASK` for lm-evaluation-harness")
     return EvalTask(name=name, **SHIPPED[name])
 
@@ -56,8 +58,6 @@ def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
 
 
 def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Example:
-    from tunekit.data.formats import FORMATS
-    from tunekit.data.schema import DatasetSpec
 
     if fmt in FORMATS:
         # Training formats parse exactly as in training (same column mapping and checks).
@@ -83,10 +83,8 @@ def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Examp
 
 
 def read_examples(task: EvalTask) -> list[Example]:
-    from tunekit.data.sources import read_rows
 
     assert task.data is not None
-    from tunekit.data.schema import DatasetSpec
 
     loaded = read_rows(DatasetSpec(path=task.data.path, format="messages"))  # format is not used to read
     n = task.max_examples or len(loaded.rows)
@@ -99,8 +97,6 @@ def read_examples(task: EvalTask) -> list[Example]:
 
 def progress(label: str, total: int) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tunekit.ui import console
 
     p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                  transient=True)
@@ -137,7 +133,6 @@ def sequence_logprobs(model: Any, tokenizer: Any, encs: list[dict], batch_size: 
 
 
 def encode(tokenizer: Any, messages: list[dict], max_length: int, where: str, train_on: str = "assistant") -> dict:
-    from tunekit.data.masking import tokenize_with_mask
 
     enc = tokenize_with_mask(tokenizer, messages, train_on, where)
     return {"input_ids": enc["input_ids"][:max_length], "mask": enc["mask"][:max_length]}
@@ -204,7 +199,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, ba
 
 
 def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
-    from tunekit.eval.metrics import score_samples
 
     examples = read_examples(task)
     preds = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],

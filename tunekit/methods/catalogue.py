@@ -7,7 +7,7 @@ import typing
 
 from pydantic_core import PydanticUndefined
 
-from tunekit.errors import UserError
+from tunekit.errors import UserError, did_you_mean
 from tunekit.methods import peft_schema
 from tunekit.methods.schema import ALL_METHODS, HANDWRITTEN, method_name
 
@@ -78,11 +78,7 @@ def _type_text(tp: typing.Any) -> str:
 def show(name: str) -> str:
     models = {method_name(m): m for m in ALL_METHODS}
     if name not in models:
-        import difflib
-
-        guess = difflib.get_close_matches(name, list(models), n=1)
-        hint = f" Did you mean `{guess[0]}`?" if guess else ""
-        raise UserError(f"no method `{name}`.{hint} `tunekit methods` lists them.")
+        raise UserError(f"no method `{name}`.{did_you_mean(name, models)} `tunekit methods` lists them.")
     lines = [f"{name}: {one_line(name) if name not in peft_schema.EXCLUDED else 'not supported by tunekit'}"]
     if name in peft_schema.EXCLUDED:
         lines.append(f"excluded: {peft_schema.EXCLUDED[name]}")

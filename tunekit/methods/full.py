@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tunekit.errors import UserError
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def build_full(model: Any, cfg: Any, recipe: Any) -> Any:
+def build_full(model: Any, cfg: Any, recipe: Recipe) -> Any:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -14,8 +19,6 @@ def build_full(model: Any, cfg: Any, recipe: Any) -> Any:
 
 def decoder_layers(model: Any) -> Any:
     """The decoder layer list (`model.model.layers` for Llama-style models)."""
-    from tunekit.errors import UserError
-
     base = getattr(model, "get_base_model", lambda: model)()
     for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
         obj = base
@@ -35,9 +38,7 @@ def layer_prefix(model: Any, i: int) -> str:
     raise AssertionError("layer not found")
 
 
-def build_freeze(model: Any, cfg: Any, recipe: Any) -> Any:
-    from tunekit.errors import UserError
-
+def build_freeze(model: Any, cfg: Any, recipe: Recipe) -> Any:
     n_layers = len(decoder_layers(model))
     prefixes = [layer_prefix(model, i) for i in range(max(0, n_layers - cfg.last_n_layers), n_layers)]
     emb = model.get_input_embeddings()

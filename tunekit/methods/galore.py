@@ -7,15 +7,17 @@ the built Trainer, before `train()` creates the optimizer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.methods.plan import MethodPlan
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def build(model: Any, cfg: Any, recipe: Any) -> Any:
+def build(model: Any, cfg: Any, recipe: Recipe) -> Any:
     import importlib.util
-
-    from tunekit.methods.registry import MethodPlan
 
     if importlib.util.find_spec("galore_torch") is None:
         raise UserError("method galore needs the galore-torch package: pip install 'tunekit[galore]'")

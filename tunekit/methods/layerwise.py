@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.methods.full import decoder_layers, layer_prefix
+from tunekit.methods.plan import MethodPlan
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
 def lisa_layers(n_layers: int, gamma: int, seed: int, period: int) -> list[int]:
@@ -26,9 +30,7 @@ def lisa_layers(n_layers: int, gamma: int, seed: int, period: int) -> list[int]:
     return sorted(random.Random(f"lisa-{seed}-{period}").sample(range(n_layers), min(gamma, n_layers)))
 
 
-def build_lisa(model: Any, cfg: Any, recipe: Any) -> Any:
-    from tunekit.methods.registry import MethodPlan
-
+def build_lisa(model: Any, cfg: Any, recipe: Recipe) -> Any:
     # Every parameter starts trainable so the Trainer puts it in the optimizer; the schedule then freezes layers.
     for p in model.parameters():
         p.requires_grad_(True)
@@ -95,7 +97,7 @@ def hft_frozen(names: list[str], n_layers_prefixes: list[str], seed: int, stage:
     return frozen
 
 
-def build_hft(model: Any, cfg: Any, recipe: Any) -> Any:
+def build_hft(model: Any, cfg: Any, recipe: Recipe) -> Any:
     seed = recipe.trainer.seed if cfg.seed is None else cfg.seed
     prefixes = [layer_prefix(model, i) for i in range(len(decoder_layers(model)))]
     names = [n for n, _ in model.named_parameters()]

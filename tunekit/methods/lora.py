@@ -11,9 +11,17 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.launch.runtime import is_main_process
+from tunekit.methods.peft_schema import snapshot, subconfig_class
+from tunekit.methods.plan import MethodPlan
+from tunekit.model.load import torch_dtype
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 NOT_PEFT = {"name", "alpha", "dropout", "loraplus_lr_ratio", "loraplus_lr_embedding", "bits", "quant_type",
             "double_quant", "compute_dtype", "quant_storage", "calibration_batches"}
@@ -22,8 +30,6 @@ NOT_PEFT = {"name", "alpha", "dropout", "loraplus_lr_ratio", "loraplus_lr_embedd
 def peft_kwargs(cfg: Any, tuner: str) -> dict:
     """The options a recipe set, as keyword arguments for peft's config class (sub-configs built)."""
     import peft
-
-    from tunekit.methods.peft_schema import snapshot, subconfig_class
 
     options = snapshot()["tuners"][tuner]["options"]
     out = {}
@@ -56,11 +62,9 @@ def peft_config(cfg: Any) -> Any:
         raise UserError(f"method: peft rejected the LoRA options: {e}") from None
 
 
-def quantization_kwargs(recipe: Any) -> dict:
+def quantization_kwargs(recipe: Recipe) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
-
-    from tunekit.model.load import torch_dtype
 
     m = recipe.method
     if m.bits == 8:
@@ -79,11 +83,9 @@ CALIBRATED = ("eva", "corda", "lora_ga")  # inits that read training batches (_e
 EVA_MAX_PASSES = 50  # EVA repeats the calibration batches until its SVD converges; give up after this many passes
 
 
-def build(model: Any, cfg: Any, recipe: Any, calibration: list[dict] | None = None) -> Any:
+def build(model: Any, cfg: Any, recipe: Recipe, calibration: list[dict] | None = None) -> Any:
     """`calibration`: a few collated training batches (dicts of tensors), read by the eva, corda, lora_ga inits."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from tunekit.methods.registry import MethodPlan
 
     init = cfg.init_lora_weights
     if init in CALIBRATED and not calibration:
@@ -117,13 +119,9 @@ MUTATES_BASE = ("pissa", "olora", "corda", "lora_ga")
 INITIAL_ADAPTER = "initial_adapter"
 
 
-def _portable_save(model: Any, recipe: Any) -> Any:
-    from pathlib import Path
-
-    from tunekit import launch
-
+def _portable_save(model: Any, recipe: Recipe) -> Any:
     initial = Path(recipe.output.dir) / INITIAL_ADAPTER
-    if launch.is_main_process():
+    if is_main_process():
         config = model.peft_config["default"]
         init, config.init_lora_weights = config.init_lora_weights, True  # as peft requires for the initial copy
         try:
@@ -137,7 +135,7 @@ def _portable_save(model: Any, recipe: Any) -> Any:
     return save
 
 
-def calibration_batches(recipe: Any, train_ds: Any, tokenizer: Any) -> list[dict]:
+def calibration_batches(recipe: Recipe, train_ds: Any, tokenizer: Any) -> list[dict]:
     """The first `method.calibration_batches` batches of training rows, collated as the SFT trainer does
     (right-padded, labels -100 on padding). Packed rows are read as one sequence each: the statistics eva /
     corda take are of layer inputs."""
@@ -217,7 +215,7 @@ def _eva(peft_model: Any, calibration: list[dict]) -> None:
                                     show_progress_bar=False, gather_distributed_inputs=False)
 
 
-def _loraplus(cfg: Any, recipe: Any) -> Any:
+def _loraplus(cfg: Any, recipe: Recipe) -> Any:
     def configure(trainer: Any) -> None:
         from peft.optimizers import create_loraplus_optimizer
         from transformers import Trainer

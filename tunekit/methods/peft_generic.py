@@ -6,16 +6,19 @@ knows from the recipe (AdaLoRA's `total_step` = trainer.max_steps); those are fi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.methods.lora import peft_kwargs
+from tunekit.methods.plan import MethodPlan
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def peft_config(cfg: Any, recipe: Any) -> Any:
+def peft_config(cfg: Any, recipe: Recipe) -> Any:
     from peft import TaskType
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType
-
-    from tunekit.methods.lora import peft_kwargs
 
     cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(cfg.name.upper())]
     kw = peft_kwargs(cfg, cfg.name)
@@ -30,10 +33,8 @@ def peft_config(cfg: Any, recipe: Any) -> Any:
         raise UserError(f"method ({cfg.name}): peft rejected the options: {e}") from None
 
 
-def build(model: Any, cfg: Any, recipe: Any) -> Any:
+def build(model: Any, cfg: Any, recipe: Recipe) -> Any:
     from peft import get_peft_model
-
-    from tunekit.methods.registry import MethodPlan
 
     try:
         model = get_peft_model(model, peft_config(cfg, recipe))

@@ -1,7 +1,7 @@
 """Method name -> builder, and the functions the pipeline, `validate --params` and eval/merge call.
 
-A builder takes (model, method config, recipe) and returns a `MethodPlan`: the model to train plus what the
-method needs from the trainer (callbacks, a last change to the Trainer before `train()`, its own save).
+A builder takes (model, method config, recipe) and returns a `MethodPlan` (`plan.py`): the model to train plus
+what the method needs from the trainer (callbacks, a last change to the Trainer before `train()`, its own save).
 `load_kwargs(recipe)` adds what the method needs when the base model loads (QLoRA's quantization).
 
 `load_trained(final_dir)` rebuilds the trained model of any run from its `final/` directory; eval and merge
@@ -11,24 +11,16 @@ use it. See docs/methods.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
-from tunekit.methods import full, galore, layerwise, lora, peft_generic, reft
+from tunekit.methods import full, galore, interventions, layerwise, lora, peft_generic
+from tunekit.methods.plan import MethodPlan
+from tunekit.model.load import load_model, resolve_model_path
 
-
-@dataclass
-class MethodPlan:
-    model: Any
-    callbacks: list = field(default_factory=list)  # TrainerCallbacks the method needs (LISA's layer schedule)
-    configure_trainer: Callable[[Any], None] | None = None  # last change to the Trainer (LoRA+ / GaLore optimizer)
-    save: Callable[[Any, Path], None] | None = None  # writes final/ (default: trainer.save_model)
-    params: dict | None = None  # parameter counts when they differ from requires_grad at build time (LISA)
-
-    def parameters(self) -> dict:
-        return self.params or count_parameters(self.model)
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
 BUILDERS: dict[str, Callable[..., MethodPlan]] = {
@@ -39,25 +31,25 @@ BUILDERS: dict[str, Callable[..., MethodPlan]] = {
     "lisa": layerwise.build_lisa,
     "hft": layerwise.build_hft,
     "galore": galore.build,
-    "loreft": reft.build,
-    "lofit": reft.build,
+    "loreft": interventions.build,
+    "lofit": interventions.build,
 }
 
-# How final/ is reloaded: "full" (a whole model), "peft" (an adapter on the base) or "reft" (interventions).
+# How final/ is reloaded: "full" (a whole model), "peft" (an adapter on the base) or "interventions".
 SAVED_AS: dict[str, str] = {"full": "full", "freeze": "full", "lisa": "full", "hft": "full", "galore": "full",
-                            "lora": "peft", "qlora": "peft", "loreft": "reft", "lofit": "reft"}
+                            "lora": "peft", "qlora": "peft", "loreft": "interventions", "lofit": "interventions"}
 
 
 def builder(name: str) -> Callable[..., MethodPlan]:
     return BUILDERS.get(name, peft_generic.build)
 
 
-def load_kwargs(recipe: Any) -> dict:
+def load_kwargs(recipe: Recipe) -> dict:
     """Extra `from_pretrained` keyword arguments the method needs for the base model."""
     return lora.quantization_kwargs(recipe) if recipe.method.name == "qlora" else {}
 
 
-def apply_method(model: Any, recipe: Any, calibration: list[dict] | None = None) -> MethodPlan:
+def apply_method(model: Any, recipe: Recipe, calibration: list[dict] | None = None) -> MethodPlan:
     """`calibration`: a few collated training batches for data-driven inits (LoRA eva / corda / lora_ga), from
     `calibration_data`."""
     import transformers
@@ -68,35 +60,28 @@ def apply_method(model: Any, recipe: Any, calibration: list[dict] | None = None)
     return plan if isinstance(plan, MethodPlan) else MethodPlan(model=plan)
 
 
-def calibration_data(recipe: Any, train_ds: Any, tokenizer: Any) -> list[dict] | None:
+def build_for_training(recipe: Recipe, model_path: str, train_ds: Any = None, tokenizer: Any = None) -> MethodPlan:
+    """The base model loaded as the method needs it (QLoRA's quantization) with the method applied; data-driven
+    inits calibrate on the first batches of `train_ds`."""
+    calibration = calibration_data(recipe, train_ds, tokenizer)  # None unless the method reads training batches
+    return apply_method(load_model(recipe.model, model_path, **load_kwargs(recipe)), recipe, calibration)
+
+
+def calibration_data(recipe: Recipe, train_ds: Any, tokenizer: Any) -> list[dict] | None:
     """The training batches the method reads when it is built, or None when it reads none."""
     return lora.calibration_batches(recipe, train_ds, tokenizer) if needs_calibration(recipe) else None
 
 
-def needs_calibration(recipe: Any) -> bool:
+def needs_calibration(recipe: Recipe) -> bool:
     """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva, corda and lora_ga inits)."""
     return recipe.method.name in ("lora", "qlora") and recipe.method.init_lora_weights in lora.CALIBRATED
 
 
-def count_parameters(model: Any) -> dict:
-    """Trainable and total parameters. 4-bit weights count as their logical (unpacked) size."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel()
-        if p.__class__.__name__ == "Params4bit":
-            n = getattr(p, "quant_state", None).shape.numel() if getattr(p, "quant_state", None) else n * 2
-        total += n
-        trainable += n if p.requires_grad else 0
-    return {"trainable": trainable, "total": total, "trainable_percent": round(100.0 * trainable / max(total, 1), 4)}
-
-
-def count_without_weights(recipe: Any) -> dict:
+def count_without_weights(recipe: Recipe) -> dict:
     """Parameter counts for the recipe's model and method on the meta device: nothing is loaded or allocated."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from tunekit.model.load import resolve_model_path
 
     cfg = AutoConfig.from_pretrained(resolve_model_path(recipe.model), trust_remote_code=recipe.model.trust_remote_code)
     counted = recipe  # qlora: counts are logical, so the unquantized meta model gives them
@@ -113,18 +98,10 @@ def count_without_weights(recipe: Any) -> dict:
     return plan.parameters()
 
 
-def load_trained(final_dir: str | Path, recipe: Any = None) -> Any:
-    """The trained model of a run, from RUN/final (adapter, full weights or interventions), in eval mode.
-
-    `recipe` defaults to RUN/recipe.resolved.yaml. QLoRA bases are loaded with the same quantization.
-    """
-    from tunekit.model.load import load_model
-
+def load_trained(final_dir: str | Path, recipe: Recipe) -> Any:
+    """The trained model of a run (`recipe`: its resolved recipe), from RUN/final (adapter, full weights or
+    interventions), in eval mode. QLoRA bases are loaded with the same quantization."""
     final_dir = Path(final_dir)
-    if recipe is None:
-        from tunekit.recipe.load import load_recipe
-
-        recipe = load_recipe(final_dir.parent / "recipe.resolved.yaml")
     kind = SAVED_AS.get(recipe.method.name, "peft")
     if kind == "full":
         model = load_model(recipe.model, str(final_dir))
@@ -133,5 +110,5 @@ def load_trained(final_dir: str | Path, recipe: Any = None) -> Any:
 
         model = PeftModel.from_pretrained(load_model(recipe.model, **load_kwargs(recipe)), str(final_dir))
     else:
-        model = reft.load(load_model(recipe.model), final_dir)
+        model = interventions.load(load_model(recipe.model), final_dir)
     return model.eval()

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunekit.errors import UserError
+from tunekit.errors import UserError, did_you_mean
+from tunekit.paths import asset, cache_root
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TOKENIZER_DIR = ASSETS / "tokenizer"
+TOKENIZER_DIR = asset("tokenizer")
 PREFIX = "builtin:"
 
 # Llama-shaped configs (transformers LlamaConfig fields). vocab_size is filled from the shipped tokenizer.
@@ -38,17 +38,9 @@ def is_builtin(path: str) -> bool:
 def builtin_name(path: str) -> str:
     name = path[len(PREFIX) :]
     if name not in CONFIGS:
-        import difflib
-
-        guess = difflib.get_close_matches(name, list(CONFIGS), n=1)
-        hint = f" Did you mean `builtin:{guess[0]}`?" if guess else ""
         raise UserError(f"model.path: unknown builtin model `{path}`; available: "
-                        f"{', '.join(PREFIX + n for n in CONFIGS)}.{hint}")
+                        f"{', '.join(PREFIX + n for n in CONFIGS)}.{did_you_mean(name, CONFIGS, prefix=PREFIX)}")
     return name
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit"))
 
 
 def materialize(path: str, init_seed: int) -> Path:

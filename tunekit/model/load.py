@@ -7,7 +7,7 @@ from typing import Any
 
 from tunekit.errors import UserError
 from tunekit.model import builtin
-from tunekit.recipe.schema import ModelConfig
+from tunekit.model.schema import ModelConfig
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:

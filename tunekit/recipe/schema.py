@@ -1,47 +1,23 @@
 """The recipe: one pydantic model per section, `extra="forbid"` everywhere.
 
-Each section's cross-field rules live next to it. Data, method and trainer sections live in
-their own packages (`tunekit/data/schema.py`, `tunekit/methods/schema.py`,
-`tunekit/trainers/schema.py`) so each stage owns its options.
+Each section's cross-field rules live next to it. Each stage's section lives in its own package
+(`tunekit/model/schema.py`, `data/schema.py`, `methods/schema.py`, `trainers/schema.py`,
+`launch/schema.py`, `eval/schema.py`) so each stage owns its options; this module holds the output
+section and the rules that span sections.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field, model_validator
 
 from tunekit.data.schema import DataConfig
 from tunekit.eval.schema import EvalConfig
-from tunekit.launch_schema import LaunchConfig
+from tunekit.launch.rules import check as check_launch_rules
+from tunekit.launch.schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
+from tunekit.model.schema import ModelConfig
 from tunekit.recipe.base import Section
-from tunekit.trainers.schema import TrainerConfig
-
-
-class ModelConfig(Section):
-    path: str = Field(
-        description="Base model: a hub id (`org/name`), a local directory, or `builtin:NAME` for an offline "
-        "tiny model (randomly initialised, for smoke tests only; see `tunekit/model/builtin.py`)."
-    )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
-    tokenizer: str | None = Field(
-        default=None, description="Tokenizer to load if different from `path` (hub id or local directory)."
-    )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="auto",
-        description="Weight dtype. `auto`: bfloat16 on a GPU that supports it, float16 on older GPUs, float32 on CPU.",
-    )
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = (
-        Field(default="sdpa", description="Attention kernel passed to `from_pretrained`.")
-    )
-    trust_remote_code: bool = Field(
-        default=False,
-        description="Run Python code shipped with a hub model. Off by default: turn on only for models you trust.",
-    )
-    init_seed: int = Field(
-        default=0, description="Seed for the random initialisation of `builtin:` models (ignored for real models)."
-    )
+from tunekit.trainers.schema import TrainerConfig, check_data_formats
 
 
 class OutputConfig(Section):
@@ -76,8 +52,6 @@ class Recipe(Section):
     def _check_eval_steps(self) -> Recipe:
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
-        from tunekit.trainers.schema import check_data_formats
-
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit"):
             raise ValueError(f"method.name: {self.method.name} (representation interventions) cannot carry the reft "
@@ -89,7 +63,5 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_launch_compatibility(self) -> Recipe:
-        from tunekit.launch_rules import check
-
-        check(self)  # the table in tunekit/launch_rules.py, rendered in docs/scaling.md
+        check_launch_rules(self)  # the table in tunekit/launch/rules.py, rendered in docs/scaling.md
         return self

@@ -12,16 +12,19 @@ the adapter-disabled base: the same numbers, half the adapter memory, and no `re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunekit.trainers.common import training_kwargs
+from tunekit.model.load import load_model, resolve_model_path
+from tunekit.trainers.training_args import training_kwargs
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def _ref_model(recipe: Any) -> Any:
+def _ref_model(recipe: Recipe) -> Any:
     t = recipe.trainer
     if not t.ref_model:
         return None
-    from tunekit.model.load import load_model, resolve_model_path
 
     cfg = recipe.model.model_copy(update={"path": t.ref_model})
     ref = load_model(cfg, resolve_model_path(cfg))
@@ -41,7 +44,7 @@ def _base_as_reference(trainer: Any) -> Any:
     return trainer
 
 
-def build_dpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+def build_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
               callbacks: list) -> Any:
     from trl import DPOConfig, DPOTrainer
 
@@ -64,7 +67,7 @@ def build_dpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: A
                                          callbacks=callbacks))
 
 
-def build_kto(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
               callbacks: list) -> Any:
     from trl import KTOConfig, KTOTrainer
 
@@ -83,7 +86,7 @@ def build_kto(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: A
                                          processing_class=tokenizer, callbacks=callbacks))
 
 
-def dropped_by_trainer(recipe: Any, train_ds: Any, trainer: Any) -> dict[str, int]:
+def dropped_by_trainer(recipe: Recipe, train_ds: Any, trainer: Any) -> dict[str, int]:
     """Rows TRL's DPO and KTO trainers filtered out: those whose prompt alone fills `max_length` (they would keep
     no completion token). Counted so the run says so instead of training on fewer rows without a word."""
     if recipe.trainer.kind not in ("dpo", "kto") or train_ds is None:
@@ -93,7 +96,7 @@ def dropped_by_trainer(recipe: Any, train_ds: Any, trainer: Any) -> dict[str, in
     return {f"prompt alone fills data.max_length ({recipe.data.max_length} tokens)": dropped} if dropped > 0 else {}
 
 
-def kto_rows(recipe: Any, train_ds: Any) -> Any:
+def kto_rows(recipe: Recipe, train_ds: Any) -> Any:
     """KTO learns from single completions labelled desirable or not. TRL's KTOTrainer reads its rows in order
     (sequential sampling: its KL estimate pairs each row with a neighbour's completion) and unpairs paired rows as
     all chosen completions, then all rejected ones, so paired data would train on desirable examples only for the
@@ -107,7 +110,7 @@ def kto_rows(recipe: Any, train_ds: Any) -> Any:
     return unpair_preference_dataset(train_ds).shuffle(seed=seed).flatten_indices()
 
 
-def build_orpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+def build_orpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
                callbacks: list) -> Any:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -117,7 +120,7 @@ def build_orpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: 
                        processing_class=tokenizer, callbacks=callbacks)
 
 
-def build_cpo(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
               callbacks: list) -> Any:
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 

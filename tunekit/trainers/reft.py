@@ -16,87 +16,73 @@ ships no PPO, so the RL stage uses its critic-free GRPO or RLOO (same sampling +
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunekit import launch, output
+from tunekit import run_dir
+from tunekit.data.masking import tokenize_with_mask
 from tunekit.errors import UserError
+from tunekit.launch.runtime import world_size
+from tunekit.methods.plan import MethodPlan
+from tunekit.methods.registry import apply_method, build_for_training, load_kwargs
+from tunekit.model.load import load_model
+from tunekit.trainers import sft
+from tunekit.trainers.rewards import build_reward_funcs, score
+from tunekit.trainers.schema import SFTTrainerConfig
+from tunekit.trainers.stage import RunInputs, Stage, StagedRun
+from tunekit.trainers.training_args import training_kwargs
 from tunekit.ui import console
 
-STAGES = "stages"
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
+
+HELDOUT_FALLBACK = 64  # questions taken from the training data when no eval data is given
 
 
-def train(recipe: Any, resume: bool = False, overwrite: bool = False) -> Path:
-    import transformers
-
-    from tunekit.data.build import build_datasets
-    from tunekit.model.load import load_tokenizer, resolve_model_path
-    from tunekit.pipeline import data_fingerprint
-
-    if launch.world_size() > 1:  # started by the user's own torchrun: the recipe check could not see it
+def stages(inputs: RunInputs) -> StagedRun:
+    """Stage 1: SFT on question -> solution; stage 2: GRPO / RLOO from the warm-up's final weights."""
+    recipe, out = inputs.recipe, inputs.out
+    if world_size() > 1:  # started by the user's own torchrun: the recipe check could not see it
         raise UserError(f"trainer.kind reft runs its two stages in one process so far, but this process is one "
-                        f"of {launch.world_size()} started by a launcher; start it as one process "
-                        "(`tunekit train RECIPE`).")
-    out = Path(recipe.output.dir)
-    warm_dir, rl_dir = out / STAGES / "warmup", out / STAGES / "rl"
-    _prepare(out, warm_dir, resume, overwrite or recipe.output.overwrite)
-    output.write_run_header(out, recipe)
-    console.rule(f"[bold]tunekit train (reft: warm-up, then {recipe.trainer.rl.algorithm})[/] -> {out}")
+                        f"of {world_size()} started by a launcher; start it as one process (`tunekit train RECIPE`).")
+    t = recipe.trainer
+    heldout = inputs.eval_ds if inputs.eval_ds is not None else \
+        inputs.train_ds.select(range(min(HELDOUT_FALLBACK, len(inputs.train_ds))))
+    warm_recipe = recipe.model_copy(update={"trainer": SFTTrainerConfig(kind="sft", **t.warmup.model_dump())})
+    warm_rows = _sft_dataset(inputs.train_ds, inputs.tokenizer, recipe)
+    warm_eval = _sft_dataset(inputs.eval_ds, inputs.tokenizer, recipe) \
+        if inputs.eval_ds is not None and t.warmup.eval_steps else None
+    warm_dir, rl_dir = out / run_dir.STAGES / "warmup", out / run_dir.STAGES / "rl"
 
-    model_path = resolve_model_path(recipe.model)
-    tokenizer = load_tokenizer(recipe.model, model_path)
-    train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.warmup.seed)
-    output.write_json(out / "data.json", {"files": data_fingerprint(recipe), "stats": stats})
-    console.print(f"data: {stats['train_rows']} questions, {stats['eval_rows']} held-out questions")
-    heldout = eval_ds if eval_ds is not None else train_ds.select(range(min(64, len(train_ds))))
+    def record(stage: str) -> Any:
+        def facts(trainer: Any, info: dict) -> dict:
+            trend = _reward_trend(trainer) if stage == "rl" else {}
+            return {**trend, "heldout_reward": _heldout_record(trainer, inputs.tokenizer, heldout, recipe, out,
+                                                               stage, info["global_step"])}
+        return facts
 
-    stages = {}
-    if (warm_dir / output.FINAL).exists():
-        stages["warmup"] = json.loads((warm_dir / "stage.json").read_text())
-        console.print(f"warm-up already finished ({warm_dir / output.FINAL}); going on with the RL stage")
-    else:
-        transformers.set_seed(recipe.trainer.warmup.seed)
-        stages["warmup"] = run_warmup(recipe, model_path, tokenizer, train_ds, eval_ds, heldout, warm_dir, out,
-                                      resume)
-    transformers.set_seed(recipe.trainer.rl.seed)
-    stages["rl"] = run_rl(recipe, model_path, tokenizer, train_ds, heldout, warm_dir, rl_dir, out, resume)
-
-    if (out / output.FINAL).exists():
-        shutil.rmtree(out / output.FINAL)
-    shutil.copytree(rl_dir / output.FINAL, out / output.FINAL)
-    summary = {"trainer": "reft", "method": recipe.method.name, "algorithm": recipe.trainer.rl.algorithm,
-               "global_step": stages["rl"]["global_step"], "heldout_split": "eval" if eval_ds is not None
-               else "first 64 training questions (no eval data given)", "stages": stages}
-    output.write_json(out / "summary.json", summary)
-    console.print(f"done: mean held-out reward {stages['warmup']['heldout_reward']:.3f} after the warm-up, "
-                  f"{stages['rl']['heldout_reward']:.3f} after RL; outputs in {out}")
-    return out
+    warmup = Stage(
+        name="warmup", title="warm-up", dir=warm_dir, recipe=warm_recipe, seed=t.warmup.seed, train_ds=warm_rows,
+        build_model=lambda: build_for_training(recipe, inputs.model_path, warm_rows, inputs.tokenizer),
+        build_trainer=lambda plan, ckpt, cbs: sft.build(warm_recipe, plan.model, inputs.tokenizer, warm_rows,
+                                                        warm_eval, ckpt, cbs),
+        record=record("warmup"), tags={"stage": "warmup"})
+    funcs, weights = build_reward_funcs(t.rl.rewards)
+    rl = Stage(
+        name="rl", title=f"online RL ({t.rl.algorithm}, {t.rl.num_generations} samples per question)", dir=rl_dir,
+        recipe=recipe.model_copy(update={"trainer": t.rl}), seed=t.rl.seed,
+        build_model=lambda: MethodPlan(model=_rl_model(recipe, inputs.model_path, warm_dir / run_dir.FINAL)),
+        build_trainer=lambda plan, ckpt, cbs: build_rl_trainer(recipe, plan.model, inputs.tokenizer, inputs.train_ds,
+                                                               funcs, weights, ckpt, cbs),
+        before_save=_drop_reference_adapter, record=record("rl"),
+        tags={"stage": "rl"})
+    heldout_split = "eval" if inputs.eval_ds is not None else f"first {HELDOUT_FALLBACK} training questions (no eval data given)"
+    return StagedRun([warmup, rl], {"algorithm": t.rl.algorithm, "heldout_split": heldout_split})
 
 
-def _prepare(out: Path, warm_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (warm_dir / output.FINAL).exists() and output.latest_checkpoint(warm_dir) is None:
-            raise UserError(f"--resume: no warm-up checkpoint in `{warm_dir / output.CHECKPOINTS}` to resume from "
-                            "(set output.save_steps so runs write checkpoints)")
-        return
-    output.prepare_run_dir(out, resume=False, overwrite=overwrite)
-
-
-def _checkpoint(stage_dir: Path, out: Path, stage: str, resume: bool) -> Path | None:
-    ckpt = output.latest_checkpoint(stage_dir) if resume else None
-    if ckpt is not None:
-        output.truncate_metrics(out, output.checkpoint_step(ckpt), stage=stage)
-        console.print(f"{stage}: resuming from {ckpt}")
-    return ckpt
-
-
-def _sft_dataset(ds: Any, tokenizer: Any, recipe: Any) -> Any:
+def _sft_dataset(ds: Any, tokenizer: Any, recipe: Recipe) -> Any:
     """question -> solution as chat SFT examples, masked to the solution tokens."""
     from datasets import Dataset
-
-    from tunekit.data.masking import tokenize_with_mask
 
     rows = []
     for i, r in enumerate(ds):
@@ -110,37 +96,8 @@ def _sft_dataset(ds: Any, tokenizer: Any, recipe: Any) -> Any:
     return Dataset.from_list(rows)
 
 
-def run_warmup(recipe: Any, model_path: str, tokenizer: Any, train_ds: Any, eval_ds: Any, heldout: Any,
-               stage_dir: Path, out: Path, resume: bool) -> dict:
-    from tunekit.methods.registry import apply_method, load_kwargs
-    from tunekit.model.load import load_model
-    from tunekit.trainers import sft
-    from tunekit.trainers.schema import SFTTrainerConfig
-
-    w = recipe.trainer.warmup
-    stage_recipe = recipe.model_copy(update={"trainer": SFTTrainerConfig(kind="sft", **w.model_dump())})
-    plan = apply_method(load_model(recipe.model, model_path, **load_kwargs(recipe)), recipe)
-    ckpt = _checkpoint(stage_dir, out, "warmup", resume)
-    trainer = sft.build(stage_recipe, plan.model, tokenizer, _sft_dataset(train_ds, tokenizer, recipe),
-                        _sft_dataset(eval_ds, tokenizer, recipe) if eval_ds is not None and w.eval_steps else None,
-                        str(stage_dir / output.CHECKPOINTS),
-                        [output.metrics_callback(out, {"stage": "warmup"}), *plan.callbacks])
-    if plan.configure_trainer is not None:
-        plan.configure_trainer(trainer)
-    console.rule("stage 1/2: SFT warm-up")
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    seconds = round(time.perf_counter() - start, 2)
-    return _finish(trainer, tokenizer, recipe, heldout, stage_dir, out, "warmup", {
-        "global_step": trainer.state.global_step, "train_seconds": seconds, "train_loss_mean": result.training_loss,
-        "resumed_from": str(ckpt) if ckpt else None}, save=plan.save)
-
-
-def _rl_model(recipe: Any, model_path: str, warm_final: Path) -> Any:
+def _rl_model(recipe: Recipe, model_path: str, warm_final: Path) -> Any:
     """The warm-up's final weights, trainable: its adapter (PEFT methods) or its full weights."""
-    from tunekit.methods.registry import apply_method, load_kwargs
-    from tunekit.model.load import load_model
-
     if (warm_final / "adapter_config.json").exists():
         from peft import PeftModel
 
@@ -149,34 +106,8 @@ def _rl_model(recipe: Any, model_path: str, warm_final: Path) -> Any:
     return apply_method(load_model(recipe.model, str(warm_final)), recipe).model
 
 
-def run_rl(recipe: Any, model_path: str, tokenizer: Any, train_ds: Any, heldout: Any, warm_dir: Path,
-           stage_dir: Path, out: Path, resume: bool) -> dict:
-    from tunekit.trainers.rewards import build_reward_funcs
-
-    rl = recipe.trainer.rl
-    model = _rl_model(recipe, model_path, warm_dir / output.FINAL)
-    funcs, weights = build_reward_funcs(rl.rewards)
-    ckpt = _checkpoint(stage_dir, out, "rl", resume)
-    trainer = build_rl_trainer(recipe, model, tokenizer, train_ds, funcs, weights,
-                               str(stage_dir / output.CHECKPOINTS), [output.metrics_callback(out, {"stage": "rl"})])
-    console.rule(f"stage 2/2: online RL ({rl.algorithm}, {rl.num_generations} samples per question)")
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    seconds = round(time.perf_counter() - start, 2)
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    if "ref" in getattr(unwrapped, "peft_config", {}):
-        unwrapped.delete_adapter("ref")  # TRL's frozen copy of the warm-up adapter (the KL reference); not saved
-    rewards = [m["reward"] for m in trainer.state.log_history if "reward" in m]
-    return _finish(trainer, tokenizer, recipe, heldout, stage_dir, out, "rl", {
-        "global_step": trainer.state.global_step, "train_seconds": seconds, "train_loss_mean": result.training_loss,
-        "train_reward_first": rewards[0] if rewards else None, "train_reward_last": rewards[-1] if rewards else None,
-        "resumed_from": str(ckpt) if ckpt else None})
-
-
-def build_rl_trainer(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, funcs: list, weights: list,
+def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, funcs: list, weights: list,
                      checkpoint_dir: str, callbacks: list) -> Any:
-    from tunekit.trainers.common import training_kwargs
-
     rl = recipe.trainer.rl
     if rl.use_vllm:
         _check_vllm()
@@ -210,27 +141,31 @@ def _check_vllm() -> None:
                         "install vllm on a GPU machine or set use_vllm: false (plain generation)")
 
 
-def _finish(trainer: Any, tokenizer: Any, recipe: Any, heldout: Any, stage_dir: Path, out: Path, stage: str,
-            info: dict, save: Any = None) -> dict:
-    if save is None:
-        trainer.save_model(str(stage_dir / output.FINAL))
-    else:  # the method's own save (e.g. PiSSA/CorDA adapters converted to fit the original base)
-        save(trainer.model, stage_dir / output.FINAL)
-    tokenizer.save_pretrained(str(stage_dir / output.FINAL))
-    info["heldout_reward"] = heldout_reward(trainer.model, tokenizer, heldout, recipe)
-    console.print(f"{stage}: {info['global_step']} steps, mean held-out reward {info['heldout_reward']:.3f}")
-    with open(out / output.METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"stage": stage, "step": info["global_step"], "heldout_reward": info["heldout_reward"]})
-                + "\n")
-    output.write_json(stage_dir / "stage.json", info)
-    return info
+def _drop_reference_adapter(trainer: Any) -> None:
+    """TRL's frozen copy of the warm-up adapter (the KL reference) is not part of the result."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(unwrapped, "peft_config", {}):
+        unwrapped.delete_adapter("ref")
 
 
-def heldout_reward(model: Any, tokenizer: Any, ds: Any, recipe: Any, batch_size: int = 32) -> float:
+def _reward_trend(trainer: Any) -> dict:
+    rewards = [m["reward"] for m in trainer.state.log_history if "reward" in m]
+    return {"train_reward_first": rewards[0] if rewards else None, "train_reward_last": rewards[-1] if rewards else None}
+
+
+def _heldout_record(trainer: Any, tokenizer: Any, heldout: Any, recipe: Recipe, out: Path, stage: str,
+                    step: int) -> float:
+    """The stage's mean held-out reward, printed and logged to metrics.jsonl."""
+    reward = heldout_reward(trainer.model, tokenizer, heldout, recipe)
+    console.print(f"{stage}: {step} steps, mean held-out reward {reward:.3f}")
+    with open(out / run_dir.METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"stage": stage, "step": step, "heldout_reward": reward}) + "\n")
+    return reward
+
+
+def heldout_reward(model: Any, tokenizer: Any, ds: Any, recipe: Recipe, batch_size: int = 32) -> float:
     """Mean weighted reward of `rl.eval_samples` sampled completions per question (RL sampling settings, seeded)."""
     import torch
-
-    from tunekit.trainers.rewards import build_reward_funcs, score
 
     rl = recipe.trainer.rl
     funcs, weights = build_reward_funcs(rl.rewards)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
+from tunekit.trainers.reft_schema import check_reward_signature
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _MARK = "####"
@@ -118,8 +119,6 @@ def _column(kw: dict, name: str) -> list:
 def load_user_function(path: Path, name: str) -> Callable[..., list]:
     """Import the user's reward file (only the path the recipe names) and return the function."""
     import importlib.util
-
-    from tunekit.trainers.reft_schema import check_reward_signature
 
     try:
         check_reward_signature(path, name)

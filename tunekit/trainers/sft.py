@@ -6,14 +6,17 @@ dataset preparation is skipped; TRL's collator pads and batches.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tunekit.trainers.training_args import training_kwargs
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def build(recipe: Any, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
           callbacks: list) -> Any:
     from trl import SFTConfig, SFTTrainer
-
-    from tunekit.trainers.common import training_kwargs
 
     # Packed rows carry `seq_lengths`; TRL's padding-free collator turns them into per-example position ids
     # (tunekit packs and truncates itself, so TRL's packing and max_length stay off).

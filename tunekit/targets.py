@@ -10,9 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tunekit import run_dir as rd
 from tunekit.errors import UserError
+from tunekit.methods.registry import SAVED_AS, load_trained
+from tunekit.model.load import load_model, load_tokenizer, resolve_model_path
+from tunekit.model.schema import ModelConfig
+from tunekit.recipe.load import load_recipe
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 RESOLVED = "recipe.resolved.yaml"
 
@@ -22,8 +30,8 @@ class Target:
     label: str  # what the user typed
     weights: str  # directory (or hub id) holding the weights to evaluate
     kind: str  # "adapter" | "full"
-    model_cfg: Any  # ModelConfig of the base model (for a full model: the model itself)
-    recipe: Any | None = None  # the run's or the given recipe
+    model_cfg: ModelConfig  # the base model (for a full model: the model itself)
+    recipe: Recipe | None = None  # the run's or the given recipe
     run_dir: Path | None = None
 
 
@@ -46,30 +54,23 @@ def weights_kind(d: Path) -> str:
 
 def run_weights(run_dir: Path) -> Path:
     """final/ of a finished run, else its latest checkpoint; an error when there is neither."""
-    from tunekit import output
-
-    final = run_dir / output.FINAL
+    final = run_dir / rd.FINAL
     if final.is_dir() and any(final.iterdir()):
         return final
-    ckpt = output.latest_checkpoint(run_dir)
+    ckpt = rd.latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"{run_dir}: the run has no trained weights: neither {final} nor a checkpoint in "
-                        f"{run_dir / output.CHECKPOINTS} (did training finish?)")
+                        f"{run_dir / rd.CHECKPOINTS} (did training finish?)")
     return ckpt
 
 
 def resolve_target(target: str | Path) -> Target:
-    from tunekit.recipe.load import load_recipe
-    from tunekit.recipe.schema import ModelConfig
-
     p = Path(target).expanduser()
     if p.is_dir() and (p / RESOLVED).is_file():
-        from tunekit.methods.registry import SAVED_AS
-
         recipe = load_recipe(p / RESOLVED)
         weights = run_weights(p)
         saved_as = SAVED_AS.get(recipe.method.name, "peft")
-        kind = "interventions" if saved_as == "reft" else weights_kind(weights)
+        kind = "interventions" if saved_as == "interventions" else weights_kind(weights)
         return Target(str(target), str(weights), kind, recipe.model, recipe, p)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         recipe = load_recipe(p)
@@ -89,13 +90,11 @@ def resolve_target(target: str | Path) -> Target:
     return Target(str(target), str(target), "full", ModelConfig(path=str(target), dtype="float32"))
 
 
-def _with_dtype(cfg: Any, dtype: str | None) -> Any:
+def _with_dtype(cfg: ModelConfig, dtype: str | None) -> ModelConfig:
     return cfg.model_copy(update={"dtype": dtype}) if dtype else cfg
 
 
 def load_tokenizer_for(t: Target) -> Any:
-    from tunekit.model.load import load_tokenizer, resolve_model_path
-
     w = Path(t.weights)
     src = str(w) if (w / "tokenizer_config.json").is_file() else resolve_model_path(t.model_cfg)
     return load_tokenizer(t.model_cfg, src)
@@ -103,8 +102,6 @@ def load_tokenizer_for(t: Target) -> Any:
 
 def load_base(t: Target, dtype: str | None = None) -> Any:
     """The base model (without the adapter / fine-tuned weights), unquantized, in `dtype`."""
-    from tunekit.model.load import load_model, resolve_model_path
-
     cfg = _with_dtype(t.model_cfg, dtype)
     return load_model(cfg, resolve_model_path(cfg))
 
@@ -116,11 +113,7 @@ def load_tuned(t: Target, dtype: str | None = None) -> Any:
     quantized base, LoReFT/LoFiT interventions, ...) is evaluated as it was trained. With an explicit
     `dtype` (merge), adapters load onto an unquantized base in that dtype instead.
     """
-    from tunekit.model.load import load_model, resolve_model_path
-
     if t.recipe is not None and t.run_dir is not None and (dtype is None or t.kind == "interventions"):
-        from tunekit.methods.registry import load_trained
-
         return load_trained(t.weights, t.recipe)
 
     if t.kind == "adapter":

@@ -7,6 +7,7 @@
       metrics.jsonl          one JSON object per logged step (loss, learning_rate, grad_norm, tokens_per_s, ...)
       checkpoints/checkpoint-N/   resumable state (weights, optimizer, scheduler, RNG, trainer state)
       final/                 the trained weights (adapter or full model) as safetensors + tokenizer + chat template
+      stages/NAME/           a staged run's stages (reft: warmup, rl), each with checkpoints/, final/, stage.json
       summary.json           parameter counts, steps, time, final loss
 """
 
@@ -18,15 +19,19 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tunekit.errors import UserError
 
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
+
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 METRICS = "metrics.jsonl"
+STAGES = "stages"
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -34,7 +39,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"output.dir: `{out}` exists and is a file")
     nonempty = out.exists() and any(out.iterdir())
     if resume:
-        if latest_checkpoint(out) is None:
+        if not has_progress(out):
             raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from "
                             "(set output.save_steps so runs write checkpoints)")
         return
@@ -57,7 +62,14 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(ckpts, key=checkpoint_step, default=None)
 
 
-def write_run_header(out: Path, recipe: Any) -> None:
+def has_progress(out: Path) -> bool:
+    """Whether `--resume` has something to go on from: a checkpoint, or a finished stage of a staged run."""
+    stages = sorted((out / STAGES).glob("*"))
+    return latest_checkpoint(out) is not None or any(
+        latest_checkpoint(d) is not None or (d / "stage.json").is_file() for d in stages)
+
+
+def write_run_header(out: Path, recipe: Recipe) -> None:
     """The files every run writes before it trains: the resolved recipe and the library versions."""
     write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
     write_json(out / "versions.json", versions())

@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
+from tunekit.eval.schema import EvalTask, TaskData
+from tunekit.eval.tasks import run_loss
+from tunekit.merge.adapter import prepare_out, save
+from tunekit.model.load import resolve_model_path
+from tunekit.model.schema import ModelConfig
+from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
 METHODS = ("linear", "soup", "greedy_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
@@ -80,18 +86,14 @@ def merge_states(base: dict, states: list[dict], method: str, weights: list[floa
     return out
 
 
-def _input_origin(t: Any) -> str:
+def _input_origin(t: Target) -> str:
     if t.run_dir is not None:
         return str(t.run_dir / "recipe.resolved.yaml")
     return str(Path(t.weights) / ("adapter_config.json" if t.kind == "adapter" else "config.json"))
 
 
-def load_inputs(inputs: list[str], base: str | None) -> tuple[Any, list[Any], Any]:
+def load_inputs(inputs: list[str], base: str | None) -> tuple[Target, list[Target], ModelConfig]:
     """(base target, input targets, base model); each input's base must be the same model."""
-    from tunekit.eval.loading import Target, resolve_target
-    from tunekit.model.load import resolve_model_path
-    from tunekit.recipe.schema import ModelConfig
-
     targets = [resolve_target(i) for i in inputs]
     known = [t for t in targets if t.kind == "adapter" or t.run_dir is not None]
     if base:
@@ -110,16 +112,14 @@ def load_inputs(inputs: list[str], base: str | None) -> tuple[Any, list[Any], An
     return base_t, targets, cfg
 
 
-def full_state(t: Any) -> dict:
-    from tunekit.eval.loading import load_tuned
-
+def full_state(t: Target) -> dict:
     model = load_tuned(t, "float32")
     if t.kind == "adapter":
         model = model.merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def check_shapes(base: dict, state: dict, t: Any) -> None:
+def check_shapes(base: dict, state: dict, t: Target) -> None:
     where = _input_origin(t)
     missing = sorted(set(base) - set(state))
     if missing:
@@ -132,9 +132,6 @@ def check_shapes(base: dict, state: dict, t: Any) -> None:
 
 
 def eval_loss(model: Any, tokenizer: Any, eval_data: str) -> float:
-    from tunekit.eval.schema import EvalTask, TaskData
-    from tunekit.eval.tasks import run_loss
-
     task = EvalTask(name="greedy-soup", kind="loss", data=TaskData(path=eval_data, format="messages"))
     model.eval()
     return run_loss(task, model, tokenizer, {"max_length": 1024, "batch_size": 8, "which": "soup"})["metrics"]["loss"]
@@ -159,9 +156,6 @@ def merge_models(inputs: list[str], out: Path, method: str, weights: list[float]
                  scale: float, base: str | None, eval_data: str | None, dtype: str, seed: int,
                  outliers: float = 0.01) -> dict:
     import torch
-
-    from tunekit.eval.loading import load_base, load_tokenizer_for
-    from tunekit.merge import prepare_out, save
 
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")

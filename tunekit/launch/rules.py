@@ -4,11 +4,22 @@ Each rule is plain data. `when` maps a fact name to the values that trigger the 
 must match); `unless` maps a fact to values that excuse it. Facts are computed from the recipe by
 `facts()`, so rules keyed by method names that are not installed yet simply never match. The table is
 rendered into docs/scaling.md by `render_markdown()` (a test keeps the two identical).
+
+`check_runnable` and `check_resume` are the machine-dependent checks made before any worker starts
+(validate stays machine-independent).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunekit.errors import UserError
+from tunekit.launch.engines import deepspeed_config, fsdp_config
+
+if TYPE_CHECKING:
+    from tunekit.launch.schema import LaunchConfig
+    from tunekit.recipe.schema import Recipe
 
 SHARDED = ("zero3", "fsdp")  # strategies that shard the parameters themselves
 PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")
@@ -73,10 +84,8 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
-def facts(recipe: Any, launch_files: dict | None = None) -> dict[str, Any]:
-    """The recipe properties the rules look at. `launch_files` are the engine configs after recipe overrides."""
-    from tunekit.launch_backends import deepspeed_config, fsdp_config
-
+def facts(recipe: Recipe) -> dict[str, Any]:
+    """The recipe properties the rules look at (engine configs read with the recipe's overrides applied)."""
     launch = recipe.launch
     strategy = launch.resolved_strategy
     method = recipe.method
@@ -112,11 +121,11 @@ def violations(f: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in RULES if matches(r["when"]) and not (r.get("unless") and matches(r["unless"]))]
 
 
-def check(recipe: Any) -> None:
+def check(recipe: Recipe) -> None:
     """Raise ValueError naming every broken rule, why, and what to do instead."""
-    found = violations(facts(recipe))
+    f = facts(recipe)
+    found = violations(f)
     if found:
-        f = facts(recipe)
         head = f"method.name={f['method']} with launch.strategy={f['strategy']}"
         if f["zero_stage"]:
             head += f" (ZeRO stage {f['zero_stage']})"
@@ -134,6 +143,47 @@ def render_markdown() -> str:
         lines.append(f"| `{r['id']}` | {_cond(r['when'])} | {_cond(r.get('unless', {})) or '-'} | {r['why']} | "
                      f"{r['instead']} |")
     return "\n".join(lines) + "\n"
+
+
+FSDP_OFFLOAD_ON_CPU = (
+    "launch.fsdp.cpu_offload: true needs a GPU: offloading moves parameters from accelerator memory to CPU "
+    "memory (pinned, which torch can only allocate with an accelerator present), and on this CPU-only machine "
+    "they already live on the CPU. Instead: set launch.fsdp.cpu_offload: false (activation checkpointing "
+    "still works), or run on a GPU machine."
+)
+
+
+def check_runnable(launch: LaunchConfig) -> None:
+    """Machine-dependent checks made before any worker starts (validate stays machine-independent)."""
+    if launch.launcher == "accelerate" and launch.world_size > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("launch.launcher accelerate: on a machine without GPUs `accelerate launch --cpu` starts "
+                            "several processes only through MPI (mpirun), and otherwise runs one process with no "
+                            "process group. Instead: use launch.launcher: torchrun (the default) on CPU.")
+    if launch.resolved_strategy == "fsdp":
+        import torch
+
+        if fsdp_config(launch.fsdp).get("cpu_offload") and not torch.cuda.is_available():
+            raise UserError(FSDP_OFFLOAD_ON_CPU)
+
+
+def checkpoint_world_size(checkpoint: Path) -> int:
+    """Processes that wrote an HF Trainer checkpoint (one rng_state_R.pth per rank, rng_state.pth if one)."""
+    return len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+
+
+def check_resume(checkpoint: Path, world: int) -> None:
+    """DeepSpeed ZeRO partitions optimizer state per rank; resuming needs the same number of processes.
+    DDP checkpoints hold full state and resume with any number of processes."""
+    saved = checkpoint_world_size(checkpoint)
+    zero = any(checkpoint.glob("global_step*"))
+    if zero and saved != world:
+        raise UserError(
+            f"--resume: {checkpoint} is a DeepSpeed ZeRO checkpoint written by {saved} processes, but this run "
+            f"has {world}. ZeRO shards optimizer state per rank, so resume with --nproc/--nnodes giving {saved} "
+            f"processes in total; or start a new run from consolidated weights ({checkpoint}/zero_to_fp32.py).")
 
 
 if __name__ == "__main__":  # print the table for docs/scaling.md

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
 from tunekit.methods.full import decoder_layers
+from tunekit.methods.plan import MethodPlan
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 WEIGHTS = "interventions.safetensors"
 CONFIG = "interventions.json"
@@ -136,9 +140,7 @@ def config_of(cfg: Any) -> dict:
     return cfg.model_dump(mode="json") | {"method": cfg.name}
 
 
-def build(model: Any, cfg: Any, recipe: Any) -> Any:
-    from tunekit.methods.registry import MethodPlan
-
+def build(model: Any, cfg: Any, recipe: Recipe) -> Any:
     for p in model.parameters():
         p.requires_grad_(False)
     attach(model, config_of(cfg))

@@ -1,11 +1,9 @@
-"""`tunekit merge`: fold an adapter into its base model, or merge several models that share a base.
+"""Fold an adapter into its base model, checked: the merged model's logits must match the adapter model's.
 
-One input: the adapter is merged into the (unquantized) base in `--dtype`; the largest logit
-difference between the adapter model and the merged model on a few prompts is reported and must stay
-within `--tolerance`. Several inputs: each input becomes a full state dict, its task vector (weights
-minus base) is combined by `--method` (see `tunekit/merging.py`), and base + combined delta is saved.
-Either way the output is a plain transformers model directory: safetensors weights, config, the
-tokenizer with its chat template, and merge.json describing what was done.
+The adapter is merged into the (unquantized) base in `--dtype`; the largest logit difference between the
+adapter model and the merged model on a few prompts is reported and must stay within `--tolerance`. The
+output is a plain transformers model directory: safetensors weights, config, the tokenizer with its chat
+template, and merge.json describing what was done.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
+from tunekit.targets import load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
 PROBES = ["What is 7 plus 5?", "Compute 12 times 3.", "Write one sentence about the sea.", "Say hello in French."]
@@ -52,8 +51,6 @@ def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
 
 def merge_adapter(target: str, out: Path, dtype: str = "float32", tolerance: float = 1e-4) -> dict:
     """Merge a run's (or adapter directory's) adapter into its base; refuse when logits drift past tolerance."""
-    from tunekit.eval.loading import load_tokenizer_for, load_tuned, resolve_target
-
     t = resolve_target(target)
     if t.kind == "interventions":
         raise UserError(f"{t.weights}: holds LoReFT/LoFiT interventions, which act on hidden states at run time "
@@ -80,22 +77,3 @@ def merge_adapter(target: str, out: Path, dtype: str = "float32", tolerance: flo
     console.print(f"merged {t.weights} into {t.model_cfg.path}: max logit difference {diff:.3g} "
                   f"(tolerance {tolerance:g}) -> {out}")
     return info
-
-
-def merge_cli(inputs: list[str], out: Path, method: str | None, weights: str | None, density: float, scale: float,
-              base: str | None, eval_data: str | None, dtype: str, tolerance: float, seed: int,
-              outliers: float = 0.01) -> dict:
-    from tunekit import merging
-
-    if len(inputs) == 1 and method is None:
-        return merge_adapter(inputs[0], out, dtype, tolerance)
-    if len(inputs) < 2:
-        raise UserError(f"--method {method}: give at least two inputs to merge (one input merges its adapter)")
-    w = None
-    if weights:
-        try:
-            w = [float(x) for x in weights.split(",")]
-        except ValueError:
-            raise UserError(f"--weights `{weights}`: expected comma-separated numbers, e.g. 0.5,0.5") from None
-    return merging.merge_models(inputs, out, method or "linear", w, density, scale, base, eval_data, dtype, seed,
-                                outliers)

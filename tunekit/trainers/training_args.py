@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from tunekit.launch.engines import training_kwargs as launch_kwargs
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 
-def training_kwargs(recipe: Any, checkpoint_dir: str, has_eval: bool) -> dict:
-    t, o = recipe.trainer, recipe.output
+def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict:
+    """TrainingArguments keywords from the recipe's trainer (optimisation), output (saving), model (precision)
+    and launch (engine) sections."""
     import torch
 
-    from tunekit.launch_backends import training_kwargs as launch_kwargs
+    t, o = recipe.trainer, recipe.output
 
     bf16 = recipe.model.dtype == "bfloat16" or (recipe.model.dtype == "auto" and torch.cuda.is_available()
                                                  and torch.cuda.is_bf16_supported())
@@ -45,5 +51,5 @@ def training_kwargs(recipe: Any, checkpoint_dir: str, has_eval: bool) -> dict:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **launch_kwargs(recipe),  # DDP backend/timeout, DeepSpeed config, FSDP2 config
+        **launch_kwargs(recipe.launch),  # DDP backend/timeout, DeepSpeed config, FSDP2 config
     )

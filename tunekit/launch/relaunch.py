@@ -1,0 +1,109 @@
+"""Re-execute `tunekit train` under torchrun / accelerate launch (never a home-made launcher).
+
+When the launch section asks for more than one process (or for DeepSpeed / FSDP, which need a distributed
+environment), `tunekit train` re-executes itself as
+
+    python -m torch.distributed.run --nproc-per-node N ... -m tunekit train RECIPE OVERRIDES...
+
+with the same interpreter and PYTHONPATH, and exits with the launcher's exit code. A process that is
+already under torchrun or accelerate is never relaunched: it trains as one rank of that run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunekit import run_dir
+from tunekit.launch.rules import check_resume, check_runnable
+from tunekit.launch.runtime import under_launcher
+from tunekit.ui import console
+
+if TYPE_CHECKING:
+    from tunekit.launch.schema import LaunchConfig
+    from tunekit.recipe.schema import Recipe
+
+# CLI flag -> recipe field they override (flags are sugar for `launch.X=VALUE` overrides).
+FLAG_FIELDS = {"nproc": "nproc", "nnodes": "nnodes", "node_rank": "node_rank", "master_addr": "master_addr",
+               "master_port": "master_port", "strategy": "strategy"}
+
+
+def flag_overrides(**flags: object) -> list[str]:
+    """`--nproc 2 --nnodes 1` -> [`launch.nproc=2`, `launch.nnodes=1`] (unset flags are skipped)."""
+    return [f"launch.{FLAG_FIELDS[k]}={v}" for k, v in flags.items() if v is not None]
+
+
+def needs_relaunch(launch: LaunchConfig) -> bool:
+    if under_launcher():
+        return False
+    return launch.world_size > 1 or launch.resolved_strategy in ("deepspeed", "fsdp")
+
+
+def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Checks made once, before any worker starts: the machine can run it, and (on node 0) the run dir is usable
+    (not a non-empty dir without --overwrite; under --resume, a checkpoint that this process count can resume)."""
+    check_runnable(recipe.launch)
+    if recipe.launch.node_rank != 0:
+        return
+    out = Path(recipe.output.dir)
+    run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+    checkpoint = run_dir.latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        check_resume(checkpoint, recipe.launch.world_size)
+
+
+def launcher_command(launch: LaunchConfig, worker_args: list[str]) -> list[str]:
+    """The launcher command line; `worker_args` follow `-m tunekit` (e.g. train RECIPE overrides...)."""
+    ln = launch
+    if ln.launcher == "accelerate":
+        import torch
+
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(ln.world_size),
+               "--num_machines", str(ln.nnodes), "--machine_rank", str(ln.node_rank),
+               "--main_process_ip", ln.master_addr, "--main_process_port", str(ln.master_port),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--max_restarts", "0"]
+        if not torch.cuda.is_available():
+            cmd.append("--cpu")  # accelerate: multi-process CPU (gloo); --cpu excludes --multi_gpu
+        elif ln.world_size > 1:
+            cmd.append("--multi_gpu")
+        return [*cmd, "-m", "tunekit", *worker_args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ln.nproc),
+           "--nnodes", str(ln.nnodes), "--max-restarts", "0"]
+    if ln.nnodes == 1:
+        cmd.append("--standalone")  # rendezvous on a free local port; no master_addr/port needed
+    else:
+        cmd += ["--node-rank", str(ln.node_rank), "--master-addr", ln.master_addr, "--master-port", str(ln.master_port)]
+    return [*cmd, "-m", "tunekit", *worker_args]
+
+
+def worker_env() -> dict[str, str]:
+    """The parent's environment plus a PYTHONPATH that makes workers import this very tunekit."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent.parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([here, *[p for p in parts if p != here]])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def relaunch(launch: LaunchConfig, worker_args: list[str]) -> int:
+    """Run the launcher, stream its output, and return its exit code. A failing rank ends the whole run:
+    torchrun stops the other ranks and prints the failing rank, its exit code and error."""
+    cmd = launcher_command(launch, worker_args)
+    ln = launch
+    console.print(f"launch: {ln.resolved_strategy} with {ln.nproc} process(es) x {ln.nnodes} node(s) "
+                  f"via {ln.launcher}: {' '.join(cmd)}")
+    try:
+        proc = subprocess.run(cmd, env=worker_env())
+    except KeyboardInterrupt:
+        return 130
+    if proc.returncode != 0:
+        console.print(f"[red]error:[/] the {ln.world_size}-process run failed (exit code {proc.returncode}); "
+                      "the failing rank and its error are printed above (`rank N/W: error: ...` and the "
+                      "launcher's `Root Cause` summary).")
+    return proc.returncode

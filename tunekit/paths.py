@@ -1,0 +1,35 @@
+"""Where tunekit's files are: shipped assets, recipes and launcher configs, and the cache root.
+
+Shipped files are found through `importlib.resources`, so they resolve the same way in an editable
+install (the repo) and in an installed wheel (recipes/ and configs/ are force-included under
+`tunekit/_shipped/`, see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from tunekit.errors import UserError
+
+PACKAGE = Path(str(resources.files("tunekit")))
+ASSETS = PACKAGE / "assets"
+
+
+def asset(*parts: str) -> Path:
+    """A file or folder under tunekit/assets (tokenizer, templates, data)."""
+    return ASSETS.joinpath(*parts)
+
+
+def shipped_dir(kind: str) -> Path:
+    """Shipped `recipes` or `configs`: inside the installed wheel, or at the repo root for an editable install."""
+    for candidate in (PACKAGE / "_shipped" / kind, PACKAGE.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"cannot find the shipped {kind}/ folder; reinstall tunekit")
+
+
+def cache_root() -> Path:
+    """$TUNEKIT_CACHE, or ~/.cache/tunekit: builtin models and the data cache live below it."""
+    return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit")).expanduser()
