@@ -121,7 +121,7 @@ def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
 
 def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
     """Rows the TRL trainer dropped (DPO/KTO prompts filling max_length): warned and counted in data.json."""
-    dropped = dropped_by_trainer(stage.recipe, stage.train_ds, trainer)
+    dropped = dropped_by_trainer(stage.recipe, stage.train_ds, trainer) if stage.train_ds is not None else {}
     if not dropped:
         return
     (reason, n), = dropped.items()

@@ -168,7 +168,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
         return build_preference_datasets(cfg, tokenizer, seed)
     needs_template = any(s.format != "text" for s in [*cfg.train, *cfg.eval])
     template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
-    seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else seed
+    seed = cfg.data_seed(seed)
     fp = cache.fingerprint(cfg, tokenizer, template if needs_template else None, seed)
     entry = cache.cache_root(cfg) / fp
     with cache.build_lock(entry):

@@ -16,11 +16,9 @@ from collections import Counter
 from typing import Any
 
 from tunekit.data.formats import ROLES, RowError, _get
-from tunekit.data.schema import DataConfig, DatasetSpec
+from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.sources import read_rows
 from tunekit.errors import UserError
-
-PREFERENCE_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
 
 
 def _prompt(value: object, where: str) -> list[dict]:
@@ -116,7 +114,7 @@ def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tup
         raise UserError(f"data: all datasets of one run must share a format; found {', '.join(sorted(kinds))}")
     dropped_train, dropped_eval = Counter(), Counter()
     train = [r for spec in cfg.train for r in read_spec(spec, cfg, dropped_train)]
-    rng = random.Random(cfg.shuffle_seed if cfg.shuffle_seed is not None else seed)
+    rng = random.Random(cfg.data_seed(seed))
     rng.shuffle(train)
     evals = [r for spec in cfg.eval for r in read_spec(spec, cfg, dropped_eval)]
     if cfg.eval_fraction:
@@ -131,4 +129,4 @@ def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tup
 
 
 def is_preference_data(cfg: DataConfig) -> bool:
-    return any(s.format in PREFERENCE_FORMATS for s in [*cfg.train, *cfg.eval])
+    return any(s.format in NON_SFT_FORMATS for s in [*cfg.train, *cfg.eval])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from tunekit.recipe.base import Section
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
-           "prompt_answer")
+# The one list of data formats (each has a reader in formats.py or preference.py).
+FormatName = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
+                     "prompt_answer"]
+FORMATS: tuple[str, ...] = typing.get_args(FormatName)
+# Formats only the preference / RL trainers read; every other format is an SFT format.
+NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
 
 
 class DatasetSpec(Section):
@@ -19,10 +24,7 @@ class DatasetSpec(Section):
         "shipped with tunekit, or `hub:ORG/NAME` for a Hugging Face Hub dataset. Relative paths resolve against "
         "the current directory."
     )
-    format: Literal[
-        "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
-        "prompt_answer",
-    ] = Field(
+    format: FormatName = Field(
         description="Row layout. `alpaca`: {instruction, input?, output, system?}. `messages`: {messages: "
         "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
         "(see `roles`). `prompt_completion`: {prompt, completion}. `text`: {text} for continued pre-training "
@@ -113,6 +115,10 @@ class DataConfig(Section):
     shuffle_seed: int | None = Field(
         default=None, description="Seed for mixing and shuffling training rows; null uses trainer.seed."
     )
+
+    def data_seed(self, trainer_seed: int) -> int:
+        """The seed rows are mixed and shuffled with: `shuffle_seed`, else the trainer's seed."""
+        return self.shuffle_seed if self.shuffle_seed is not None else trainer_seed
 
     @model_validator(mode="after")
     def _eval_sources(self) -> DataConfig:

@@ -106,7 +106,7 @@ def kto_rows(recipe: Recipe, train_ds: Any) -> Any:
         return train_ds  # unpaired rows: the data stage shuffled them already
     from trl.data_utils import unpair_preference_dataset
 
-    seed = recipe.data.shuffle_seed if recipe.data.shuffle_seed is not None else recipe.trainer.seed
+    seed = recipe.data.data_seed(recipe.trainer.seed)
     return unpair_preference_dataset(train_ds).shuffle(seed=seed).flatten_indices()
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from tunekit.data.schema import NON_SFT_FORMATS
 from tunekit.trainers.optim_schema import SCHEDULERS, TRACKERS, OptimSettings
 from tunekit.trainers.preference_schema import (
     CPOTrainerConfig,
@@ -27,8 +28,6 @@ TrainerConfig = Annotated[
     Field(discriminator="kind"),
 ]
 
-# Data formats that only the preference / RL trainers read; every other format is an SFT format.
-NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
 # Which data formats each non-SFT trainer kind reads (checked when the recipe is validated).
 DATA_FORMATS: dict[str, tuple[str, ...]] = {
     "dpo": ("preference",),
