@@ -32,10 +32,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     staged = kind_stages(inputs)
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
     summary = write_summary(inputs, staged.stages, results, staged.summary)
+    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
     if recipe.eval.run_after_train and runtime.is_main_process():
         evaluate(inputs.out)
-    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
     return inputs.out
 
 

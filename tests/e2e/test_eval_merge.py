@@ -137,9 +137,9 @@ def test_bad_run_dirs_name_the_file(run: Path, tmp_path: Path) -> None:
 
 
 def test_sampling_reports_pass_at_k_and_majority(run: Path) -> None:
-    from tunekit.targets import load_run_model
     from tunekit.eval.run import run_tasks
     from tunekit.eval.schema import EvalTask
+    from tunekit.targets import load_run_model
 
     model, tok = load_run_model(run)
     task = EvalTask(name="k", kind="generate", data={"path": "builtin:eval/arith-qa.jsonl", "format": "qa"},

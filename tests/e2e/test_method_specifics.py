@@ -327,7 +327,8 @@ def test_params_for_weight_dependent_init_is_a_clear_error(data_file: Path, tmp_
 def test_qlora_variants_quantize_the_base(quant: dict, data_file: Path, tmp_path: Path) -> None:
     import bitsandbytes as bnb
 
-    from tunekit.methods.registry import apply_method, count_parameters, load_kwargs
+    from tunekit.methods.plan import count_parameters
+    from tunekit.methods.registry import apply_method, load_kwargs
     from tunekit.model.load import load_model
 
     recipe = with_method(method_recipe("qlora", data_file, tmp_path / "run", max_steps=1), **quant)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli, tiny_recipe
-from tunekit.launch import engines, relaunch, rules, runtime
 from tunekit.errors import UserError
+from tunekit.launch import engines, relaunch, rules, runtime
 from tunekit.launch.engines import config_path, deepspeed_config, fsdp_config
 from tunekit.launch.schema import DeepSpeedSettings, FSDPSettings
 from tunekit.recipe.load import load_recipe
