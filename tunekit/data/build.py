@@ -14,6 +14,7 @@ from typing import Any
 from tunekit.data import cache
 from tunekit.data.formats import FORMATS
 from tunekit.data.masking import assistant_spans, tokenize_plain, tokenize_texts
+from tunekit.data.messages import merge_system_into_first_user
 from tunekit.data.packing import pack
 from tunekit.data.schema import DataConfig, DatasetSpec
 from tunekit.data.sources import Rows, read_rows
@@ -56,6 +57,8 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
         chunk = indices[start : start + CHUNK]
         wheres = [rows.where[i] for i in chunk]
         items = [fmt(rows.rows[i], spec, w) for i, w in zip(chunk, wheres)]
+        if spec.format != "text" and cfg.system_role == "merge_into_first_user":
+            items = [merge_system_into_first_user(m) for m in items]  # type: ignore[arg-type]
         if spec.format == "text":
             encs = tokenize_plain(tokenizer, items)  # type: ignore[arg-type]
         else:
@@ -130,7 +133,7 @@ def _empty_error(split: str, per: dict[str, DataStats]) -> UserError:
 def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int) -> tuple[list, list, dict]:
     """Rows (plain lists) and statistics, without the cache."""
     rng = random.Random(seed)
-    render = renderer(tokenizer, template) if template else None
+    render = renderer(tokenizer, template, cfg.chat_template) if template else None
     train, train_per = encode_specs(cfg.train, cfg, tokenizer, render, rng)
     rng.shuffle(train)
     evals, eval_per = encode_specs(cfg.eval, cfg, tokenizer, render, rng) if cfg.eval else ([], {})

@@ -23,7 +23,7 @@ from typing import Any
 
 from tunekit.data.schema import DataConfig
 
-CACHE_VERSION = 1  # bump when the encoding logic changes what a cached entry contains
+CACHE_VERSION = 2  # bump when the encoding logic changes what a cached entry contains
 
 
 def cache_root(cfg: DataConfig) -> Path:

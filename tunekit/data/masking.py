@@ -15,37 +15,80 @@ import bisect
 from collections.abc import Callable
 from typing import Any
 
+from tunekit.data.templates import TemplateFailure
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
 
 
+def trained_turns(messages: list[dict], train_on: str, where: str) -> list[int]:
+    """Indices of the assistant turns that carry loss: `train_on`, overridden per message by a `train` flag."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    flagged = [i for i in turns if messages[i].get("train") is not None]
+    if train_on == "all":
+        if any(not messages[i]["train"] for i in flagged):
+            raise UserError(f"{where}: a message is marked `train: false` but data.train_on is `all` (every token "
+                            "trained); use data.train_on: assistant to honour per-message flags")
+        return turns
+    default = turns[-1:] if train_on == "last_assistant" else turns
+    return [i for i in turns if messages[i].get("train", i in default)]
+
+
+def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
+    """An assistant turn must end with end-of-turn text, and its tool calls must be in the rendered text."""
+    for call in m.get("tool_calls", ()):
+        if call["function"]["name"] not in trained:
+            raise UserError(
+                f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render tool calls (the "
+                f"assistant turn's call to `{call['function']['name']}` is missing from its rendered text), so the "
+                "call would not be trained. Choose a template that renders `tool_calls` (data.chat_template: "
+                "qwen2.5, or the model's own tool-capable template).")
+    content = m["content"].strip()
+    end = trained.rfind(content)
+    if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():
+        raise UserError(
+            f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
+            "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
+            "token (data.chat_template: chatml, llama3, ...)."
+        )
+
+
+def _check_tools_rendered(render: Render, messages: list[dict], tools: list[dict], full: str, where: str) -> None:
+    if render(messages, tools=None) == full:
+        raise UserError(
+            f"{where}: the row has tool schemas (`tools`) but {getattr(render, 'template_name', 'the chat template')} "
+            "ignores them, so the model would never see the tools it may call. Choose a template that renders "
+            "`tools` (data.chat_template: qwen2.5, or the model's own tool-capable template).")
+
+
 def assistant_spans(render: Render, messages: list[dict], train_on: str, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans that carry loss."""
-    full = render(messages)
+    """The rendered conversation and the character spans that carry loss (tools: `messages.tools`, if any)."""
+    tools = getattr(messages, "tools", None)
+    try:
+        return _spans(render, list(messages), tools, train_on, where)
+    except TemplateFailure as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _spans(render: Render, messages: list[dict], tools: list | None, train_on: str,
+           where: str) -> tuple[str, list[tuple[int, int]]]:
+    full = render(messages, tools=tools)
+    if tools:
+        _check_tools_rendered(render, messages, tools, full, where)
+    turns = trained_turns(messages, train_on, where)
     if train_on == "all":
         return full, [(0, len(full))]
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if train_on == "last_assistant":
-        turns = turns[-1:]
     spans = []
     for i in turns:
-        before = render(messages[:i], add_generation_prompt=True) if i else ""
-        upto = full if i == len(messages) - 1 else render(messages[: i + 1])
+        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         if not upto.startswith(before) or not full.startswith(upto):
             raise UserError(
                 f"{where}: the chat template does not render conversation prefixes consistently, so the "
                 "assistant tokens cannot be located safely (templates that rewrite earlier turns do this). Use "
                 "another template (data.chat_template), data.train_on: last_assistant, or data.train_on: all."
             )
-        trained, content = full[len(before) : len(upto)], messages[i]["content"].strip()
-        end = trained.rfind(content)
-        if content and end >= 0 and not trained[end + len(content) :].strip():
-            raise UserError(
-                f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
-                "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
-                "token (data.chat_template: chatml, llama3, ...)."
-            )
+        _check_turn(render, messages[i], full[len(before) : len(upto)], where)
         spans.append((len(before), len(upto)))
     return full, spans
 

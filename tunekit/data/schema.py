@@ -10,6 +10,13 @@ from tunekit.recipe.base import Section
 
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
            "prompt_answer")
+# The columns each format requires (before a dataset's `columns:` renaming): how a JSON file holding one
+# object tells "this object is one row" from "this object wraps the rows".
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"), "text": ("text",), "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"), "prompt_answer": ("question", "answer", "solution"),
+}
 
 
 class DatasetSpec(Section):
@@ -51,6 +58,11 @@ class DatasetSpec(Section):
         default=None, ge=1,
         description="Take exactly this many rows from this dataset (a seeded sample; rows repeat if it is larger).",
     )
+    field: str | None = Field(
+        default=None,
+        description="JSON files holding one object: the key whose list holds the rows (e.g. `data` for "
+        '`{"data": [...]}`). Needed only when the object has several list fields.',
+    )
     split: str = Field(default="train", description="Split to read from a hub dataset or a saved DatasetDict.")
     subset: str | None = Field(default=None, description="Hub dataset configuration (subset) name.")
     revision: str | None = Field(
@@ -80,6 +92,11 @@ class DataConfig(Section):
         default="assistant",
         description="Which tokens carry loss: `assistant` (every assistant turn / completion, the default), "
         "`last_assistant` (only the final assistant turn) or `all`.",
+    )
+    system_role: Literal["keep", "merge_into_first_user"] = Field(
+        default="keep",
+        description="`keep` system messages as they are, or `merge_into_first_user`: put the system text before "
+        "the first user message, for templates that have no system turn (Gemma-2 raises on one).",
     )
     drop_untrained: bool = Field(
         default=False,
