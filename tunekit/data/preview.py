@@ -9,6 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from tunekit.data.preference import PREFERENCE_FORMATS
+from tunekit.data.preview_rows import preference_table, show_rows
+
 OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 
 
@@ -84,6 +87,12 @@ def preprocess(recipe: Any, show: int = 0) -> dict:
         console = Console(width=160)
     tokenizer = load_data_tokenizer(recipe)
     train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    if stats.get("format") in PREFERENCE_FORMATS:  # conversational rows for TRL: shown as TRL renders them
+        console.print(preference_table(stats))
+        console.print(f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, chat template "
+                      f"{stats['chat_template']}")
+        show_rows(console, tokenizer, train, show, recipe.data.train_on)
+        return stats
     for table in stats_tables(stats):
         console.print(table)
     shown = 0
