@@ -1,13 +1,14 @@
 """`tunekit preprocess` for preference and ReFT data: row counts, and rows shown as the trainers will see them.
 
 Preference rows are rendered as TRL renders them: the prompt with the generation prompt, then each answer as
-the text the template adds after it (rendering prompt + answer). Every answer token carries the objective, so
+the text rendering prompt + answer adds after their common prefix. Every answer token carries the objective, so
 the whole answer is marked. ReFT rows show the question, the warm-up SFT example (question -> solution, the
 solution marked as trained exactly as the warm-up masks it) and the answer the rewards compare against.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.console import Console
@@ -43,8 +44,11 @@ def _trained(text: str) -> Text:
 
 
 def _answer_text(tokenizer: Any, prompt: list[dict], answer: list[dict], head: str) -> str:
+    """The answer as TRL splits it: prompt + answer rendered, minus its common prefix with the rendered prompt
+    (TRL does this because some templates, DeepSeek-R1's, add text to the generation prompt only)."""
     full = tokenizer.apply_chat_template([*prompt, *answer], tokenize=False)
-    return full[len(head):]
+    common = len(os.path.commonprefix([head, full]))
+    return full[common:]
 
 
 def show_preference_row(console: Console, tokenizer: Any, row: dict, n: int) -> None:
