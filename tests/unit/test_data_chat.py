@@ -241,3 +241,39 @@ def test_preference_template_errors_name_the_row(tok, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"p.jsonl: row 2 .*System role not supported"):
         _build(tok, tmp_path, {"path": str(f), "format": "preference"}, chat_template=str(template))
     assert tok.chat_template == NO_SYSTEM  # the recipe's template is the one TRL will render with
+
+
+# ------------------------------------------------------------------------------ templates rewriting earlier turns
+
+# DeepSeek-R1-like: earlier assistant turns lose their reasoning (the text up to </think>), the last keeps it.
+STRIPS_REASONING = ("{% for m in messages %}{% set c = m['content'] %}"
+                    "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+                    "{{ '<|im_start|>' + m['role'] + '\n' + c + '<|im_end|>\n' }}{% endfor %}"
+                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_multi_turn_per_turn_for_templates_rewriting_earlier_turns(tok, tmp_path: Path) -> None:
+    template = tmp_path / "r1ish.jinja"
+    template.write_text(STRIPS_REASONING)
+    convo = _chat(("user", "2+2?"), ("assistant", "<think>add</think>4"), ("user", "3+3?"),
+                  ("assistant", "<think>add again</think>6"))
+    f = _write(tmp_path / "d.jsonl", [convo, _chat(("user", "hi"), ("assistant", "hello"))])
+    spec = {"path": str(f), "format": "messages"}
+    with pytest.raises(UserError, match=r"d.jsonl: row 1 .*prefixes consistently.*multi_turn: per_turn"):
+        _build(tok, tmp_path, spec, chat_template=str(template), multi_turn="consistent")
+    for mode in ("auto", "per_turn"):
+        train, _, stats = _build(tok, tmp_path, spec, chat_template=str(template), multi_turn=mode)
+        texts = sorted((tok.decode(r["input_ids"]), _trained(tok, r)) for r in train)
+        # Each assistant turn is trained once, with the context the model sees when it writes that turn.
+        assert texts == sorted([
+            ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>add</think>4<|im_end|>\n",
+             "<think>add</think>4<|im_end|>\n"),
+            ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n3+3?<|im_end|>\n"
+             "<|im_start|>assistant\n<think>add again</think>6<|im_end|>\n", "<think>add again</think>6<|im_end|>\n"),
+            ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n", "hello<|im_end|>\n"),
+        ])
+        per = stats["train"]["datasets"][str(f)]
+        assert (per["rows_in"], per["rows_out"], per["split_rows"], per["expanded"]) == (2, 3, 1, 1)
+    # A consistent template is never split under auto.
+    _, _, stats = _build(tok, tmp_path, spec, chat_template="chatml", multi_turn="auto")
+    assert stats["train"]["split_rows"] == 0 and stats["train"]["rows_out"] == 2

@@ -61,13 +61,58 @@ def _check_tools_rendered(render: Render, messages: list[dict], tools: list[dict
             "`tools` (data.chat_template: qwen2.5, or the model's own tool-capable template).")
 
 
+class InconsistentPrefixes(UserError):
+    pass
+
+
+def _inconsistent(where: str, per_turn: bool) -> InconsistentPrefixes:
+    fix = ("even for one assistant turn at a time (the turn does not start with the generation prompt); use "
+           "another template (data.chat_template) or data.train_on: all" if per_turn else
+           "and data.multi_turn is `consistent`. Set data.multi_turn: per_turn (one example per assistant turn, "
+           "rendered as the template renders a conversation ending there) or auto, use another template "
+           "(data.chat_template), or data.train_on: last_assistant / all")
+    return InconsistentPrefixes(f"{where}: the chat template does not render conversation prefixes consistently "
+                                f"(templates that rewrite earlier turns do this), so the assistant tokens cannot be "
+                                f"located safely {fix}.")
+
+
 def assistant_spans(render: Render, messages: list[dict], train_on: str, where: str) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that carry loss (tools: `messages.tools`, if any)."""
+    return conversation_examples(render, messages, train_on, "consistent", where)[0]
+
+
+def conversation_examples(render: Render, messages: list[dict], train_on: str, multi_turn: str,
+                          where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+    """(text, trained character spans) examples for one conversation: the whole conversation with every trained
+    turn masked in, when the template renders its prefixes consistently; otherwise (`multi_turn` auto or
+    per_turn) one example per trained assistant turn, rendered as the conversation ending there."""
     tools = getattr(messages, "tools", None)
+    msgs = list(messages)
     try:
-        return _spans(render, list(messages), tools, train_on, where)
+        if multi_turn != "per_turn" or train_on == "all":
+            try:
+                return [_spans(render, msgs, tools, train_on, where)]
+            except InconsistentPrefixes:
+                if multi_turn == "consistent":
+                    raise
+        return _per_turn(render, msgs, tools, train_on, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
+
+
+def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on: str,
+              where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+    if tools:
+        _check_tools_rendered(render, messages, tools, render(messages, tools=tools), where)
+    out = []
+    for i in trained_turns(messages, train_on, where):
+        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = render(messages[: i + 1], tools=tools)
+        if not upto.startswith(before):
+            raise _inconsistent(where, per_turn=True)
+        _check_turn(render, messages[i], upto[len(before):], where)
+        out.append((upto, [(len(before), len(upto))]))
+    return out
 
 
 def _spans(render: Render, messages: list[dict], tools: list | None, train_on: str,
@@ -83,11 +128,7 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         if not upto.startswith(before) or not full.startswith(upto):
-            raise UserError(
-                f"{where}: the chat template does not render conversation prefixes consistently, so the "
-                "assistant tokens cannot be located safely (templates that rewrite earlier turns do this). Use "
-                "another template (data.chat_template), data.train_on: last_assistant, or data.train_on: all."
-            )
+            raise _inconsistent(where, per_turn=False)
         _check_turn(render, messages[i], full[len(before) : len(upto)], where)
         spans.append((len(before), len(upto)))
     return full, spans

@@ -37,6 +37,8 @@ def stats_tables(stats: dict) -> list[Table]:
             dropped = "; ".join(f"{n} {r}" for r, n in d["dropped"].items()) or "0"
             if d.get("repeated"):
                 dropped += f"; {d['repeated']} repeated (upsampled)"
+            if d.get("split_rows"):
+                dropped += f"; {d['split_rows']} rows split per assistant turn (+{d['expanded']} examples)"
             rows.add_row(split, name, str(d["rows_in"]), str(d["rows_out"]), f"{d['tokens']:,}",
                          f"{d['trained_tokens']:,}", str(d["truncated"]), dropped)
     out = [rows]

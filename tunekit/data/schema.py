@@ -93,6 +93,16 @@ class DataConfig(Section):
         description="Which tokens carry loss: `assistant` (every assistant turn / completion, the default), "
         "`last_assistant` (only the final assistant turn) or `all`.",
     )
+    multi_turn: Literal["auto", "consistent", "per_turn"] = Field(
+        default="auto",
+        description="How conversations with several trained assistant turns become examples. `consistent`: one "
+        "example per conversation, every turn masked in (needs a template that renders conversation prefixes "
+        "consistently; an error otherwise). `per_turn`: one example per trained assistant turn, rendered as the "
+        "template renders a conversation ending there (earlier turns are context only): what the model sees at "
+        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-R1, Phi-3), at the cost of "
+        "repeating the context. `auto`: `consistent` where the template allows it, else `per_turn` for that row "
+        "(counted in the statistics).",
+    )
     system_role: Literal["keep", "merge_into_first_user"] = Field(
         default="keep",
         description="`keep` system messages as they are, or `merge_into_first_user`: put the system text before "
