@@ -277,3 +277,30 @@ def test_multi_turn_per_turn_for_templates_rewriting_earlier_turns(tok, tmp_path
     # A consistent template is never split under auto.
     _, _, stats = _build(tok, tmp_path, spec, chat_template="chatml", multi_turn="auto")
     assert stats["train"]["split_rows"] == 0 and stats["train"]["rows_out"] == 2
+
+
+# Qwen3-like: reasoning_content rendered as a <think> block, only for assistant turns after the last user turn.
+RENDERS_REASONING = (
+    "{% set ns = namespace(last_user=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
+    "{% if m['role'] == 'assistant' and m.reasoning_content and loop.index0 > ns.last_user %}"
+    "{{ '<think>\n' + m.reasoning_content + '\n</think>\n\n' }}{% endif %}{{ m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_reasoning_content_is_rendered_and_trained_or_refused(tok, tmp_path: Path) -> None:
+    template = tmp_path / "qwen3ish.jinja"
+    template.write_text(RENDERS_REASONING)
+    row = {"messages": [{"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": "two and two"},
+                        {"role": "user", "content": "3+3?"},
+                        {"role": "assistant", "content": "6", "thinking": "three and three"}]}
+    f = _write(tmp_path / "d.jsonl", [row])
+    train, _, stats = _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template=str(template))
+    trained = sorted(_trained(tok, r) for r in train)  # earlier reasoning is dropped in context: split per turn
+    assert trained == ["<think>\nthree and three\n</think>\n\n6<|im_end|>\n", "<think>\ntwo and two\n</think>\n\n4<|im_end|>\n"]
+    assert stats["train"]["split_rows"] == 1
+    with pytest.raises(UserError, match=r"d.jsonl: row 1.*`chatml` does not render the assistant turn's "
+                                        "`reasoning_content`"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template="chatml")

@@ -43,6 +43,12 @@ def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
                 f"assistant turn's call to `{call['function']['name']}` is missing from its rendered text), so the "
                 "call would not be trained. Choose a template that renders `tool_calls` (data.chat_template: "
                 "qwen2.5, or the model's own tool-capable template).")
+    if m.get("reasoning_content") and m["reasoning_content"].strip() not in trained:
+        raise UserError(
+            f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render the assistant turn's "
+            "`reasoning_content`, so the reasoning would not be trained. Choose a template that renders it (the "
+            "model family's own, e.g. Qwen3's or DeepSeek-R1's) or put the reasoning inline in `content` "
+            "(`<think>...</think>` before the answer).")
     content = m["content"].strip()
     end = trained.rfind(content)
     if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():

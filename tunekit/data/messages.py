@@ -7,6 +7,8 @@
   all-text parts are joined with "\\n" (as vLLM joins text parts); any other part is refused naming the row.
 - `tool_calls` arguments may be an object or a JSON string; both become an object, because the families'
   templates (Qwen2.5, Llama-3.1, Mistral) write `arguments | tojson` and a string would be encoded twice.
+- `reasoning_content` (also read: `reasoning`, `thinking`) on an assistant turn is passed to the template,
+  which must render it into the turn (checked when the turn is trained).
 - `train` (axolotl's per-message flag; `training: bool` and `weight: 0|1` are read as the same) overrides
   `data.train_on` for that assistant turn.
 
@@ -21,7 +23,9 @@ import json
 from tunekit.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
-PASSED_KEYS = ("tool_call_id", "name")  # kept on tool turns for the templates that name the tool / call id
+PASSED_KEYS = ("tool_call_id", "name")
+# A turn's reasoning, passed to the template as `reasoning_content` (what Qwen3 and DeepSeek-R1 templates read).
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # kept on tool turns for the templates that name the tool / call id
 
 
 class RowError(UserError):
@@ -154,6 +158,11 @@ def message(m: object, field: str, where: str) -> dict:
                                                  allow_none=calls is not None)}
     if calls is not None:
         out["tool_calls"] = tool_calls(calls, f"{field}.tool_calls", where)
+    reasoning = next((m[k] for k in REASONING_KEYS if m.get(k)), None)
+    if reasoning is not None:
+        if role != "assistant":
+            raise RowError(f"{where}: {field} has reasoning but role {role!r}; only assistant turns reason")
+        out["reasoning_content"] = content_text(reasoning, f"{field}.reasoning_content", where)
     if role == "tool":
         out.update({k: str(m[k]) for k in PASSED_KEYS if m.get(k) is not None})
     flag = train_flag(m, field, where)
