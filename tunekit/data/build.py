@@ -13,7 +13,8 @@ from typing import Any
 
 from tunekit.data import cache
 from tunekit.data.formats import FORMATS
-from tunekit.data.masking import assistant_spans, tokenize_plain, tokenize_texts
+from tunekit.data.masking import conversation_examples, tokenize_plain, tokenize_texts
+from tunekit.data.messages import merge_system_into_first_user
 from tunekit.data.packing import pack
 from tunekit.data.preference import build_preference_datasets, is_preference_data
 from tunekit.data.schema import DataConfig, DatasetSpec
@@ -57,11 +58,18 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
         chunk = indices[start : start + CHUNK]
         wheres = [rows.where[i] for i in chunk]
         items = [fmt(rows.rows[i], spec, w) for i, w in zip(chunk, wheres)]
+        if spec.format != "text" and cfg.system_role == "merge_into_first_user":
+            items = [merge_system_into_first_user(m) for m in items]  # type: ignore[arg-type]
         if spec.format == "text":
             encs = tokenize_plain(tokenizer, items)  # type: ignore[arg-type]
         else:
-            rendered = [assistant_spans(render, m, cfg.train_on, w) for m, w in zip(items, wheres)]  # type: ignore[arg-type]
-            encs = tokenize_texts(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
+            examples = [conversation_examples(render, m, cfg.train_on, cfg.multi_turn, w)  # type: ignore[arg-type]
+                        for m, w in zip(items, wheres)]
+            stats.split_rows += sum(len(e) > 1 for e in examples)
+            stats.expanded += sum(len(e) - 1 for e in examples)
+            wheres = [w for e, w in zip(examples, wheres) for _ in e]
+            flat = [x for e in examples for x in e]
+            encs = tokenize_texts(tokenizer, [t for t, _ in flat], [s for _, s in flat])
         for enc, where in zip(encs, wheres):
             row = finish(enc["input_ids"], enc["spans"], cfg, stats, f"{where} (dataset {spec.path})")
             if row is not None:
@@ -117,7 +125,7 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
             st.dropped[NOT_SELECTED] += len(rows.rows) - len(set(idx))
         examples += encode_rows(spec, rows, idx, cfg, tokenizer, render, st)
     for name, st in per.items():  # nothing lost: every row read is in the output or counted with a reason
-        if st.rows_in + st.repeated - sum(st.dropped.values()) != st.rows_out:
+        if st.rows_in + st.repeated + st.expanded - sum(st.dropped.values()) != st.rows_out:
             raise RuntimeError(f"tunekit bug: row accounting for {name} does not add up: {st.as_dict()}")
     return examples, per
 
@@ -131,7 +139,7 @@ def _empty_error(split: str, per: dict[str, DataStats]) -> UserError:
 def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int) -> tuple[list, list, dict]:
     """Rows (plain lists) and statistics, without the cache."""
     rng = random.Random(seed)
-    render = renderer(tokenizer, template) if template else None
+    render = renderer(tokenizer, template, cfg.chat_template) if template else None
     train, train_per = encode_specs(cfg.train, cfg, tokenizer, render, rng)
     rng.shuffle(train)
     evals, eval_per = encode_specs(cfg.eval, cfg, tokenizer, render, rng) if cfg.eval else ([], {})

@@ -26,7 +26,7 @@ from tunekit.data.schema import DataConfig
 from tunekit.data.sources import HUB, local_files
 from tunekit.run_dir import file_sha256
 
-CACHE_VERSION = 1  # bump when the encoding logic changes what a cached entry contains
+CACHE_VERSION = 2  # bump when the encoding logic changes what a cached entry contains
 
 
 def cache_root(cfg: DataConfig) -> Path:

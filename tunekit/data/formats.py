@@ -9,15 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tunekit.errors import UserError
+from tunekit.data.messages import (
+    ROLES,
+    Conversation,
+    RowError,
+    content_text,
+    message,
+    tool_calls,
+    tools_schema,
+)
 
-ROLES = ("system", "user", "assistant", "tool")
+__all__ = ["FORMATS", "ROLES", "RowError"]
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
-
-
-class RowError(UserError):
-    pass
 
 
 def _get(row: dict, key: str, spec: Any, where: str, optional: bool = False) -> object:
@@ -59,20 +63,33 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
     return _with_system(msgs, _text(system, "system", where) if system else spec.system)
 
 
+def _row_tools(row: dict, spec: Any, where: str) -> list[dict] | None:
+    """The row's `tools` column (tool schemas passed to the chat template), if it has one."""
+    return tools_schema(_get(row, "tools", spec, where, optional=True), spec.columns.get("tools", "tools"), where)
+
+
+def _conversation(msgs: list[dict], row: dict, spec: Any, where: str) -> Conversation:
+    system = _get(row, "system", spec, where, optional=True)
+    msgs = _with_system(msgs, _text(system, "system", where) if system else spec.system)
+    return Conversation.of(_check_trainable(msgs, where), _row_tools(row, spec, where))
+
+
 def messages_format(row: dict, spec: Any, where: str) -> list[dict]:
     msgs = _get(row, "messages", spec, where)
     if not isinstance(msgs, list) or not msgs:
         raise RowError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects, "
                        f"found {type(msgs).__name__}")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise RowError(f"{where}: messages[{i}] must have `role` and `content`")
-        if m["role"] not in ROLES:
-            raise RowError(f"{where}: messages[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}")
-        out.append({"role": m["role"], "content": _text(m["content"], f"messages[{i}].content", where)})
-    system = _get(row, "system", spec, where, optional=True)
-    return _check_trainable(_with_system(out, _text(system, "system", where) if system else spec.system), where)
+    return _conversation([message(m, f"messages[{i}]", where) for i, m in enumerate(msgs)], row, spec, where)
+
+
+def _sharegpt_turn(t: dict, role: str | None, i: int, roles: dict, where: str) -> dict:
+    field = f"conversations[{i}]"
+    if role not in ROLES:
+        raise RowError(f"{where}: {field}.from is {t['from']!r}, which the role map does not know; "
+                       f"add it under `roles:` (known: {', '.join(sorted(roles))})")
+    if t["from"] == "function_call":  # LLaMA-Factory: the value is the call(s) as JSON
+        return {"role": "assistant", "content": "", "tool_calls": tool_calls(t["value"], f"{field}.value", where)}
+    return {"role": role, "content": content_text(t["value"], f"{field}.value", where)}
 
 
 def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
@@ -84,13 +101,8 @@ def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
     for i, t in enumerate(turns):
         if not isinstance(t, dict) or "from" not in t or "value" not in t:
             raise RowError(f"{where}: conversations[{i}] must have `from` and `value`")
-        role = roles.get(t["from"])
-        if role not in ROLES:
-            raise RowError(f"{where}: conversations[{i}].from is {t['from']!r}, which the role map does not know; "
-                           f"add it under `roles:` (known: {', '.join(sorted(roles))})")
-        out.append({"role": role, "content": _text(t["value"], f"conversations[{i}].value", where)})
-    system = _get(row, "system", spec, where, optional=True)
-    return _check_trainable(_with_system(out, _text(system, "system", where) if system else spec.system), where)
+        out.append(_sharegpt_turn(t, roles.get(t["from"]), i, roles, where))
+    return _conversation(out, row, spec, where)
 
 
 def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:

@@ -15,38 +15,127 @@ import bisect
 from collections.abc import Callable
 from typing import Any
 
-from tunekit.data.templates import renderer
+from tunekit.data.templates import TemplateFailure, renderer
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
 
 
+def trained_turns(messages: list[dict], train_on: str, where: str) -> list[int]:
+    """Indices of the assistant turns that carry loss: `train_on`, overridden per message by a `train` flag."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    flagged = [i for i in turns if messages[i].get("train") is not None]
+    if train_on == "all":
+        if any(not messages[i]["train"] for i in flagged):
+            raise UserError(f"{where}: a message is marked `train: false` but data.train_on is `all` (every token "
+                            "trained); use data.train_on: assistant to honour per-message flags")
+        return turns
+    default = turns[-1:] if train_on == "last_assistant" else turns
+    return [i for i in turns if messages[i].get("train", i in default)]
+
+
+def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
+    """An assistant turn must end with end-of-turn text, and its tool calls must be in the rendered text."""
+    for call in m.get("tool_calls", ()):
+        if call["function"]["name"] not in trained:
+            raise UserError(
+                f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render tool calls (the "
+                f"assistant turn's call to `{call['function']['name']}` is missing from its rendered text), so the "
+                "call would not be trained. Choose a template that renders `tool_calls` (data.chat_template: "
+                "qwen2.5, or the model's own tool-capable template).")
+    if m.get("reasoning_content") and m["reasoning_content"].strip() not in trained:
+        raise UserError(
+            f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render the assistant turn's "
+            "`reasoning_content`, so the reasoning would not be trained. Choose a template that renders it (the "
+            "model family's own, e.g. Qwen3's or DeepSeek-R1's) or put the reasoning inline in `content` "
+            "(`<think>...</think>` before the answer).")
+    content = m["content"].strip()
+    end = trained.rfind(content)
+    if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():
+        raise UserError(
+            f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
+            "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
+            "token (data.chat_template: chatml, llama3, ...)."
+        )
+
+
+def _check_tools_rendered(render: Render, messages: list[dict], tools: list[dict], full: str, where: str) -> None:
+    if render(messages, tools=None) == full:
+        raise UserError(
+            f"{where}: the row has tool schemas (`tools`) but {getattr(render, 'template_name', 'the chat template')} "
+            "ignores them, so the model would never see the tools it may call. Choose a template that renders "
+            "`tools` (data.chat_template: qwen2.5, or the model's own tool-capable template).")
+
+
+class InconsistentPrefixes(UserError):
+    pass
+
+
+def _inconsistent(where: str, per_turn: bool) -> InconsistentPrefixes:
+    fix = ("even for one assistant turn at a time (the turn does not start with the generation prompt); use "
+           "another template (data.chat_template) or data.train_on: all" if per_turn else
+           "and data.multi_turn is `consistent`. Set data.multi_turn: per_turn (one example per assistant turn, "
+           "rendered as the template renders a conversation ending there) or auto, use another template "
+           "(data.chat_template), or data.train_on: last_assistant / all")
+    return InconsistentPrefixes(f"{where}: the chat template does not render conversation prefixes consistently "
+                                f"(templates that rewrite earlier turns do this), so the assistant tokens cannot be "
+                                f"located safely {fix}.")
+
+
 def assistant_spans(render: Render, messages: list[dict], train_on: str, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans that carry loss."""
-    full = render(messages)
+    """The rendered conversation and the character spans that carry loss (tools: `messages.tools`, if any)."""
+    return conversation_examples(render, messages, train_on, "consistent", where)[0]
+
+
+def conversation_examples(render: Render, messages: list[dict], train_on: str, multi_turn: str,
+                          where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+    """(text, trained character spans) examples for one conversation: the whole conversation with every trained
+    turn masked in, when the template renders its prefixes consistently; otherwise (`multi_turn` auto or
+    per_turn) one example per trained assistant turn, rendered as the conversation ending there."""
+    tools = getattr(messages, "tools", None)
+    msgs = list(messages)
+    try:
+        if multi_turn != "per_turn" or train_on == "all":
+            try:
+                return [_spans(render, msgs, tools, train_on, where)]
+            except InconsistentPrefixes:
+                if multi_turn == "consistent":
+                    raise
+        return _per_turn(render, msgs, tools, train_on, where)
+    except TemplateFailure as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on: str,
+              where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+    if tools:
+        _check_tools_rendered(render, messages, tools, render(messages, tools=tools), where)
+    out = []
+    for i in trained_turns(messages, train_on, where):
+        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = render(messages[: i + 1], tools=tools)
+        if not upto.startswith(before):
+            raise _inconsistent(where, per_turn=True)
+        _check_turn(render, messages[i], upto[len(before):], where)
+        out.append((upto, [(len(before), len(upto))]))
+    return out
+
+
+def _spans(render: Render, messages: list[dict], tools: list | None, train_on: str,
+           where: str) -> tuple[str, list[tuple[int, int]]]:
+    full = render(messages, tools=tools)
+    if tools:
+        _check_tools_rendered(render, messages, tools, full, where)
+    turns = trained_turns(messages, train_on, where)
     if train_on == "all":
         return full, [(0, len(full))]
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if train_on == "last_assistant":
-        turns = turns[-1:]
     spans = []
     for i in turns:
-        before = render(messages[:i], add_generation_prompt=True) if i else ""
-        upto = full if i == len(messages) - 1 else render(messages[: i + 1])
+        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         if not upto.startswith(before) or not full.startswith(upto):
-            raise UserError(
-                f"{where}: the chat template does not render conversation prefixes consistently, so the "
-                "assistant tokens cannot be located safely (templates that rewrite earlier turns do this). Use "
-                "another template (data.chat_template), data.train_on: last_assistant, or data.train_on: all."
-            )
-        trained, content = full[len(before) : len(upto)], messages[i]["content"].strip()
-        end = trained.rfind(content)
-        if content and end >= 0 and not trained[end + len(content) :].strip():
-            raise UserError(
-                f"{where}: the chat template writes nothing after an assistant turn (no EOS / end-of-turn), so the "
-                "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
-                "token (data.chat_template: chatml, llama3, ...)."
-            )
+            raise _inconsistent(where, per_turn=False)
+        _check_turn(render, messages[i], full[len(before) : len(upto)], where)
         spans.append((len(before), len(upto)))
     return full, spans
 

@@ -15,39 +15,50 @@ import random
 from collections import Counter
 from typing import Any
 
-from tunekit.data.formats import ROLES, RowError, _get
+from tunekit.data.formats import RowError, _get
+from tunekit.data.messages import message
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.sources import read_rows
+from tunekit.data.templates import TemplateFailure, apply_chat_template_choice, renderer
 from tunekit.errors import UserError
 
 
 def _prompt(value: object, where: str) -> list[dict]:
-    """A prompt is a string (one user turn) or a list of {role, content} messages ending before the answer."""
+    """A prompt is a string (one user turn) or a list of messages ending with the user (or tool) turn answered."""
     if isinstance(value, str):
         if not value.strip():
             raise RowError(f"{where}: `prompt` is empty")
         return [{"role": "user", "content": value}]
-    return _messages(value, "prompt", where)
+    msgs = _messages(value, "prompt", where)
+    if msgs[-1]["role"] not in ("user", "tool"):
+        raise RowError(f"{where}: `prompt` must end with the user (or tool) turn the completion answers; its last "
+                       f"turn is {msgs[-1]['role']!r}. Check the column mapping (`columns:`): prompt and completion "
+                       "may be swapped")
+    return msgs
 
 
 def _answer(value: object, field: str, where: str) -> list[dict]:
-    """A completion is a string (one assistant turn) or a list of assistant messages."""
+    """A completion is a string (one assistant turn) or a list of messages starting with an assistant turn."""
     if isinstance(value, str):
         if not value.strip():
             raise RowError(f"{where}: `{field}` is empty")
         return [{"role": "assistant", "content": value}]
-    return _messages(value, field, where)
+    msgs = _messages(value, field, where)
+    if msgs[0]["role"] != "assistant":
+        raise RowError(f"{where}: `{field}` must start with an assistant turn; its first turn is "
+                       f"{msgs[0]['role']!r}. Check the column mapping (`columns:`): prompt and completion may be "
+                       "swapped")
+    return msgs
 
 
 def _messages(value: object, field: str, where: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise RowError(f"{where}: `{field}` must be a string or a non-empty list of {{role, content}} messages, "
                        f"found {type(value).__name__}")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise RowError(f"{where}: {field}[{i}] must be {{role: {'|'.join(ROLES)}, content: str}}")
-        out.append({"role": m["role"], "content": m["content"]})
+    out = [message(m, f"{field}[{i}]", where) for i, m in enumerate(value)]
+    if any("train" in m for m in out):  # preference objectives score whole completions, never single turns
+        raise RowError(f"{where}: `{field}` has per-message `train` flags, which preference trainers cannot honour "
+                       "(they score the whole completion); remove them")
     return out
 
 
@@ -88,43 +99,71 @@ ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_
                   "prompt_answer": prompt_answer_row}
 
 
-def read_spec(spec: DatasetSpec, cfg: DataConfig, dropped: Counter) -> list[dict]:
+def check_renders(render: Any, row: dict, where: str) -> None:
+    """Render the row as TRL will (prompt with the generation prompt; prompt + each answer), so that an error
+    raised inside the chat template names the row instead of escaping from TRL's dataset map."""
+    answers = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+    if "solution" in row:
+        answers = [[{"role": "assistant", "content": row["solution"]}]]
+    try:
+        render(row["prompt"], add_generation_prompt=True)
+        for answer in answers:
+            render([*row["prompt"], *answer])
+    except TemplateFailure as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def read_spec(spec: DatasetSpec, cfg: DataConfig, render: Any, per: dict) -> list[dict]:
     loaded = read_rows(spec)
     convert = ROW_CONVERTERS[spec.format]
-    out = []
+    out, dropped = [], Counter()
     for row, where in zip(loaded.rows, loaded.where):
         try:
             out.append(convert(row, spec, where))
         except RowError as e:
             if not (cfg.drop_invalid_pairs and spec.format != "prompt_answer"):
                 raise
-            reason = "chosen identical to rejected" if "identical" in str(e) else "invalid row"
-            dropped[reason] += 1
+            dropped["chosen identical to rejected" if "identical" in str(e) else "invalid row"] += 1
+            continue
+        check_renders(render, out[-1], where)
+    per[spec.path] = {"rows_in": len(loaded.rows), "rows_out": len(out), "dropped": dict(dropped)}
     return out
 
 
+def _split_stats(per: dict, rows: int) -> dict:
+    dropped: Counter = Counter()
+    for d in per.values():
+        dropped.update(d["dropped"])
+    return {"rows_in": sum(d["rows_in"] for d in per.values()), "rows_out": rows, "dropped": dict(dropped),
+            "datasets": per, "trained_tokens": "n/a"}
+
+
 def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any | None, dict]:
-    """Returns (train Dataset, eval Dataset or None, stats) with the conversational columns TRL reads."""
+    """Returns (train Dataset, eval Dataset or None, stats) with the conversational columns TRL reads.
+
+    Sets `tokenizer.chat_template` to the recipe's choice, which TRL then renders with (and the run saves)."""
     from datasets import Dataset
 
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError("model: the tokenizer has no chat template; choose a model whose tokenizer ships one")
+    template = apply_chat_template_choice(tokenizer, cfg.chat_template)
+    render = renderer(tokenizer, template, cfg.chat_template)  # type: ignore[arg-type]
     kinds = {s.format for s in [*cfg.train, *cfg.eval]}
     if len(kinds) > 1:
         raise UserError(f"data: all datasets of one run must share a format; found {', '.join(sorted(kinds))}")
-    dropped_train, dropped_eval = Counter(), Counter()
-    train = [r for spec in cfg.train for r in read_spec(spec, cfg, dropped_train)]
+    per_train: dict = {}
+    per_eval: dict = {}
+    train = [r for spec in cfg.train for r in read_spec(spec, cfg, render, per_train)]
     rng = random.Random(cfg.data_seed(seed))
     rng.shuffle(train)
-    evals = [r for spec in cfg.eval for r in read_spec(spec, cfg, dropped_eval)]
+    evals = [r for spec in cfg.eval for r in read_spec(spec, cfg, render, per_eval)]
+    held_out = 0
     if cfg.eval_fraction:
-        n_eval = max(1, int(len(train) * cfg.eval_fraction))
-        evals, train = train[:n_eval], train[n_eval:]
+        held_out = max(1, int(len(train) * cfg.eval_fraction))
+        evals, train = train[:held_out], train[held_out:]
     if not train:
         raise UserError("data: no training rows left after dropping invalid pairs (see the drop counts)")
-    stats = {"train": {"rows_out": len(train), "dropped": dict(dropped_train), "trained_tokens": "n/a"},
-             "eval": {"rows_out": len(evals), "dropped": dict(dropped_eval)} if cfg.eval else None,
-             "train_rows": len(train), "eval_rows": len(evals)}
+    stats = {"train": _split_stats(per_train, len(train)), "eval": _split_stats(per_eval, len(evals)) if cfg.eval
+             else None, "train_rows": len(train), "eval_rows": len(evals), "held_out_for_eval": held_out,
+             "chat_template": cfg.chat_template or "tokenizer", "format": kinds.pop()}
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
 
 

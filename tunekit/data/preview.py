@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from tunekit.data.build import build_datasets
 from tunekit.data.packing import unpack
+from tunekit.data.preview_rows import CLOSE, OPEN, marked, preference_table, show_rows
+from tunekit.data.schema import NON_SFT_FORMATS
 from tunekit.model.builtin import TOKENIZER_DIR, is_builtin
 from tunekit.model.load import load_tokenizer
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
 
-OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 
 
 def load_data_tokenizer(recipe: Recipe) -> Any:
@@ -39,6 +39,8 @@ def stats_tables(stats: dict) -> list[Table]:
             dropped = "; ".join(f"{n} {r}" for r, n in d["dropped"].items()) or "0"
             if d.get("repeated"):
                 dropped += f"; {d['repeated']} repeated (upsampled)"
+            if d.get("split_rows"):
+                dropped += f"; {d['split_rows']} rows split per assistant turn (+{d['expanded']} examples)"
             rows.add_row(split, name, str(d["rows_in"]), str(d["rows_out"]), f"{d['tokens']:,}",
                          f"{d['trained_tokens']:,}", str(d["truncated"]), dropped)
     out = [rows]
@@ -65,21 +67,6 @@ def stats_tables(stats: dict) -> list[Table]:
     return out
 
 
-def marked(tokenizer: Any, ids: list[int], labels: list[int]) -> Text:
-    """The example's text with trained tokens in bold green between [[ and ]]."""
-    text = Text()
-    i = 0
-    while i < len(ids):
-        trained = labels[i] != -100
-        j = i
-        while j < len(ids) and (labels[j] != -100) == trained:
-            j += 1
-        piece = tokenizer.decode(ids[i:j])
-        text.append(f"{OPEN}{piece}{CLOSE}" if trained else piece, style="bold green" if trained else "dim")
-        i = j
-    return text
-
-
 def preprocess(recipe: Recipe, show: int = 0) -> dict:
 
     console = Console()
@@ -87,6 +74,12 @@ def preprocess(recipe: Recipe, show: int = 0) -> dict:
         console = Console(width=160)
     tokenizer = load_data_tokenizer(recipe)
     train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    if stats.get("format") in NON_SFT_FORMATS:  # conversational rows for TRL: shown as TRL renders them
+        console.print(preference_table(stats))
+        console.print(f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, chat template "
+                      f"{stats['chat_template']}")
+        show_rows(console, tokenizer, train, show, recipe.data.train_on)
+        return stats
     for table in stats_tables(stats):
         console.print(table)
     shown = 0

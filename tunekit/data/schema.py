@@ -15,6 +15,13 @@ FormatName = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "tex
 FORMATS: tuple[str, ...] = typing.get_args(FormatName)
 # Formats only the preference / RL trainers read; every other format is an SFT format.
 NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
+# The columns each format requires (before a dataset's `columns:` renaming): how a JSON file holding one
+# object tells "this object is one row" from "this object wraps the rows".
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "output"), "messages": ("messages",), "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"), "text": ("text",), "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"), "prompt_answer": ("question", "answer", "solution"),
+}
 
 
 class DatasetSpec(Section):
@@ -53,6 +60,11 @@ class DatasetSpec(Section):
         default=None, ge=1,
         description="Take exactly this many rows from this dataset (a seeded sample; rows repeat if it is larger).",
     )
+    field: str | None = Field(
+        default=None,
+        description="JSON files holding one object: the key whose list holds the rows (e.g. `data` for "
+        '`{"data": [...]}`). Needed only when the object has several list fields.',
+    )
     split: str = Field(default="train", description="Split to read from a hub dataset or a saved DatasetDict.")
     subset: str | None = Field(default=None, description="Hub dataset configuration (subset) name.")
     revision: str | None = Field(
@@ -82,6 +94,21 @@ class DataConfig(Section):
         default="assistant",
         description="Which tokens carry loss: `assistant` (every assistant turn / completion, the default), "
         "`last_assistant` (only the final assistant turn) or `all`.",
+    )
+    multi_turn: Literal["auto", "consistent", "per_turn"] = Field(
+        default="auto",
+        description="How conversations with several trained assistant turns become examples. `consistent`: one "
+        "example per conversation, every turn masked in (needs a template that renders conversation prefixes "
+        "consistently; an error otherwise). `per_turn`: one example per trained assistant turn, rendered as the "
+        "template renders a conversation ending there (earlier turns are context only): what the model sees at "
+        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-R1, Phi-3), at the cost of "
+        "repeating the context. `auto`: `consistent` where the template allows it, else `per_turn` for that row "
+        "(counted in the statistics).",
+    )
+    system_role: Literal["keep", "merge_into_first_user"] = Field(
+        default="keep",
+        description="`keep` system messages as they are, or `merge_into_first_user`: put the system text before "
+        "the first user message, for templates that have no system turn (Gemma-2 raises on one).",
     )
     drop_untrained: bool = Field(
         default=False,

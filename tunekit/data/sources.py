@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunekit.data.schema import ROW_KEYS
 from tunekit.errors import UserError
 from tunekit.paths import asset
 
@@ -75,7 +76,26 @@ def read_jsonl(path: Path) -> Rows:
     return out
 
 
-def read_json(path: Path) -> Rows:
+def _unwrap(data: dict, path: Path, field: str | None, row_keys: set[str]) -> object:
+    """The rows of a file holding one JSON object: its `field`, the object itself when it is one row (it has a
+    column the format reads, e.g. `{"conversations": [...]}`), or its only list field (`{"data": [...]}`)."""
+    lists = [k for k, v in data.items() if isinstance(v, list)]
+    if field is not None:
+        if not isinstance(data.get(field), list):
+            raise UserError(f"{path}: `field: {field}` names no list in the file's top-level object; its list "
+                            f"fields: {', '.join(lists) or 'none'}")
+        return data[field]
+    if row_keys & set(data):
+        return [data]
+    if len(lists) == 1:
+        return data[lists[0]]
+    found = f"{len(lists)} list fields ({', '.join(lists)})" if lists else "no list field"
+    raise UserError(f"{path}: the file holds one JSON object with {found}, and none of the columns the format "
+                    f"reads ({', '.join(sorted(row_keys))}); set `field:` in this dataset's entry "
+                    "(data.train[].field) to the key whose list holds the rows")
+
+
+def read_json(path: Path, field: str | None = None, row_keys: frozenset[str] = frozenset()) -> Rows:
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
@@ -83,8 +103,11 @@ def read_json(path: Path) -> Rows:
         if e.msg == "Extra data":  # several JSON objects, one per line: JSON Lines under a .json name
             return read_jsonl(path)
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]}
+    if isinstance(data, dict):
+        data = _unwrap(data, path, field, set(row_keys))
+    elif field is not None:
+        raise UserError(f"{path}: `field: {field}` is set but the file holds a JSON {type(data).__name__}, not an "
+                        "object; remove `field:`")
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines), found {type(data).__name__}")
     out = Rows(str(path))
@@ -112,12 +135,12 @@ def _csv_string_features(path: Path) -> object:
     return Features({name: Value("string") for name in header})
 
 
-def read_file(path: Path) -> Rows:
+def read_file(path: Path, field: str | None = None, row_keys: frozenset[str] = frozenset()) -> Rows:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".json":
-        return read_json(path)
+        return read_json(path, field, row_keys)
     from datasets import Dataset
 
     try:
@@ -171,8 +194,9 @@ def read_rows(spec: object) -> Rows:
         out = read_saved(resolve_path(path), spec.split)  # type: ignore[attr-defined]
     else:
         out = Rows(path)
+        keys = frozenset(spec.columns.get(k, k) for k in ROW_KEYS[spec.format])  # type: ignore[attr-defined]
         for f in local_files(path):
-            part = read_file(f)
+            part = read_file(f, spec.field, keys)  # type: ignore[attr-defined]
             out.rows += part.rows
             out.where += part.where
     if not out.rows:

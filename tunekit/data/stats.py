@@ -1,4 +1,7 @@
-"""Preprocessing statistics: every row read is either in the output or counted with its reason."""
+"""Preprocessing statistics: every row read is either in the output or counted with its reason.
+
+Rows and examples: rows_in + repeated + expanded = examples; examples = rows_out + dropped. A conversation
+split into one example per assistant turn (data.multi_turn) adds `expanded` examples beyond its row."""
 
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ class DataStats:
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     repeated: int = 0  # extra copies added by `samples`/`weight` upsampling
+    split_rows: int = 0  # conversations trained one assistant turn per example (data.multi_turn)
+    expanded: int = 0  # the extra examples those splits added
     lengths: list[int] = field(default_factory=list, repr=False)
 
     def add(self, other: DataStats) -> None:
-        for name in ("rows_in", "rows_out", "tokens", "trained_tokens", "truncated", "repeated"):
+        for name in ("rows_in", "rows_out", "tokens", "trained_tokens", "truncated", "repeated", "split_rows",
+                     "expanded"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dropped.update(other.dropped)
         self.lengths += other.lengths
@@ -26,7 +32,7 @@ class DataStats:
     def as_dict(self) -> dict:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "tokens": self.tokens,
                 "trained_tokens": self.trained_tokens, "truncated": self.truncated, "dropped": dict(self.dropped),
-                "repeated": self.repeated}
+                "repeated": self.repeated, "split_rows": self.split_rows, "expanded": self.expanded}
 
 
 def histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[dict]:

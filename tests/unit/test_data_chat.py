@@ -1,0 +1,306 @@
+"""Chat data as real model families and peer datasets write it: tool calls, content parts, per-turn training
+flags, errors raised inside chat templates, JSON files holding one object, preference rows checked for sense."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tiny_recipe
+from tunekit.data.build import build_datasets
+from tunekit.data.schema import DataConfig
+from tunekit.data.templates import load_template
+from tunekit.errors import UserError
+from tunekit.model.builtin import TOKENIZER_DIR
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "data"
+# A Gemma-2-like template: refuses a system turn with raise_exception, as google/gemma-2-*-it's template does.
+NO_SYSTEM = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture()
+def tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def _build(tok, tmp_path: Path, *specs: dict, **options):
+    options.setdefault("cache_dir", str(tmp_path / "cache"))
+    return build_datasets(DataConfig(train=list(specs), **options), tok, seed=0)
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _trained(tok, row: dict) -> str:
+    return tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100])
+
+
+def _pieces(tok, pieces: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
+    ids, labels = [], []
+    for text, trained in pieces:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [-100] * len(piece)
+    labels[0] = -100  # the first token is never trained (nothing predicts it)
+    return ids, labels
+
+
+def _chat(*turns: tuple[str, str], **extra) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns], **extra}
+
+
+# -------------------------------------------------------------------------------------------------- tool use
+
+
+def test_qwen25_tool_call_conversation_token_by_token(tok, tmp_path: Path) -> None:
+    train, _, _ = _build(tok, tmp_path, {"path": str(FIX / "tool_calls.jsonl"), "format": "messages"},
+                         chat_template="qwen2.5", max_length=1024)
+    row = json.loads((FIX / "tool_calls.jsonl").read_text())
+    tools_json = json.dumps(row["tools"][0])
+    ids, labels = _pieces(tok, [
+        ("<|im_start|>system\nYou can check the weather.\n\n# Tools\n\nYou may call one or more functions to assist "
+         "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+         f"<tools>\n{tools_json}\n</tools>\n\nFor each function call, return a json object with function name and "
+         "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+         "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+         "<|im_start|>assistant\n", 0),
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n', 1),
+        ("<|im_start|>user\n<tool_response>\n18 C, sunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n", 0),
+        ("It is 18 C and sunny in Paris.<|im_end|>\n", 1),
+    ])
+    assert train[0]["input_ids"] == ids
+    assert train[0]["labels"] == labels
+    # The same text as transformers' apply_chat_template given the parsed arguments and tools=.
+    msgs = row["messages"]
+    msgs[2]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    reference = tok.apply_chat_template(msgs, tools=row["tools"], chat_template=load_template("qwen2.5"),
+                                        tokenize=False)
+    assert tok.decode(train[0]["input_ids"]) == reference
+
+
+def test_sharegpt_function_call_observation_and_tools_column_match_openai_messages(tok, tmp_path: Path) -> None:
+    """LLaMA-Factory's shape (function_call/observation roles, tools as a JSON string of bare schemas, arguments
+    as an object) trains exactly what the OpenAI shape (tool_calls with a JSON-string arguments) trains."""
+    openai, _, _ = _build(tok, tmp_path, {"path": str(FIX / "tool_calls.jsonl"), "format": "messages"},
+                          chat_template="qwen2.5", max_length=1024)
+    sharegpt, _, _ = _build(tok, tmp_path, {"path": str(FIX / "sharegpt_tools.json"), "format": "sharegpt"},
+                            chat_template="qwen2.5", max_length=1024)
+    assert sharegpt[0]["input_ids"] == openai[0]["input_ids"]
+    assert sharegpt[0]["labels"] == openai[0]["labels"]
+
+
+def test_template_that_cannot_render_tools_is_an_error_naming_it(tok, tmp_path: Path) -> None:
+    spec = {"path": str(FIX / "tool_calls.jsonl"), "format": "messages"}
+    with pytest.raises(UserError, match=r"tool_calls.jsonl: row 1.*data.chat_template `chatml`.*ignores them"):
+        _build(tok, tmp_path, spec, chat_template="chatml", max_length=1024)
+    row = json.loads((FIX / "tool_calls.jsonl").read_text())
+    del row["tools"]
+    f = _write(tmp_path / "calls.jsonl", [row])
+    with pytest.raises(UserError, match=r"calls.jsonl: row 1.*`chatml` does not render tool calls.*`get_weather`"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template="chatml", max_length=1024)
+
+
+def test_bad_tool_call_arguments_name_the_row(tok, tmp_path: Path) -> None:
+    call = {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{city: Paris"}}]}
+    f = _write(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"}, call]}])
+    with pytest.raises(UserError, match=r"d.jsonl: row 1.*messages\[1\].tool_calls\[0\].arguments is a string but "
+                                        "not valid JSON"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template="qwen2.5")
+
+
+# ------------------------------------------------------------------------------------- errors inside templates
+
+
+def test_template_raise_exception_names_row_message_and_fix(tok, tmp_path: Path) -> None:
+    template = tmp_path / "gemma2ish.jinja"
+    template.write_text(NO_SYSTEM)
+    f = _write(tmp_path / "d.jsonl", [_chat(("user", "a"), ("assistant", "b")),
+                                      _chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."))])
+    spec = {"path": str(f), "format": "messages"}
+    with pytest.raises(UserError, match=r"d.jsonl: row 2 \(line 2\): data.chat_template `.*gemma2ish.jinja` raised "
+                                        r"an error: System role not supported\..*system_role: merge_into_first_user"):
+        _build(tok, tmp_path, spec, chat_template=str(template))
+    train, _, _ = _build(tok, tmp_path, spec, chat_template=str(template), system_role="merge_into_first_user")
+    texts = sorted(tok.decode(r["input_ids"]) for r in train)
+    assert "<|im_start|>user\nBe brief.\n\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n" in texts
+
+
+def test_undefined_special_token_in_template_is_named(tok, tmp_path: Path) -> None:
+    template = tmp_path / "llama3ish.jinja"  # Llama-3's template starts with bos_token; this tokenizer has none
+    template.write_text("{% set content = bos_token + messages[0]['content'] %}{{ content }}")
+    f = _write(tmp_path / "d.jsonl", [_chat(("user", "a"), ("assistant", "b"))])
+    with pytest.raises(UserError, match=r"d.jsonl: row 1 .*'bos_token' is undefined.*does not define"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template=str(template))
+
+
+def test_template_error_exits_2_without_traceback(tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text(NO_SYSTEM)
+    f = _write(tmp_path / "d.jsonl", [_chat(("system", "s"), ("user", "a"), ("assistant", "b"))])
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": str(f), "format": "messages"}],
+                                         "chat_template": str(template)})
+    proc = run_cli("preprocess", recipe)
+    assert proc.returncode == 2, proc.stderr
+    assert "d.jsonl: row 1 (line 1)" in proc.stderr and "System role not supported" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ JSON files, content parts
+
+
+def test_json_object_is_one_row_or_wraps_the_rows(tok, tmp_path: Path) -> None:
+    conv = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(conv))
+    train, _, _ = _build(tok, tmp_path, {"path": str(one), "format": "sharegpt"})
+    assert [_trained(tok, r) for r in train] == ["Hello.<|im_end|>\n"]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [conv, conv], "version": 2}))
+    train, _, _ = _build(tok, tmp_path, {"path": str(wrapped), "format": "sharegpt"})
+    assert len(train) == 2
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"train": [conv], "test": [conv, conv]}))
+    with pytest.raises(UserError, match=r"two.json: .*2 list fields \(train, test\).*set `field:`.*data.train\[\].field"):
+        _build(tok, tmp_path, {"path": str(two), "format": "sharegpt"})
+    train, _, _ = _build(tok, tmp_path, {"path": str(two), "format": "sharegpt", "field": "test"})
+    assert len(train) == 2
+    with pytest.raises(UserError, match=r"`field: dev` names no list.*train, test"):
+        _build(tok, tmp_path, {"path": str(two), "format": "sharegpt", "field": "dev"})
+
+
+def test_text_content_parts_are_joined_and_other_parts_refused(tok, tmp_path: Path) -> None:
+    parts = [{"type": "text", "text": "Look at"}, {"type": "text", "text": "this."}]
+    row = {"messages": [{"role": "user", "content": parts},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Nice."}]}]}
+    f = _write(tmp_path / "d.jsonl", [row])
+    train, _, _ = _build(tok, tmp_path, {"path": str(f), "format": "messages"})
+    assert tok.decode(train[0]["input_ids"]).startswith("<|im_start|>user\nLook at\nthis.<|im_end|>")
+    assert _trained(tok, train[0]) == "Nice.<|im_end|>\n"
+    image = {"type": "image_url", "image_url": {"url": "x.png"}}
+    f = _write(tmp_path / "img.jsonl", [row, {"messages": [{"role": "user", "content": [parts[0], image]},
+                                                           row["messages"][1]]}])
+    with pytest.raises(UserError, match=r"img.jsonl: row 2 .*messages\[0\].content\[1\] is a `image_url` part"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"})
+
+
+# ------------------------------------------------------------------------------------- per-message train flags
+
+
+def test_per_message_train_flags_override_train_on(tok, tmp_path: Path) -> None:
+    convo = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "bad answer", "train": False},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "good answer"}]
+    weighted = [dict(m) for m in convo]
+    weighted[1] = {"role": "assistant", "content": "bad answer", "weight": 0}
+    f = _write(tmp_path / "d.jsonl", [{"messages": convo}, {"messages": weighted}])
+    train, _, _ = _build(tok, tmp_path, {"path": str(f), "format": "messages"})
+    assert [_trained(tok, r) for r in train] == ["good answer<|im_end|>\n"] * 2
+    earlier = [dict(m) for m in convo]
+    earlier[1]["train"] = True  # trained although train_on: last_assistant
+    f = _write(tmp_path / "e.jsonl", [{"messages": earlier}])
+    train, _, _ = _build(tok, tmp_path, {"path": str(f), "format": "messages"}, train_on="last_assistant")
+    assert _trained(tok, train[0]) == "bad answer<|im_end|>\ngood answer<|im_end|>\n"
+    with pytest.raises(UserError, match=r"d.jsonl: row 1.*train: false.*train_on is `all`"):
+        _build(tok, tmp_path, {"path": str(tmp_path / "d.jsonl"), "format": "messages"}, train_on="all")
+    user_flag = [{"role": "user", "content": "a", "train": True}, {"role": "assistant", "content": "b"}]
+    f = _write(tmp_path / "u.jsonl", [{"messages": user_flag}])
+    with pytest.raises(UserError, match=r"u.jsonl: row 1.*messages\[0\] is a user turn marked as trained"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"})
+
+
+# ------------------------------------------------------------------------------------------- preference rows
+
+
+def test_preference_rows_are_checked_for_sense(tok, tmp_path: Path) -> None:
+    ok = {"prompt": "2+2?", "completion": "4", "label": True}
+    swapped = {"prompt": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+               "completion": [{"role": "user", "content": "thanks"}], "label": True}
+    f = _write(tmp_path / "k.jsonl", [ok, swapped])
+    with pytest.raises(UserError, match=r"k.jsonl: row 2 .*`prompt` must end with the user \(or tool\) turn.*swapped"):
+        _build(tok, tmp_path, {"path": str(f), "format": "unpaired_preference"})
+    swapped["prompt"] = swapped["prompt"][:1]
+    f = _write(tmp_path / "k.jsonl", [ok, swapped])
+    with pytest.raises(UserError, match=r"k.jsonl: row 2 .*`completion` must start with an assistant turn"):
+        _build(tok, tmp_path, {"path": str(f), "format": "unpaired_preference"})
+
+
+def test_preference_template_errors_name_the_row(tok, tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text(NO_SYSTEM)
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"},
+            {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}], "chosen": "b",
+             "rejected": "c"}]
+    f = _write(tmp_path / "p.jsonl", rows)
+    with pytest.raises(UserError, match=r"p.jsonl: row 2 .*System role not supported"):
+        _build(tok, tmp_path, {"path": str(f), "format": "preference"}, chat_template=str(template))
+    assert tok.chat_template == NO_SYSTEM  # the recipe's template is the one TRL will render with
+
+
+# ------------------------------------------------------------------------------ templates rewriting earlier turns
+
+# DeepSeek-R1-like: earlier assistant turns lose their reasoning (the text up to </think>), the last keeps it.
+STRIPS_REASONING = ("{% for m in messages %}{% set c = m['content'] %}"
+                    "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+                    "{{ '<|im_start|>' + m['role'] + '\n' + c + '<|im_end|>\n' }}{% endfor %}"
+                    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_multi_turn_per_turn_for_templates_rewriting_earlier_turns(tok, tmp_path: Path) -> None:
+    template = tmp_path / "r1ish.jinja"
+    template.write_text(STRIPS_REASONING)
+    convo = _chat(("user", "2+2?"), ("assistant", "<think>add</think>4"), ("user", "3+3?"),
+                  ("assistant", "<think>add again</think>6"))
+    f = _write(tmp_path / "d.jsonl", [convo, _chat(("user", "hi"), ("assistant", "hello"))])
+    spec = {"path": str(f), "format": "messages"}
+    with pytest.raises(UserError, match=r"d.jsonl: row 1 .*prefixes consistently.*multi_turn: per_turn"):
+        _build(tok, tmp_path, spec, chat_template=str(template), multi_turn="consistent")
+    for mode in ("auto", "per_turn"):
+        train, _, stats = _build(tok, tmp_path, spec, chat_template=str(template), multi_turn=mode)
+        texts = sorted((tok.decode(r["input_ids"]), _trained(tok, r)) for r in train)
+        # Each assistant turn is trained once, with the context the model sees when it writes that turn.
+        assert texts == sorted([
+            ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>add</think>4<|im_end|>\n",
+             "<think>add</think>4<|im_end|>\n"),
+            ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n3+3?<|im_end|>\n"
+             "<|im_start|>assistant\n<think>add again</think>6<|im_end|>\n", "<think>add again</think>6<|im_end|>\n"),
+            ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n", "hello<|im_end|>\n"),
+        ])
+        per = stats["train"]["datasets"][str(f)]
+        assert (per["rows_in"], per["rows_out"], per["split_rows"], per["expanded"]) == (2, 3, 1, 1)
+    # A consistent template is never split under auto.
+    _, _, stats = _build(tok, tmp_path, spec, chat_template="chatml", multi_turn="auto")
+    assert stats["train"]["split_rows"] == 0 and stats["train"]["rows_out"] == 2
+
+
+# Qwen3-like: reasoning_content rendered as a <think> block, only for assistant turns after the last user turn.
+RENDERS_REASONING = (
+    "{% set ns = namespace(last_user=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
+    "{% if m['role'] == 'assistant' and m.reasoning_content and loop.index0 > ns.last_user %}"
+    "{{ '<think>\n' + m.reasoning_content + '\n</think>\n\n' }}{% endif %}{{ m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_reasoning_content_is_rendered_and_trained_or_refused(tok, tmp_path: Path) -> None:
+    template = tmp_path / "qwen3ish.jinja"
+    template.write_text(RENDERS_REASONING)
+    row = {"messages": [{"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": "two and two"},
+                        {"role": "user", "content": "3+3?"},
+                        {"role": "assistant", "content": "6", "thinking": "three and three"}]}
+    f = _write(tmp_path / "d.jsonl", [row])
+    train, _, stats = _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template=str(template))
+    trained = sorted(_trained(tok, r) for r in train)  # earlier reasoning is dropped in context: split per turn
+    assert trained == ["<think>\nthree and three\n</think>\n\n6<|im_end|>\n", "<think>\ntwo and two\n</think>\n\n4<|im_end|>\n"]
+    assert stats["train"]["split_rows"] == 1
+    with pytest.raises(UserError, match=r"d.jsonl: row 1.*`chatml` does not render the assistant turn's "
+                                        "`reasoning_content`"):
+        _build(tok, tmp_path, {"path": str(f), "format": "messages"}, chat_template="chatml")
