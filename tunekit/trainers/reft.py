@@ -63,7 +63,7 @@ def stages(inputs: RunInputs) -> StagedRun:
 
     warmup = Stage(
         name="warmup", title="warm-up", dir=warm_dir, recipe=warm_recipe, seed=t.warmup.seed, train_ds=warm_rows,
-        build_model=lambda: build_for_training(recipe, inputs.model_path, warm_rows, inputs.tokenizer),
+        build_model=lambda: build_for_training(warm_recipe, inputs.model_path, warm_rows, inputs.tokenizer),
         build_trainer=lambda plan, ckpt, cbs: sft.build(warm_recipe, plan.model, inputs.tokenizer, warm_rows,
                                                         warm_eval, ckpt, cbs),
         record=record("warmup"), tags={"stage": "warmup"})
