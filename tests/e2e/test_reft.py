@@ -99,3 +99,14 @@ def test_validate_shows_both_stages() -> None:
     assert {"learning_rate", "max_steps", "seed"} <= set(trainer["warmup"])
     assert {"algorithm", "num_generations", "max_completion_length", "temperature", "top_p", "beta",
             "rewards"} <= set(trainer["rl"])
+
+
+@pytest.mark.full
+def test_warmup_builds_data_calibrated_methods(tmp_path: Path) -> None:
+    """The warm-up goes through the same model + method step as SFT runs: an eva init calibrates on the warm-up's
+    own batches (before the shared pipeline the reft flow passed no calibration data and the run stopped)."""
+    recipe = _reft(tmp_path)
+    proc = run_cli("train", recipe, "method.init_lora_weights=eva", "method.calibration_batches=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"]["warmup"]["global_step"] == 4 and summary["stages"]["rl"]["global_step"] == 2
