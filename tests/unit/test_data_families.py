@@ -10,6 +10,7 @@ have them), so a marker is one token and the token boundaries are the family's.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,36 @@ def test_inline_think_blocks_are_read_as_reasoning() -> None:
 
 def test_every_family_template_has_a_recorded_source() -> None:
     assert set(FAMILIES) <= set(TEMPLATE_SOURCES)
+
+
+GENERATION_MARKED = {"gemma2": "gemma_training.jinja", "phi3": "phi3_training.jinja",
+                     "qwen2.5": "qwen2_5_training.jinja"}
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "templates"
+
+
+@pytest.mark.parametrize(("name", "kind"), [(n, k) for n, k in _cases() if n in GENERATION_MARKED])
+def test_mask_equals_transformers_assistant_tokens_mask(name: str, kind: str) -> None:
+    """TRL's `{% generation %}` variant of the family template renders the same text; transformers' assistant mask
+    from it equals tunekit's mask from the original template."""
+    tok = _tokenizer(name)
+    conv = conversations()[kind]
+    if FAMILIES[name].get("merge_system"):
+        conv = merge_system_into_first_user(conv)
+    (text, spans), = conversation_examples(renderer(tok, tok.chat_template, name), conv, "assistant", "auto", "test")
+    enc = tokenize_texts(tok, [text], [spans])[0]
+    ours = [0] * len(enc["input_ids"])
+    for a, b in enc["spans"]:
+        ours[a:b] = [1] * (b - a)
+    marked = (FIXTURES / GENERATION_MARKED[name]).read_text(encoding="utf-8")
+    ref = tok.apply_chat_template(list(conv), tools=conv.tools, chat_template=marked, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    assert ref["input_ids"] == enc["input_ids"]
+    differ = [k for k, (r, o) in enumerate(zip(ref["assistant_masks"], ours)) if r != o]
+    if name == "qwen2.5":
+        # TRL's variant opens the generation block before the "\n" that ends `<|im_start|>assistant\n`, which the
+        # original template writes as part of its generation prompt (the model never generates it): tunekit
+        # leaves it in the prompt. Every other token agrees.
+        assert differ and all(ours[k] == 0 and ours[k + 1] == 1 and tok.decode(enc["input_ids"][k]) == "\n"
+                              for k in differ)
+    else:
+        assert not differ
