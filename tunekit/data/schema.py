@@ -101,7 +101,8 @@ class DataConfig(Section):
         "example per conversation, every turn masked in (needs a template that renders conversation prefixes "
         "consistently; an error otherwise). `per_turn`: one example per trained assistant turn, rendered as the "
         "template renders a conversation ending there (earlier turns are context only): what the model sees at "
-        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-R1, Phi-3), at the cost of "
+        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-V3/R1, Mistral v0.3 with a "
+        "system turn), at the cost of "
         "repeating the context. `auto`: `consistent` where the template allows it, else `per_turn` for that row "
         "(counted in the statistics).",
     )
