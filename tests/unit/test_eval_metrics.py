@@ -102,3 +102,15 @@ def test_markdown_numbers_are_the_json_numbers() -> None:
     row = next(line for line in markdown(report, 3).splitlines() if line.startswith("| exact_match"))
     cells = [float(c) for c in row.strip("|").split("|")[1:]]
     assert cells == [0.142857, 0.666667, report["tasks"]["t"]["diff"]["exact_match"]]
+
+
+def test_tool_call_turn_target_is_the_rendered_call() -> None:
+    from tunekit.eval.tasks import parse_row
+
+    row = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "content": None,
+                         "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                                           "arguments": '{"city": "Paris"}'}}]}]}
+    ex = parse_row(row, "messages", {}, "row 1")
+    assert ex.answer == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert [m["role"] for m in ex.prompt] == ["user"]

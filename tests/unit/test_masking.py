@@ -88,7 +88,11 @@ def test_train_on_all(tok) -> None:
     assert all(tokenize_with_mask(tok, CONVO, "all", "test")["mask"])
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+# Real family templates that rewrite earlier turns (trained per turn) or have no system role: test_data_families.py
+PER_TURN_OR_NO_SYSTEM = {"qwen3", "mistral-v0.3", "deepseek-v3", "deepseek-r1-distill", "gemma2"}
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN_TEMPLATES) - PER_TURN_OR_NO_SYSTEM))
 def test_every_builtin_template_masks_answers_and_never_the_prompt(tok, name: str) -> None:
     tok.chat_template = load_template(name)
     enc = tokenize_with_mask(tok, CONVO, "assistant", name)

@@ -63,7 +63,8 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
         if spec.format == "text":
             encs = tokenize_plain(tokenizer, items)  # type: ignore[arg-type]
         else:
-            examples = [conversation_examples(render, m, cfg.train_on, cfg.multi_turn, w)  # type: ignore[arg-type]
+            examples = [conversation_examples(render, m, cfg.train_on, cfg.multi_turn, w,  # type: ignore[arg-type]
+                                              cfg.train_reasoning)
                         for m, w in zip(items, wheres)]
             stats.split_rows += sum(len(e) > 1 for e in examples)
             stats.expanded += sum(len(e) - 1 for e in examples)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunekit.data.templates import TemplateFailure, renderer
+from tunekit.data.turns import turn_example, untrained_reasoning
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -87,8 +88,12 @@ def assistant_spans(render: Render, messages: list[dict], train_on: str, where: 
     return conversation_examples(render, messages, train_on, "consistent", where)[0]
 
 
-def conversation_examples(render: Render, messages: list[dict], train_on: str, multi_turn: str,
-                          where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+def _trained_start(trained: str, m: dict, train_reasoning: bool, where: str) -> int:
+    return 0 if train_reasoning else untrained_reasoning(trained, m, where)
+
+
+def conversation_examples(render: Render, messages: list[dict], train_on: str, multi_turn: str, where: str,
+                          train_reasoning: bool = True) -> list[tuple[str, list[tuple[int, int]]]]:
     """(text, trained character spans) examples for one conversation: the whole conversation with every trained
     turn masked in, when the template renders its prefixes consistently; otherwise (`multi_turn` auto or
     per_turn) one example per trained assistant turn, rendered as the conversation ending there."""
@@ -97,46 +102,60 @@ def conversation_examples(render: Render, messages: list[dict], train_on: str, m
     try:
         if multi_turn != "per_turn" or train_on == "all":
             try:
-                return [_spans(render, msgs, tools, train_on, where)]
+                return [_spans(render, msgs, tools, train_on, where, train_reasoning)]
             except InconsistentPrefixes:
                 if multi_turn == "consistent":
                     raise
-        return _per_turn(render, msgs, tools, train_on, where)
+        return _per_turn(render, msgs, tools, train_on, where, train_reasoning)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
 
 
-def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on: str,
-              where: str) -> list[tuple[str, list[tuple[int, int]]]]:
+def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on: str, where: str,
+              train_reasoning: bool) -> list[tuple[str, list[tuple[int, int]]]]:
     if tools:
         _check_tools_rendered(render, messages, tools, render(messages, tools=tools), where)
     out = []
     for i in trained_turns(messages, train_on, where):
-        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
-        upto = render(messages[: i + 1], tools=tools)
-        if not upto.startswith(before):
+        example = turn_example(render, messages, i, tools)
+        if example is None:
             raise _inconsistent(where, per_turn=True)
-        _check_turn(render, messages[i], upto[len(before):], where)
-        out.append((upto, [(len(before), len(upto))]))
+        text, start = example
+        _check_turn(render, messages[i], text[start:], where)
+        start += _trained_start(text[start:], messages[i], train_reasoning, where)
+        out.append((text, [(start, len(text))]))
     return out
 
 
-def _spans(render: Render, messages: list[dict], tools: list | None, train_on: str,
-           where: str) -> tuple[str, list[tuple[int, int]]]:
+def _end_in(full: str, upto: str, eos: str | None) -> int | None:
+    """Where the text `upto` ends inside `full`: its length when it is a prefix; a template writing EOS only at the
+    end of a document (Phi-3) ends a shorter conversation with EOS, which `full` has only at its end."""
+    if full.startswith(upto):
+        return len(upto)
+    if eos and upto.endswith(eos) and full.startswith(upto[: -len(eos)]):
+        return len(upto) - len(eos)
+    return None
+
+
+def _spans(render: Render, messages: list[dict], tools: list | None, train_on: str, where: str,
+           train_reasoning: bool = True) -> tuple[str, list[tuple[int, int]]]:
     full = render(messages, tools=tools)
     if tools:
         _check_tools_rendered(render, messages, tools, full, where)
     turns = trained_turns(messages, train_on, where)
     if train_on == "all":
         return full, [(0, len(full))]
+    eos = getattr(render, "eos_token", None)
     spans = []
     for i in turns:
         before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
-        if not upto.startswith(before) or not full.startswith(upto):
+        end = _end_in(full, upto, eos)
+        if end is None or not full.startswith(before) or end < len(before):
             raise _inconsistent(where, per_turn=False)
-        _check_turn(render, messages[i], full[len(before) : len(upto)], where)
-        spans.append((len(before), len(upto)))
+        _check_turn(render, messages[i], full[len(before) : end], where)
+        start = len(before) + _trained_start(full[len(before) : end], messages[i], train_reasoning, where)
+        spans.append((start, end))
     return full, spans
 
 

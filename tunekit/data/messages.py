@@ -32,6 +32,17 @@ class RowError(UserError):
     pass
 
 
+class Arguments(dict):
+    """Tool-call arguments: an object for templates writing `arguments | tojson` (Qwen, Llama-3.1, Mistral), and its
+    JSON text for templates concatenating it as a string (DeepSeek: `'...' + tool['function']['arguments']`)."""
+
+    def __radd__(self, other: object) -> object:
+        return other + json.dumps(self, ensure_ascii=False) if isinstance(other, str) else NotImplemented
+
+    def __add__(self, other: object) -> object:
+        return json.dumps(self, ensure_ascii=False) + other if isinstance(other, str) else NotImplemented
+
+
 class Conversation(list):
     """A list of messages plus the tool schemas (`tools=` of the chat template) that come with the row."""
 
@@ -73,7 +84,7 @@ def _arguments(value: object, field: str, where: str) -> dict:
                            "give the arguments as an object or a JSON-encoded object") from None
     if not isinstance(value, dict):
         raise RowError(f"{where}: {field} must be an object (or a JSON string of one), found {type(value).__name__}")
-    return value
+    return Arguments(value)
 
 
 def tool_call(value: object, field: str, where: str) -> dict:

@@ -101,9 +101,16 @@ class DataConfig(Section):
         "example per conversation, every turn masked in (needs a template that renders conversation prefixes "
         "consistently; an error otherwise). `per_turn`: one example per trained assistant turn, rendered as the "
         "template renders a conversation ending there (earlier turns are context only): what the model sees at "
-        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-R1, Phi-3), at the cost of "
+        "inference with templates that rewrite earlier turns (Qwen3, DeepSeek-V3/R1, Mistral v0.3 with a "
+        "system turn), at the cost of "
         "repeating the context. `auto`: `consistent` where the template allows it, else `per_turn` for that row "
         "(counted in the statistics).",
+    )
+    train_reasoning: bool = Field(
+        default=True,
+        description="Assistant turns with reasoning (`reasoning_content`/`thinking`, or inline `<think>...</think>` "
+        "in `content`): true trains the reasoning with the answer; false keeps the reasoning in the context but takes "
+        "no loss on it (the closing tag, the answer and the end of turn are trained).",
     )
     system_role: Literal["keep", "merge_into_first_user"] = Field(
         default="keep",
@@ -116,8 +123,10 @@ class DataConfig(Section):
     )
     chat_template: str | None = Field(
         default=None,
-        description="Chat template: null uses the tokenizer's own; a built-in name (chatml, llama3, mistral, gemma, "
-        "qwen, alpaca) or a path to a .jinja file. The template used is saved with the run's tokenizer.",
+        description="Chat template: null uses the tokenizer's own; a built-in name or a path to a .jinja file. "
+        "Built-in: tunekit's minimal chatml, llama3, mistral, gemma, qwen, alpaca, and the real templates of model "
+        "families: qwen2.5, qwen3, llama3.1, llama3.2, mistral-v0.3, gemma2, gemma3, phi3, phi3.5, phi4, "
+        "deepseek-v3, deepseek-r1-distill (docs/data.md). The template used is saved with the run's tokenizer.",
     )
     packing: bool = Field(
         default=False,

@@ -21,13 +21,53 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     "gemma": "gemma.jinja",
     "qwen": "qwen.jinja",
     "alpaca": "alpaca.jinja",
-    "qwen2.5": "qwen2.5.jinja",  # tool calling (tools=, tool_calls, tool turns)
+    # The real templates of model families (verbatim; sources below), named by family.
+    "qwen2.5": "qwen2.5.jinja",
+    "qwen3": "qwen3.jinja",
+    "llama3.1": "llama3.1.jinja",
+    "llama3.2": "llama3.2.jinja",
+    "mistral-v0.3": "mistral-v0.3.jinja",
+    "gemma2": "gemma2.jinja",
+    "gemma3": "gemma3.jinja",
+    "phi3": "phi3.jinja",
+    "phi3.5": "phi3.5.jinja",
+    "phi4": "phi4.jinja",
+    "deepseek-v3": "deepseek-v3.jinja",
+    "deepseek-r1-distill": "deepseek-r1-distill.jinja",
 }
-# Where the shipped real-model templates come from (verbatim copies; the others are tunekit's own minimal ones).
+_TRL = "huggingface/trl trl/chat_templates/{}@{} (TRL's copy of the hub template, listed as original in its README)"
+# Where the shipped real-model templates come from (the others are tunekit's own minimal ones). The hub is not
+# reachable from where these were collected, so each is a public repository's copy of the model's
+# tokenizer_config.json `chat_template`, byte for byte.
 TEMPLATE_SOURCES: dict[str, str] = {
     "qwen2.5": "the `chat_template` of Qwen/Qwen2.5-7B-Instruct's tokenizer_config.json (Hugging Face hub), the "
     "same for every Qwen2.5-*-Instruct size; cross-checked against chujiezheng/chat_templates "
-    "chat_templates/qwen2.5-instruct.jinja@06e8a5b",
+    "chat_templates/qwen2.5-instruct.jinja@06e8a5b and identical to "
+    + _TRL.format("qwen2_5.jinja", "d6d5efcef"),
+    "qwen3": _TRL.format("qwen3.jinja", "f44cf20bd8c9e43954c7e2f72b01e8070fbc38d1") + "; Qwen/Qwen3-*",
+    "llama3.1": _TRL.format("llama3_1.jinja", "abe20a8c5edaa0e01c515092281c1b23c07a202c") + "; meta-llama/Llama-3.1-*-Instruct",
+    "llama3.2": _TRL.format("llama3_2.jinja", "abe20a8c5edaa0e01c515092281c1b23c07a202c") + "; meta-llama/Llama-3.2-*-Instruct "
+    "(the date line uses strftime_now: today's date)",
+    "mistral-v0.3": _TRL.format("mistral.jinja", "4a56de4bd88d182856b8a92798cc285bd50d35f0") + "; the v3 template of "
+    "mistralai/Mistral-7B-Instruct-v0.3 (tool calls with 9-character ids; the system message goes into the last user "
+    "turn); identical to the Mistral-Large-Instruct-2407 v3 case in ggml-org/llama.cpp tests/test-chat-template.cpp@03f94f1",
+    "gemma2": _TRL.format("gemma.jinja", "32569957059f8ac64b03d6d7544b72df829f3b57") + "; google/gemma-2-*-it (and Gemma v1): "
+    "no system role",
+    "gemma3": _TRL.format("gemma3.jinja", "909d0c16bba33cac5bccdb2e7d587bae07321ef7") + "; google/gemma-3-*-it: the system "
+    "text is put in the first user turn",
+    "phi3": _TRL.format("phi3.jinja", "644d173850c625974b07739c1d2ea816183a5dd2") + "; microsoft/Phi-3-*-instruct: EOS "
+    "only at the end of a document",
+    "phi3.5": _TRL.format("phi3_5.jinja", "5f9a2f3efb39a0c03b4817c87fe42c6e60a830a7") + "; microsoft/Phi-3.5-mini-instruct",
+    "phi4": "microsoft/phi-4's template as quoted identically by several public repositories (found by content in the "
+    "search index, no single citable file); not verified against the hub. The earlier phi-4 release template "
+    "(assistant header after every user turn, ggml-org/llama.cpp tests/test-chat-template.cpp@03f94f1 `phi-4`) "
+    "differs",
+    "deepseek-v3": _TRL.format("deepseekv3.jinja", "9157aa76a82ab429d40b79905833152c360b2226") + ", listed there as "
+    "DeepSeek-V3's; its generation prompt opens `<think>` as DeepSeek-R1's does. Strips reasoning (text up to "
+    "</think>) from every assistant turn; tool-call arguments must be strings (tunekit passes them as JSON text)",
+    "deepseek-r1-distill": "ggml-org/llama.cpp models/templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+    "@20bdc4fac4e8779e5b73646f4b3b24a9964aa566 (llama.cpp's copy of the hub template); strips reasoning from every "
+    "assistant turn, generation prompt `<｜Assistant｜><think>\\n`",
 }
 
 
@@ -111,4 +151,5 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
             raise TemplateFailure(f"{label} raised an error: {e}.{_hint(str(e), has_tools)}") from None
 
     render.template_name = label  # type: ignore[attr-defined]
+    render.eos_token = special.get("eos_token")  # type: ignore[attr-defined]
     return render

@@ -8,6 +8,7 @@ only when it is installed). `SHIPPED` maps names usable with `tunekit eval --tas
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,13 +58,21 @@ def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
     return row[col]
 
 
+def answer_text(m: dict) -> str:
+    """The reference text of an assistant turn: its content, then each tool call as a `<tool_call>` JSON block (the
+    Hermes/Qwen format), so a tool-call turn has a target a generation metric can check."""
+    calls = [f'<tool_call>\n{json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})}'
+             "\n</tool_call>" for c in m.get("tool_calls", ())]
+    return "\n".join([m["content"], *calls] if m["content"] else calls)
+
+
 def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Example:
 
     if fmt in FORMATS:
         # Training formats parse exactly as in training (same column mapping and checks).
         msgs = FORMATS[fmt](row, DatasetSpec(path="-", format=fmt, columns=columns), where)
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        return Example(msgs[:last], msgs[last]["content"])
+        return Example(msgs[:last], answer_text(msgs[last]))
     prompt = [{"role": "user", "content": str(_col(row, "prompt", columns, where))}]
     answer = _col(row, "answer", columns, where)
     if fmt == "qa":
