@@ -23,10 +23,11 @@ def _offline_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tunekit ARGS` as a user would; returns the completed process (text output)."""
     proc = subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"tunekit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

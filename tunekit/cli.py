@@ -99,13 +99,17 @@ def validate(
     params: bool = typer.Option(False, "--params", help="Also count trainable/total parameters of the model and "
                                 "method on the meta device (no weights loaded; imports torch)."),
 ) -> None:
-    """Check a recipe (with overrides) and print it resolved, every default filled in. Loads no model."""
+    """Check a recipe (with overrides) and its data files' existence; print it resolved, every default filled
+    in. Loads no model and no data."""
     _state["debug"] |= debug
     import yaml
 
     from tunekit.recipe.load import load_recipe
 
     r = load_recipe(recipe, overrides or [])
+    from tunekit.data.sources import check_exists
+
+    check_exists([*r.data.train, *r.data.eval])
     typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
     if params:
@@ -141,8 +145,8 @@ def eval_(
     out: Path = typer.Option(None, "--out", help="Report directory (default: RUN/eval for a run directory)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report instead of writing eval-2/."),
     no_base: bool = typer.Option(False, "--no-base", help="Skip evaluating the base model."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Examples per forward pass / generate call."),
-    max_examples: int = typer.Option(None, "--max-examples", help="Use at most N examples of each task."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Examples per forward pass / generate call."),
+    max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most N examples of each task."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
@@ -260,10 +264,38 @@ def methods_show(name: str = typer.Argument(..., help="Method name, e.g. lora, i
 # ------------------------------------------------------------------------------------------------ entry point
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """The exceptions that mean "bad command line": typer >= 0.2x vendors click (`TyperException`), older
+    typer raises click's own `ClickException`. Both carry `exit_code` (2 for usage errors) and `show()`."""
+    kinds: list[type] = [t for t in (getattr(typer, "TyperException", None),) if t is not None]
+    try:
+        import click
+
+        kinds.append(click.exceptions.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(kinds)
+
+
+def _aborts() -> tuple[type, ...]:
+    kinds: list[type] = [typer.Abort]
+    try:
+        import click
+
+        kinds.append(click.exceptions.Abort)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
 def main() -> None:
+    """Run the app. Usage errors (unknown command or option, a missing argument, a bad value, bare `tunekit`)
+    print click's usage message and exit 2; a UserError prints `error: ...` and exits 2; no traceback unless
+    `--debug`. Bare `tunekit` prints the help (to stderr) and exits 2, as click does for a group with no command.
+    """
     debug = "--debug" in sys.argv or bool(os.environ.get("TUNEKIT_DEBUG"))
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except UserError as e:
         if debug or _state["debug"]:
             raise
@@ -276,15 +308,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except _usage_errors() as e:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2) or 2)
+    except _aborts():
+        sys.exit(1)
+    if isinstance(rc, int) and rc:  # non-standalone click returns the code of typer.Exit(code)
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,18 @@ def shipped_dir(kind: str) -> Path:
     raise UserError(f"cannot find the shipped {kind}/ folder; reinstall tunekit")
 
 
+def decode_utf8(raw: bytes, name: str, line_offset: int = 0) -> str:
+    """The text of a user's UTF-8 file (or one line of it); a byte that is not UTF-8 is a UserError naming
+    `name:line:col`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1 + line_offset
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{name}:{line}:{col}: byte 0x{raw[e.start]:02x} is not UTF-8 text; "
+                        "save the file as UTF-8") from None
+
+
 def cache_root() -> Path:
     """$TUNEKIT_CACHE, or ~/.cache/tunekit: builtin models and the data cache live below it."""
     return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit")).expanduser()

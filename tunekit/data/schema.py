@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunekit.recipe.base import Section
+from tunekit.recipe.base import PathStr, Section
 
 # The one list of data formats (each has a reader in formats.py or preference.py).
 FormatName = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "unpaired_preference",
@@ -25,7 +25,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
 
 
 class DatasetSpec(Section):
-    path: str = Field(
+    path: PathStr = Field(
         description="Where the rows come from: a local file (.jsonl, .json, .csv, .parquet, .arrow), a glob of such "
         "files (`data/*.jsonl`), a directory written by `datasets.save_to_disk`, `builtin:NAME/FILE` for data "
         "shipped with tunekit, or `hub:ORG/NAME` for a Hugging Face Hub dataset. Relative paths resolve against "
@@ -121,7 +121,7 @@ class DataConfig(Section):
         default=False,
         description="Drop (and count) examples left with no trained tokens instead of stopping with an error.",
     )
-    chat_template: str | None = Field(
+    chat_template: PathStr | None = Field(
         default=None,
         description="Chat template: null uses the tokenizer's own; a built-in name or a path to a .jinja file. "
         "Built-in: tunekit's minimal chatml, llama3, mistral, gemma, qwen, alpaca, and the real templates of model "
@@ -138,7 +138,7 @@ class DataConfig(Section):
         description="Without packing: concatenate each batch into one padding-free row (position ids restart per "
         "example). Implied by `packing`.",
     )
-    cache_dir: str | None = Field(
+    cache_dir: PathStr | None = Field(
         default=None,
         description="Where tokenized datasets are cached, keyed by a fingerprint of data, tokenizer, template and "
         "options. null: $TUNEKIT_CACHE/data (default ~/.cache/tunekit/data).",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunekit.data.schema import ROW_KEYS
 from tunekit.errors import UserError
-from tunekit.paths import asset
+from tunekit.paths import asset, decode_utf8
 
 ASSETS_DATA = asset("data")
 HUB = "hub:"
@@ -32,6 +32,9 @@ class Rows:
 def resolve_path(path: str) -> Path:
     if path.startswith("builtin:"):
         p = ASSETS_DATA / path[len("builtin:") :]
+        if not p.resolve().is_relative_to(ASSETS_DATA.resolve()):
+            raise UserError(f"data: `{path}` points outside tunekit's shipped data; `builtin:` names only files "
+                            "shipped with tunekit (use a plain path for your own files)")
         if not p.exists():
             shipped = sorted(str(f.relative_to(ASSETS_DATA)) for f in ASSETS_DATA.rglob("*.jsonl"))
             raise UserError(f"data: no shipped dataset `{path}`; shipped: {', '.join('builtin:' + s for s in shipped)}")
@@ -61,14 +64,16 @@ def local_files(path: str) -> list[Path]:
 
 def read_jsonl(path: Path) -> Rows:
     out = Rows(str(path))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = decode_utf8(raw, str(path), lineno - 1)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            check_surrogates(line, row, f"{path}:{lineno}")
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: each line must be a JSON object, found {type(row).__name__}")
             out.rows.append(row)
@@ -95,14 +100,27 @@ def _unwrap(data: dict, path: Path, field: str | None, row_keys: set[str]) -> ob
                     "(data.train[].field) to the key whose list holds the rows")
 
 
+def check_surrogates(text: str, value: object, where: str) -> None:
+    """JSON may escape half of a UTF-16 pair (`\\ud800`) that no text encoding can hold: the tokenizer would fail
+    on it later, far from the row. Only text with such an escape is checked (cheap for the rest)."""
+    if "\\ud" not in text.lower():
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!a}, half of a UTF-16 "
+                        "pair), which is not valid Unicode; fix or drop that row") from None
+
+
 def read_json(path: Path, field: str | None = None, row_keys: frozenset[str] = frozenset()) -> Rows:
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path.read_bytes(), str(path))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON objects, one per line: JSON Lines under a .json name
             return read_jsonl(path)
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    check_surrogates(text, data, str(path))
     if isinstance(data, dict):
         data = _unwrap(data, path, field, set(row_keys))
     elif field is not None:
@@ -202,3 +220,10 @@ def read_rows(spec: object) -> Rows:
     if not out.rows:
         raise UserError(f"{path}: the dataset is empty")
     return out
+
+
+def check_exists(specs: list) -> None:
+    """Every local file, glob and `builtin:` path of these dataset entries exists (hub datasets are not looked
+    up): what `tunekit validate` and the start of `train` check before anything is written."""
+    for spec in specs:
+        local_files(spec.path)

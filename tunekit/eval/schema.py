@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunekit.recipe.base import Section
+from tunekit.recipe.base import PathStr, Section
 
 METRICS = ("exact_match", "numeric_match", "contains", "regex", "token_f1", "rouge_l")
 
 
 class TaskData(Section):
-    path: str = Field(description="A local JSONL file or `builtin:NAME/FILE` for data shipped with tunekit.")
+    path: PathStr = Field(description="A local JSONL file or `builtin:NAME/FILE` for data shipped with tunekit.")
     format: Literal["messages", "prompt_completion", "qa", "choice"] = Field(
         default="qa",
         description="Row layout. `messages` / `prompt_completion`: as in `data:` (the last assistant turn is the "

@@ -6,16 +6,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from tunekit.recipe.base import Section
+from tunekit.recipe.base import PathStr, Section
 
 
 class ModelConfig(Section):
-    path: str = Field(
+    path: PathStr = Field(
         description="Base model: a hub id (`org/name`), a local directory, or `builtin:NAME` for an offline "
         "tiny model (randomly initialised, for smoke tests only; see `tunekit/model/builtin.py`)."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
-    tokenizer: str | None = Field(
+    tokenizer: PathStr | None = Field(
         default=None, description="Tokenizer to load if different from `path` (hub id or local directory)."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

@@ -7,6 +7,7 @@ An override error names the override instead of a file position.
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ValidationError
 from tunekit.errors import closest
 from tunekit.recipe.overrides import Override
 from tunekit.recipe.schema import Recipe
+
+_REPR = reprlib.Repr()  # bounded repr of a found value (an alias bomb's repr would never finish)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
 
 def format_validation_error(
@@ -82,7 +86,7 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
 
 
 def _short(v: Any) -> str:
-    s = repr(v)
+    s = _REPR.repr(v)  # bounded: never the repr of a huge value
     return s if len(s) <= 60 else s[:57] + "..."
 
 

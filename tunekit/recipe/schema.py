@@ -16,12 +16,13 @@ from tunekit.launch.rules import check as check_launch_rules
 from tunekit.launch.schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.model.schema import ModelConfig
-from tunekit.recipe.base import Section
+from tunekit.recipe.base import PathStr, Section
 from tunekit.trainers.schema import TrainerConfig, check_data_formats
 
 
 class OutputConfig(Section):
-    dir: str = Field(description="Run directory (relative paths resolve against the current directory).")
+    dir: PathStr = Field(description="Run directory (relative paths resolve against the current directory; `~` is "
+                         "your home).")
     save_steps: int = Field(
         default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at the end)."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunekit.recipe.base import Section
 
@@ -19,7 +19,7 @@ class OptimSettings(Section):
     """Settings shared by every trainer kind."""
 
     num_epochs: float = Field(default=1.0, gt=0, description="Passes over the training data (ignored if max_steps > 0).")
-    max_steps: int = Field(default=-1, description="Total optimizer steps; -1 trains for `num_epochs`.")
+    max_steps: int = Field(default=-1, description="Total optimizer steps (> 0); -1 trains for `num_epochs`.")
     per_device_batch_size: int = Field(default=8, ge=1, description="Examples per device per micro-batch.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(default=2.0e-4, gt=0, description="Peak learning rate.")
@@ -36,6 +36,14 @@ class OptimSettings(Section):
     report_to: list[TRACKERS] = Field(
         default_factory=list, description="Experiment trackers (must be installed): tensorboard, wandb, mlflow, ..."
     )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError(f"{v} steps trains nothing; give a positive number of optimizer steps, or -1 to "
+                             "train for `num_epochs`")
+        return v
 
     @model_validator(mode="after")
     def _warmup(self) -> OptimSettings:
