@@ -42,9 +42,10 @@ def _bnb(p: Param, states: int, state_bytes: int) -> int:
 
 
 def _adafactor(p: Param) -> int:
+    scalar = 4  # a float32 scalar tensor per parameter next to the factors
     if len(p.shape) < 2:
-        return 4 * p.numel
-    return 4 * (math.prod(p.shape[:-1]) + math.prod(p.shape[:-2]) * p.shape[-1])
+        return 4 * p.numel + scalar
+    return 4 * (math.prod(p.shape[:-1]) + math.prod(p.shape[:-2]) * p.shape[-1]) + scalar
 
 
 def _galore(p: Param, rank: int, targets: tuple[str, ...]) -> int:

@@ -5,14 +5,15 @@ allocated).
 The dtypes follow what loading does: the model in its resolved dtype; peft keeps adapter weights in float32
 (autocast_adapter_dtype); QLoRA stores each quantized `nn.Linear` weight as packed 4-bit (or 8-bit) data plus
 bitsandbytes' quantization state, and `prepare_model_for_kbit_training` casts every other 16-bit parameter to
-float32. Gradients have each trainable parameter's shape and dtype.
+float32, after which TRL's trainers cast the trainable adapter weights to bfloat16 (DoRA's magnitude aside).
+Gradients have each trainable parameter's shape and dtype.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunekit.methods.registry import build_on_meta
 
@@ -69,9 +70,23 @@ def param_table(recipe: Recipe, device: str = "cuda") -> ParamTable:
         size = p.element_size()
         if qlora and not quantized and size == 2:
             size = 4  # prepare_model_for_kbit_training casts the other 16-bit parameters to float32
+        if qlora and p.requires_grad and "lora_magnitude_vector" not in name:
+            size = 2  # TRL's trainers cast the adapters of a quantized model to bfloat16 (QLoRA paper, section 3)
         params.append(Param(name, tuple(p.shape), size, p.requires_grad, quantized))
-    buffers = sum(b.numel() * b.element_size() for b in plan.model.buffers())
+    buffers = sum(b.numel() * b.element_size() for b in plan.model.buffers()) + _orthogonal_bases(plan.model)
     return ParamTable(params, buffers, plan.model.config)
+
+
+def _orthogonal_bases(model: Any) -> int:
+    """torch's orthogonal parametrization (LoReFT's R) keeps a square `base` buffer of the larger side, which it
+    only creates from real values: absent on the meta device, counted here."""
+    total = 0
+    for module in model.modules():
+        for plist in (getattr(module, "parametrizations", None) or {}).values():
+            for step in plist:
+                if step.__class__.__name__ == "_Orthogonal" and getattr(step, "base", None) is None:
+                    total += max(plist.original.shape) ** 2 * plist.original.element_size()
+    return total
 
 
 def quantized_bytes(numel: int, rows: int, bits: int, double_quant: bool) -> int:
