@@ -121,6 +121,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def for_run(recipe: Recipe, device: str) -> dict | None:
+    """The estimate `tunekit train` records: per-device parts and peak on the device it trains on (no data plan:
+    the run prepares its own data). None when the planner cannot build the model on the meta device."""
+    from tunekit.errors import UserError
+
+    try:
+        est = Planner(device).estimate(recipe)
+    except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
+        return {"error": str(e).splitlines()[0][:200]}
+    return {"device": device, "per_device": est.gpu, "peak_bytes": est.total, "layout": est.layout.describe()}
+
+
 def summary_line(result: dict) -> str:
     fit = result["fit"]
     return (f"plan: {gib(fit['peak_bytes'])} per device predicted ({fit['verdict']} on {fit['gpu']}), "
