@@ -121,6 +121,40 @@ def validate(
 
 
 @app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    gpu: str = typer.Option(None, "--gpu", help="GPU name: A100-40, A100-80, H100, H200, L40S, RTX-4090, ... "
+                            "(default A100-80).", show_default=False),
+    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GiB (instead of --gpu).",
+                                     show_default=False),
+    nproc: int = typer.Option(None, "--nproc", help="Processes (GPUs) per node (launch.nproc).", show_default=False),
+    no_data: bool = typer.Option(False, "--no-data", help="Skip the data plan (no tokenisation)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Memory per device, fit, data and time for a recipe before anything loads (the model is built on the meta
+    device; see docs/plan.md).
+
+    Example: tunekit plan recipes/quickstart.yaml --gpu RTX-4090
+             tunekit plan my.yaml --gpu H100 --nproc 8 launch.strategy=deepspeed --json
+    """
+    _state["debug"] |= debug
+    import json
+
+    from tunekit.plan import hardware
+    from tunekit.plan.report import plan as make_plan
+    from tunekit.plan.report import render
+    from tunekit.recipe.load import load_recipe
+
+    r = load_recipe(recipe, [*(overrides or []), *([f"launch.nproc={nproc}"] if nproc else [])])
+    named = hardware.gpu(gpu) if gpu else None
+    target = hardware.custom(gpu_memory, named) if gpu_memory else named or hardware.gpu(hardware.DEFAULT_GPU)
+    result = make_plan(r, target, with_data=not no_data)
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result), nl=False)
+
+
+@app.command()
 def preprocess(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),

@@ -19,6 +19,8 @@ from tunekit.data.cache import source_fingerprints
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import load_tokenizer, resolve_model_path
+from tunekit.plan import measure
+from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.registry import stages as kind_stages
@@ -29,9 +31,11 @@ from tunekit.ui import console
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
     """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
     inputs = open_run(recipe, resume, overwrite)
+    predicted = plan_memory(recipe)
     staged = kind_stages(inputs)
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
-    summary = write_summary(inputs, staged.stages, results, staged.summary)
+    memory = {"predicted": predicted, "measured": measure.run_peak()}
+    summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
     if recipe.eval.run_after_train and runtime.is_main_process():
@@ -64,6 +68,17 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
     console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
                   + (f", {trained} trained tokens" if isinstance(trained, int) else ""))
     return RunInputs(recipe, out, model_path, tokenizer, train_ds, eval_ds, resume)
+
+
+def plan_memory(recipe: Recipe) -> dict | None:
+    """The planner's memory estimate for this run (docs/plan.md), printed as one line and kept for summary.json."""
+    import torch
+
+    predicted = plan_report.for_run(recipe, "cuda" if torch.cuda.is_available() else "cpu")
+    if predicted and "peak_bytes" in predicted:
+        console.print(f"plan: {plan_report.gib(predicted['peak_bytes'])} per device predicted "
+                      f"({predicted['layout']}, on {predicted['device']}; `tunekit plan` for the parts)")
+    return predicted
 
 
 def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
@@ -153,7 +168,7 @@ def final_eval(trainer: Any) -> dict:
     return last[-1] if last else trainer.evaluate()
 
 
-def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: dict) -> dict:
+def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: dict, memory: dict | None = None) -> dict:
     """summary.json; a staged run's last stage's final/ becomes the run's final/."""
     recipe, out, last = inputs.recipe, inputs.out, stages[-1]
     if last.dir != out and runtime.is_main_process():
@@ -168,6 +183,7 @@ def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: 
                "launch": {**runtime.scale_summary(recipe.launch, last.recipe.trainer), "engine": info["engine"]}}
     summary.update({"eval": info["eval"]} if "eval" in info else {})
     summary.update({**extra, "stages": results} if len(stages) > 1 else {})
+    summary.update({"memory": memory} if memory else {})
     if runtime.is_main_process():
         run_dir.write_json(out / "summary.json", summary)
     return summary

@@ -79,6 +79,15 @@ def quantization_kwargs(recipe: Recipe) -> dict:
                                                      else "cpu"}}
 
 
+def quantized_weight_ids(model: Any) -> set[int]:
+    """ids of the weights bitsandbytes quantizes when the model loads with a quantization config: every
+    `nn.Linear` weight except the output embedding (transformers keeps it in full precision)."""
+    from torch import nn
+
+    head = model.get_output_embeddings()
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m is not head}
+
+
 CALIBRATED = ("eva", "corda", "lora_ga")  # inits that read training batches (_eva, _corda, _lora_ga)
 EVA_MAX_PASSES = 50  # EVA repeats the calibration batches until its SVD converges; give up after this many passes
 

@@ -80,22 +80,30 @@ def needs_calibration(recipe: Recipe) -> bool:
 def count_without_weights(recipe: Recipe) -> dict:
     """Parameter counts for the recipe's model and method on the meta device: nothing is loaded or allocated."""
     import torch
+
+    return build_on_meta(recipe, torch.float32)[0].parameters()  # qlora: counts are logical (unquantized)
+
+
+def build_on_meta(recipe: Recipe, dtype: Any) -> tuple[MethodPlan, set[int]]:
+    """The recipe's model (in `dtype`) with the method applied, on the meta device: nothing is allocated. Also
+    the ids of the base weights bitsandbytes would quantize under qlora (`lora.quantized_weight_ids`)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.from_pretrained(resolve_model_path(recipe.model), trust_remote_code=recipe.model.trust_remote_code)
-    counted = recipe  # qlora: counts are logical, so the unquantized meta model gives them
+    counted = recipe
     if getattr(recipe.method, "init_lora_weights", True) not in (True, False):
-        # data- or SVD-based inits cannot run on meta tensors and do not change the counts
+        # data- or SVD-based inits cannot run on meta tensors and do not change the shapes
         counted = recipe.model_copy(update={"method": recipe.method.model_copy(update={"init_lora_weights": True})})
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
+        quantized = lora.quantized_weight_ids(model)
         try:
             plan = apply_method(model, counted)
         except (UserError, RuntimeError, NotImplementedError) as e:
-            raise UserError(f"method `{recipe.method.name}` initialises from the weights' values, so its counts need "
+            raise UserError(f"method `{recipe.method.name}` initialises from the weights' values, so its shapes need "
                             f"the weights: they are in summary.json after a run ({e})") from None
-    return plan.parameters()
+    return plan, quantized
 
 
 def load_trained(final_dir: str | Path, recipe: Recipe) -> Any:

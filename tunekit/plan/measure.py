@@ -1,0 +1,41 @@
+"""Measured memory, to set beside the estimate: the run's peak (summary.json) and, for tests and benchmarks,
+the peak bytes live in torch's CPU allocator during one call.
+
+CPU: torch's profiler with `profile_memory=True` records every allocation and free of torch's CPU allocator
+as a `[memory]` event with its signed size, in order. Their running sum is the bytes torch has live; its
+maximum over the call minus the live bytes at the start is the call's peak, allocator-exact (no RSS noise from
+the Python heap or glibc arenas, no sampling). CUDA: `torch.cuda.max_memory_allocated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def run_peak() -> dict:
+    """The peak memory of this process so far: CUDA's max allocated on the current device, else peak RSS."""
+    import resource
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated()), "source": "torch.cuda.max_memory_allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_bytes": int(rss if sys.platform == "darwin" else rss * 1024), "source": "process peak RSS (CPU)"}
+
+
+def cpu_peak(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(peak bytes allocated by torch on CPU above the bytes live at the start, fn's result) for `fn()`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type().name == "CPU"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak, result
