@@ -48,8 +48,12 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own warnings, logs and progress bars."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("TUNEKIT_DEBUG"))
+    from tunekit.quiet import quiet_libraries
+
+    quiet_libraries(verbose)
 
 
 @app.command()

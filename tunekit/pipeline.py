@@ -20,6 +20,7 @@ from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import load_tokenizer, resolve_model_path
 from tunekit.recipe.schema import Recipe
+from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.registry import stages as kind_stages
 from tunekit.trainers.stage import RunInputs, Stage
@@ -32,7 +33,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     staged = kind_stages(inputs)
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
     summary = write_summary(inputs, staged.stages, results, staged.summary)
-    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
+    loss = summary["final_loss"]
+    console.print(f"done: {summary['global_step']} steps, final loss "
+                  f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
     if recipe.eval.run_after_train and runtime.is_main_process():
         evaluate(inputs.out)
@@ -86,8 +89,9 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
-    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
-                                  [run_dir.metrics_callback(inputs.out, stage.tags), *plan.callbacks, *callbacks])
+    metrics = run_dir.metrics_callback(inputs.out, stage.tags)
+    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [metrics, *plan.callbacks, *callbacks])
+    display.attach(trainer, metrics, stage.title)
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)
