@@ -102,6 +102,7 @@ def validate(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     params: bool = typer.Option(False, "--params", help="Also count trainable/total parameters of the model and "
                                 "method on the meta device (no weights loaded; imports torch)."),
+    explain: bool = typer.Option(False, "--explain", help="Print each key's description as a comment beside it."),
 ) -> None:
     """Check a recipe (with overrides) and print it resolved, every default filled in. Loads no model."""
     _state["debug"] |= debug
@@ -110,7 +111,12 @@ def validate(
     from tunekit.recipe.load import load_recipe
 
     r = load_recipe(recipe, overrides or [])
-    typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
+    if explain:
+        from tunekit.recipe.reference import commented_yaml
+
+        typer.echo(commented_yaml(r), nl=False)
+    else:
+        typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
     if params:
         from tunekit.methods.registry import count_without_weights
@@ -185,6 +191,18 @@ def merge(
     from tunekit.merge.run import merge_cli
 
     merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
+
+
+@app.command("explain")
+def explain_(key: str = typer.Argument(..., help="A dotted recipe key, e.g. trainer.lr_scheduler, method.r, data.train, "
+                                       "or a section name.")) -> None:
+    """Explain a recipe key: description, type, default, allowed values, and which trainer kinds / methods have it.
+
+    The full reference is docs/reference.md. Example: tunekit explain trainer.lr_scheduler
+    """
+    from tunekit.recipe.reference import explain
+
+    typer.echo(explain(key), nl=False)
 
 
 # ------------------------------------------------------------------------------------------------ recipes
