@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import run_dir
+from tunekit import model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.eval.run import evaluate
@@ -37,8 +37,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     console.print(f"done: {summary['global_step']} steps, final loss "
                   f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
+    if runtime.is_main_process():
+        model_card.write_card(inputs.out, recipe)
     if recipe.eval.run_after_train and runtime.is_main_process():
-        evaluate(inputs.out)
+        evaluate(inputs.out)  # rewrites the card with the eval results
     return inputs.out
 
 

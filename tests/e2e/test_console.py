@@ -1,22 +1,36 @@
-"""The console of `tunekit train` redirected to files (not a terminal): tunekit's own lines only, plain text."""
+"""One small run through the real CLI with stdout/stderr redirected (not a terminal): the console holds tunekit's
+own lines only, as plain text; metrics.jsonl follows its schema; final/README.md is tunekit's model card."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tunekit import __version__
+from tunekit.model_card import write_card
+from tunekit.recipe.load import load_recipe
 
 LIBRARY_NOISE = re.compile(r"Warning|warnings\.warn|\[WARNING\]|Failed to load|it/s\]|s/it\]|%\||Loading weights|"
                            r"Generating .* split|Tokenizing|Dropping fully truncated|Writing model shards")
 DICT_REPR = re.compile(r"\{'\w+': ")
 
 
-def test_train_console_is_plain_and_quiet(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, data={"eval": [{"path": "builtin:quickstart/eval.jsonl", "format": "messages"}]},
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("console")
+    recipe = tiny_recipe(tmp, data={"eval": [{"path": "builtin:quickstart/eval.jsonl", "format": "messages"}]},
                          trainer={"max_steps": 6, "logging_steps": 2, "eval_steps": 3},
-                         output={"dir": str(tmp_path / "run"), "save_steps": 3})
-    proc = run_cli("train", recipe, check=True)
+                         output={"dir": str(tmp / "run"), "save_steps": 3})
+    return tmp / "run", run_cli("train", recipe, check=True)
+
+
+def test_train_console_is_plain_and_quiet(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run, proc = trained
     console = proc.stdout + proc.stderr
     assert "\r" not in console and "\x1b" not in console, console
     for line in console.splitlines():
@@ -27,9 +41,33 @@ def test_train_console_is_plain_and_quiet(tmp_path: Path) -> None:
     assert all(re.search(r"loss +\d+\.\d{4}  lr .*tok/s .*mem .* GB", ln) for ln in steps if "eval_loss" not in ln)
     assert sum("eval_loss" in ln for ln in steps) == 2
     assert re.search(r"final loss \d+\.\d{4},", proc.stderr), proc.stderr
-    # metrics.jsonl: one throughput number, elapsed time and peak memory on every training row
-    train_rows = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
+
+
+def test_metrics_schema(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    # one throughput number, elapsed time and peak memory on every training row
+    train_rows = [m for m in read_metrics(trained[0]) if "loss" in m]
     for row in train_rows:
         assert {"step", "epoch", "learning_rate", "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s",
                 "peak_mem_gb"} <= set(row)
         assert not {"train_tokens_per_second", "num_input_tokens_seen", "train_runtime", "num_tokens"} & set(row)
+
+
+def test_model_card(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run = trained[0]
+    card = (run / "final" / "README.md").read_text()
+    assert "More Information Needed" not in card and "None" not in card and "huggingface.co/None" not in card
+    sha = next(iter(json.loads((run / "data.json").read_text())["files"]["builtin:quickstart/train.jsonl"].values()))
+    for text in ("`builtin:tiny-llama` fine-tuned with tunekit " + __version__, "method `lora`, trainer `sft`",
+                 "`r: 8`", "`alpha: 16.0`", "| train | `builtin:quickstart/train.jsonl` | messages | 2,000 |",
+                 sha[:16], "| learning_rate | `0.005` |", "| max_steps | `6` |", "| optimizer steps | 6 |",
+                 "final training loss", "eval loss", "AutoPeftModelForCausalLM.from_pretrained",
+                 "vllm serve", "--enable-lora", f"tunekit chat {run}", "randomly initialised"):
+        assert text in card, text
+    assert not (run / "checkpoints" / "README.md").exists() and not (run / "final" / "training_args.bin").exists()
+    assert not list((run / "checkpoints").glob("*/README.md"))
+    # eval results join the card when the run has a report (as `tunekit eval RUN` writes it)
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "report.json").write_text(json.dumps({"tasks": {"arith": {
+        "tuned": {"exact_match": 0.25, "tokens": 10}, "base": {"exact_match": 0.0, "tokens": 10}}}}))
+    write_card(run, load_recipe(run / "recipe.resolved.yaml", []))
+    assert "| arith | exact_match | 0.2500 | 0.0000 |" in (run / "final" / "README.md").read_text()

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, RECIPES
+from tests.conftest import RECIPES, REPO
 from tunekit.cli import app
 from tunekit.errors import UserError
 from tunekit.recipe.load import load_recipe

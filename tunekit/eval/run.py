@@ -15,6 +15,7 @@ from tunekit.errors import UserError
 from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
 from tunekit.eval.tasks import RUNNERS, read_examples, shipped_task
+from tunekit.model_card import write_card
 from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
@@ -125,4 +126,6 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
                          for m, v in t["tuned"].items() if m != "tokens")
         console.print(f"{name}: {line}")
     console.print(f"report: {out / 'report.md'}")
+    if target.run_dir is not None and target.recipe is not None and out == target.run_dir / "eval":
+        write_card(target.run_dir, target.recipe)  # the card shows the new results
     return out
