@@ -153,16 +153,27 @@ def eval_(
     no_base: bool = typer.Option(False, "--no-base", help="Skip evaluating the base model."),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per forward pass / generate call."),
     max_examples: int = typer.Option(None, "--max-examples", help="Use at most N examples of each task."),
+    task_file: Path = typer.Option(None, "--task-file", help="Your own task: a JSONL file (see --kind).",
+                                   show_default=False),
+    kind: str = typer.Option("generation", "--kind", help="With --task-file: generation ({prompt, answer} rows, "
+                             "scored by --metric), choice ({prompt, choices, answer}) or loss (chat `messages` rows)."),
+    data_format: str = typer.Option(None, "--format", help="With --task-file: row format if not the kind's default "
+                                    "(qa, choice, messages, prompt_completion).", show_default=False),
+    metric: list[str] = typer.Option(None, "--metric", help="With --kind generation: exact_match (default), "
+                                     "numeric_match, contains, regex, token_f1, rouge_l; repeatable."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
 
-    Example: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
+    With no --task/--task-file: the recipe's eval tasks, else loss on the run's eval split.
+    Examples: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
+              tunekit eval runs/quickstart --task-file my_questions.jsonl --kind generation --metric numeric_match
     """
     _state["debug"] |= debug
-    from tunekit.eval.run import evaluate
+    from tunekit.eval.run import evaluate, file_task
 
-    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples)
+    extra = [file_task(task_file, kind, data_format, metric)] if task_file else []
+    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples, extra)
 
 
 @app.command()

@@ -71,3 +71,18 @@ def test_model_card(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
         "tuned": {"exact_match": 0.25, "tokens": 10}, "base": {"exact_match": 0.0, "tokens": 10}}}}))
     write_card(run, load_recipe(run / "recipe.resolved.yaml", []))
     assert "| arith | exact_match | 0.2500 | 0.0000 |" in (run / "final" / "README.md").read_text()
+
+
+@pytest.mark.full
+def test_eval_task_file(trained: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    run = trained[0]
+    qa = tmp_path / "my_questions.jsonl"
+    qa.write_text("".join(json.dumps({"prompt": f"What is {a} plus {a}?", "answer": str(2 * a)}) + "\n"
+                          for a in range(3)))
+    proc = run_cli("eval", run, "--task-file", qa, "--kind", "generation", "--metric", "numeric_match",
+                   "--no-base", "--out", tmp_path / "report", check=True)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["tasks"]["my_questions"]["tuned"]) >= {"numeric_match"}
+    assert "\r" not in proc.stderr and "Warning" not in proc.stderr
+    bad = run_cli("eval", run, "--task-file", qa, "--kind", "generaton")
+    assert bad.returncode == 2 and "Did you mean `generation`?" in bad.stderr
