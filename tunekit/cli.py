@@ -204,6 +204,30 @@ def merge(
     merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
 
 
+@app.command()
+def chat(
+    target: str = typer.Argument(..., help="A run directory, a model directory or a hub id."),
+    prompt: str = typer.Option(None, "--prompt", help="Answer this one message and exit (for scripts).",
+                               show_default=False),
+    system: str = typer.Option(None, "--system", help="System prompt.", show_default=False),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per reply at most."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0: greedy decoding."),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.0, help="> 1 discourages repeats."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Chat with a trained model using the chat template it trained with; replies stream to stdout.
+
+    In the chat: /reset, /system TEXT, /exit. Example: tunekit chat runs/quickstart --prompt "What is 2 plus 3?"
+    """
+    _state["debug"] |= debug
+    from tunekit import chat as chat_mod
+
+    settings = chat_mod.Generation(max_new_tokens, temperature, top_p, repetition_penalty, seed)
+    chat_mod.run(chat_mod.load_session(target, settings, system), prompt)
+
+
 @app.command("explain")
 def explain_(key: str = typer.Argument(..., help="A dotted recipe key, e.g. trainer.lr_scheduler, method.r, data.train, "
                                        "or a section name.")) -> None:

@@ -4,8 +4,10 @@ own lines only, as plain text; metrics.jsonl follows its schema; final/README.md
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,26 @@ def test_eval_task_file(trained: tuple[Path, subprocess.CompletedProcess], tmp_p
     assert "\r" not in proc.stderr and "Warning" not in proc.stderr
     bad = run_cli("eval", run, "--task-file", qa, "--kind", "generaton")
     assert bad.returncode == 2 and "Did you mean `generation`?" in bad.stderr
+
+
+def _chat(run: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunekit", "chat", str(run), "--temperature", "0",
+                           "--max-new-tokens", "8", *args], input=stdin, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_chat_prompt_one_shot(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    proc = _chat(trained[0], "--prompt", "What is 2 plus 3?")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and "\x1b" not in proc.stdout  # the reply alone on stdout, streamed
+    assert "chat:" in proc.stderr and "Warning" not in proc.stderr
+
+
+@pytest.mark.full
+def test_chat_loop_from_piped_stdin(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    proc = _chat(trained[0], stdin="What is 4 plus 4?\n/system Be brief.\nCompute 3 times 3.\n/bogus\n/reset\n"
+                 "/exit\nnever read\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "(new conversation; system: Be brief.)" in proc.stderr and "unknown command /bogus" in proc.stderr
+    assert proc.stderr.count("(new conversation; system: Be brief.)") == 2  # /system, then /reset keeps it
+    assert proc.stdout.count("\n") >= 2  # two replies
