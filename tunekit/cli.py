@@ -48,8 +48,12 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own warnings, logs and progress bars."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("TUNEKIT_DEBUG"))
+    from tunekit.quiet import quiet_libraries
+
+    quiet_libraries(verbose)
 
 
 @app.command()
@@ -98,6 +102,7 @@ def validate(
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     params: bool = typer.Option(False, "--params", help="Also count trainable/total parameters of the model and "
                                 "method on the meta device (no weights loaded; imports torch)."),
+    explain: bool = typer.Option(False, "--explain", help="Print each key's description as a comment beside it."),
 ) -> None:
     """Check a recipe (with overrides) and its data files' existence; print it resolved, every default filled
     in. Loads no model and no data."""
@@ -110,7 +115,12 @@ def validate(
     from tunekit.data.sources import check_exists
 
     check_exists([*r.data.train, *r.data.eval])
-    typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
+    if explain:
+        from tunekit.recipe.reference import commented_yaml
+
+        typer.echo(commented_yaml(r), nl=False)
+    else:
+        typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
     if params:
         from tunekit.methods.registry import count_without_weights
@@ -181,16 +191,27 @@ def eval_(
     no_base: bool = typer.Option(False, "--no-base", help="Skip evaluating the base model."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Examples per forward pass / generate call."),
     max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most N examples of each task."),
+    task_file: Path = typer.Option(None, "--task-file", help="Your own task: a JSONL file (see --kind).",
+                                   show_default=False),
+    kind: str = typer.Option("generation", "--kind", help="With --task-file: generation ({prompt, answer} rows, "
+                             "scored by --metric), choice ({prompt, choices, answer}) or loss (chat `messages` rows)."),
+    data_format: str = typer.Option(None, "--format", help="With --task-file: row format if not the kind's default "
+                                    "(qa, choice, messages, prompt_completion).", show_default=False),
+    metric: list[str] = typer.Option(None, "--metric", help="With --kind generation: exact_match (default), "
+                                     "numeric_match, contains, regex, token_f1, rouge_l; repeatable."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
 
-    Example: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
+    With no --task/--task-file: the recipe's eval tasks, else loss on the run's eval split.
+    Examples: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
+              tunekit eval runs/quickstart --task-file my_questions.jsonl --kind generation --metric numeric_match
     """
     _state["debug"] |= debug
-    from tunekit.eval.run import evaluate
+    from tunekit.eval.run import evaluate, file_task
 
-    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples)
+    extra = [file_task(task_file, kind, data_format, metric)] if task_file else []
+    evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples, extra)
 
 
 @app.command()
@@ -219,6 +240,42 @@ def merge(
     from tunekit.merge.run import merge_cli
 
     merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
+
+
+@app.command()
+def chat(
+    target: str = typer.Argument(..., help="A run directory, a model directory or a hub id."),
+    prompt: str = typer.Option(None, "--prompt", help="Answer this one message and exit (for scripts).",
+                               show_default=False),
+    system: str = typer.Option(None, "--system", help="System prompt.", show_default=False),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per reply at most."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0: greedy decoding."),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.0, help="> 1 discourages repeats."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Chat with a trained model using the chat template it trained with; replies stream to stdout.
+
+    In the chat: /reset, /system TEXT, /exit. Example: tunekit chat runs/quickstart --prompt "What is 2 plus 3?"
+    """
+    _state["debug"] |= debug
+    from tunekit import chat as chat_mod
+
+    settings = chat_mod.Generation(max_new_tokens, temperature, top_p, repetition_penalty, seed)
+    chat_mod.run(chat_mod.load_session(target, settings, system), prompt)
+
+
+@app.command("explain")
+def explain_(key: str = typer.Argument(..., help="A dotted recipe key, e.g. trainer.lr_scheduler, method.r, data.train, "
+                                       "or a section name.")) -> None:
+    """Explain a recipe key: description, type, default, allowed values, and which trainer kinds / methods have it.
+
+    The full reference is docs/reference.md. Example: tunekit explain trainer.lr_scheduler
+    """
+    from tunekit.recipe.reference import explain
+
+    typer.echo(explain(key), nl=False)
 
 
 # ------------------------------------------------------------------------------------------------ recipes

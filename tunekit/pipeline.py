@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import run_dir
+from tunekit import model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.eval.run import evaluate
@@ -22,6 +22,7 @@ from tunekit.model.load import load_tokenizer, resolve_model_path
 from tunekit.plan import measure
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
+from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.registry import stages as kind_stages
 from tunekit.trainers.stage import RunInputs, Stage
@@ -36,10 +37,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
     memory = {"predicted": predicted, "measured": measure.run_peak()}
     summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
-    console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
+    loss = summary["final_loss"]
+    console.print(f"done: {summary['global_step']} steps, final loss "
+                  f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
+    if runtime.is_main_process():
+        model_card.write_card(inputs.out, recipe)
     if recipe.eval.run_after_train and runtime.is_main_process():
-        evaluate(inputs.out)
+        evaluate(inputs.out)  # rewrites the card with the eval results
     return inputs.out
 
 
@@ -101,8 +106,9 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
-    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
-                                  [run_dir.metrics_callback(inputs.out, stage.tags), *plan.callbacks, *callbacks])
+    metrics = run_dir.metrics_callback(inputs.out, stage.tags)
+    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [metrics, *plan.callbacks, *callbacks])
+    display.attach(trainer, metrics, stage.title)
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)

@@ -11,26 +11,55 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunekit.errors import UserError
+from pydantic import ValidationError
+
+from tunekit.errors import UserError, did_you_mean
 from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
 from tunekit.eval.tasks import RUNNERS, read_examples, shipped_task
+from tunekit.model_card import write_card
 from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
+TASK_FILE_KINDS = {"generation": ("generate", "qa"), "choice": ("multiple_choice", "choice"), "loss": ("loss", "messages")}
 
-def choose_tasks(target: Any, names: list[str]) -> list[EvalTask]:
-    if names:
-        return [shipped_task(n) for n in names]
+
+def file_task(path: Path, kind: str, data_format: str | None = None, metrics: list[str] | None = None) -> EvalTask:
+    """An eval task from a JSONL file named on the command line (`tunekit eval RUN --task-file F --kind K`)."""
+    if kind not in TASK_FILE_KINDS:
+        raise UserError(f"--kind: `{kind}` is not a task kind.{did_you_mean(kind, TASK_FILE_KINDS)} "
+                        f"Choose one of {', '.join(TASK_FILE_KINDS)}")
+    if not Path(path).is_file():
+        raise UserError(f"--task-file: `{path}` is not a file")
+    task_kind, default_format = TASK_FILE_KINDS[kind]
+    fields = {"name": Path(path).stem, "kind": task_kind,
+              "data": {"path": str(path), "format": data_format or default_format}}
+    try:
+        return EvalTask.model_validate({**fields, **({"metrics": metrics} if metrics else {})})
+    except ValidationError as e:
+        raise UserError(f"--task-file {path}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+
+
+def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = None) -> list[EvalTask]:
+    if names or extra:
+        return [shipped_task(n) for n in names] + list(extra or [])
     recipe = target.recipe
     if recipe is not None and recipe.eval.tasks:
+        console.print(f"tasks: the recipe's eval.tasks ({', '.join(t.name for t in recipe.eval.tasks)})")
         return list(recipe.eval.tasks)
     if recipe is not None and recipe.data.eval:
+        console.print("tasks: none given; loss and perplexity on the run's eval split (data.eval: "
+                      f"{', '.join(s.path for s in recipe.data.eval)})")
         return [EvalTask(name="heldout-loss" if len(recipe.data.eval) == 1 else f"heldout-loss-{i + 1}", kind="loss",
                          data=TaskData(path=s.path, format=s.format, columns=s.columns))
                 for i, s in enumerate(recipe.data.eval)]
+    if recipe is not None and recipe.data.eval_fraction:
+        raise UserError(f"{target.label}: no eval tasks, and the run's eval split is a data.eval_fraction hold-out of "
+                        "the training rows, which `tunekit eval` cannot rebuild yet (its loss at the end of training "
+                        "is eval_loss in summary.json). Name tasks with --task or --task-file FILE --kind loss")
     raise UserError(f"{target.label}: no eval tasks: the recipe has no `eval.tasks` and no `data.eval`; name tasks "
-                    "with --task (e.g. --task quickstart-arith) or add an eval: section")
+                    "with --task (e.g. --task quickstart-arith), --task-file FILE --kind generation|choice|loss, "
+                    "or add an eval: section")
 
 
 def report_dir(out: Path, overwrite: bool) -> Path:
@@ -91,10 +120,11 @@ def write_report(out: Path, report: dict, run: Path | None, shown: int) -> dict:
 
 def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: Path | None = None,
              overwrite: bool = False, compare_base: bool | None = None, batch_size: int | None = None,
-             max_examples: int | None = None) -> Path:
+             max_examples: int | None = None, extra_tasks: list[EvalTask] | None = None) -> Path:
+    """`extra_tasks`: tasks built outside the recipe (`--task-file`), run with the named shipped ones."""
     start = time.perf_counter()
     target = resolve_target(target_path)
-    tasks = choose_tasks(target, task_names or [])
+    tasks = choose_tasks(target, task_names or [], extra_tasks)
     if max_examples:
         tasks = [t.model_copy(update={"max_examples": min(t.max_examples or max_examples, max_examples)})
                  for t in tasks]
@@ -125,4 +155,6 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
                          for m, v in t["tuned"].items() if m != "tokens")
         console.print(f"{name}: {line}")
     console.print(f"report: {out / 'report.md'}")
+    if target.run_dir is not None and target.recipe is not None and out == target.run_dir / "eval":
+        write_card(target.run_dir, target.recipe)  # the card shows the new results
     return out

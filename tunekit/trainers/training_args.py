@@ -35,7 +35,7 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
         optim=t.optim,
         seed=t.seed,
         data_seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no",

@@ -1,0 +1,113 @@
+"""One small run through the real CLI with stdout/stderr redirected (not a terminal): the console holds tunekit's
+own lines only, as plain text; metrics.jsonl follows its schema; final/README.md is tunekit's model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tunekit import __version__
+from tunekit.model_card import write_card
+from tunekit.recipe.load import load_recipe
+
+LIBRARY_NOISE = re.compile(r"Warning|warnings\.warn|\[WARNING\]|Failed to load|it/s\]|s/it\]|%\||Loading weights|"
+                           r"Generating .* split|Tokenizing|Dropping fully truncated|Writing model shards")
+DICT_REPR = re.compile(r"\{'\w+': ")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("console")
+    recipe = tiny_recipe(tmp, data={"eval": [{"path": "builtin:quickstart/eval.jsonl", "format": "messages"}]},
+                         trainer={"max_steps": 6, "logging_steps": 2, "eval_steps": 3},
+                         output={"dir": str(tmp / "run"), "save_steps": 3})
+    return tmp / "run", run_cli("train", recipe, check=True)
+
+
+def test_train_console_is_plain_and_quiet(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run, proc = trained
+    console = proc.stdout + proc.stderr
+    assert "\r" not in console and "\x1b" not in console, console
+    for line in console.splitlines():
+        assert not LIBRARY_NOISE.search(line), line
+        assert not DICT_REPR.search(line), line
+    steps = [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in steps if "eval_loss" not in ln] == ["1/6", "2/6", "4/6", "6/6"]
+    assert all(re.search(r"loss +\d+\.\d{4}  lr .*tok/s .*mem .* GB", ln) for ln in steps if "eval_loss" not in ln)
+    assert sum("eval_loss" in ln for ln in steps) == 2
+    assert re.search(r"final loss \d+\.\d{4},", proc.stderr), proc.stderr
+
+
+def test_metrics_schema(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    # one throughput number, elapsed time and peak memory on every training row
+    train_rows = [m for m in read_metrics(trained[0]) if "loss" in m]
+    for row in train_rows:
+        assert {"step", "epoch", "learning_rate", "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s",
+                "peak_mem_gb"} <= set(row)
+        assert not {"train_tokens_per_second", "num_input_tokens_seen", "train_runtime", "num_tokens"} & set(row)
+
+
+def test_model_card(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run = trained[0]
+    card = (run / "final" / "README.md").read_text()
+    assert "More Information Needed" not in card and "None" not in card and "huggingface.co/None" not in card
+    sha = next(iter(json.loads((run / "data.json").read_text())["files"]["builtin:quickstart/train.jsonl"].values()))
+    for text in ("`builtin:tiny-llama` fine-tuned with tunekit " + __version__, "method `lora`, trainer `sft`",
+                 "`r: 8`", "`alpha: 16.0`", "| train | `builtin:quickstart/train.jsonl` | messages | 2,000 |",
+                 sha[:16], "| learning_rate | `0.005` |", "| max_steps | `6` |", "| optimizer steps | 6 |",
+                 "final training loss", "eval loss", "AutoPeftModelForCausalLM.from_pretrained",
+                 "vllm serve", "--enable-lora", f"tunekit chat {run}", "randomly initialised"):
+        assert text in card, text
+    assert not (run / "checkpoints" / "README.md").exists() and not (run / "final" / "training_args.bin").exists()
+    assert not list((run / "checkpoints").glob("*/README.md"))
+    # eval results join the card when the run has a report (as `tunekit eval RUN` writes it)
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "report.json").write_text(json.dumps({"tasks": {"arith": {
+        "tuned": {"exact_match": 0.25, "tokens": 10}, "base": {"exact_match": 0.0, "tokens": 10}}}}))
+    write_card(run, load_recipe(run / "recipe.resolved.yaml", []))
+    assert "| arith | exact_match | 0.2500 | 0.0000 |" in (run / "final" / "README.md").read_text()
+
+
+@pytest.mark.full
+def test_eval_task_file(trained: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    run = trained[0]
+    qa = tmp_path / "my_questions.jsonl"
+    qa.write_text("".join(json.dumps({"prompt": f"What is {a} plus {a}?", "answer": str(2 * a)}) + "\n"
+                          for a in range(3)))
+    proc = run_cli("eval", run, "--task-file", qa, "--kind", "generation", "--metric", "numeric_match",
+                   "--no-base", "--out", tmp_path / "report", check=True)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["tasks"]["my_questions"]["tuned"]) >= {"numeric_match"}
+    assert "\r" not in proc.stderr and "Warning" not in proc.stderr
+    bad = run_cli("eval", run, "--task-file", qa, "--kind", "generaton")
+    assert bad.returncode == 2 and "Did you mean `generation`?" in bad.stderr
+
+
+def _chat(run: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunekit", "chat", str(run), "--temperature", "0",
+                           "--max-new-tokens", "8", *args], input=stdin, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_chat_prompt_one_shot(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    proc = _chat(trained[0], "--prompt", "What is 2 plus 3?")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and "\x1b" not in proc.stdout  # the reply alone on stdout, streamed
+    assert "chat:" in proc.stderr and "Warning" not in proc.stderr
+
+
+@pytest.mark.full
+def test_chat_loop_from_piped_stdin(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    proc = _chat(trained[0], stdin="What is 4 plus 4?\n/system Be brief.\nCompute 3 times 3.\n/bogus\n/reset\n"
+                 "/exit\nnever read\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "(new conversation; system: Be brief.)" in proc.stderr and "unknown command /bogus" in proc.stderr
+    assert proc.stderr.count("(new conversation; system: Be brief.)") == 2  # /system, then /reset keeps it
+    assert proc.stdout.count("\n") >= 2  # two replies
