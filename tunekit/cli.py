@@ -219,7 +219,7 @@ def merge(
     inputs: list[str] = typer.Argument(..., help="Run directories, adapter directories or full model directories."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged model (must not exist or be empty)."),
     method: str = typer.Option(None, "--method", help="With several inputs: linear (default), soup, greedy_soup, "
-                               "task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, breadcrumbs."),
+                               "task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, breadcrumbs, model_stock."),
     weights: str = typer.Option(None, "--weights", help="Comma-separated weight per input, e.g. 0.7,0.3."),
     density: float = typer.Option(0.5, "--density", help="Fraction of each delta kept (ties, dare, pruning)."),
     scale: float = typer.Option(1.0, "--scale", help="Scaling of the summed task vectors (lambda)."),

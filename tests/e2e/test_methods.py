@@ -27,6 +27,7 @@ TINY_OPTIONS: dict[str, dict] = {
     "galore": {"rank": 4, "update_proj_gap": 1, "target_modules": ["self_attn", "mlp"]},
     "loreft": {"rank": 2, "layers": [0], "positions": "first", "first_n": 3},  # layer 0: later tokens attend
     "lofit": {"heads": [[0, 1], [1, 3]], "scale": True},
+    "bottleneck": {"bottleneck_size": 8, "activation": "tanh"},  # series (the default)
     "c3a": {"block_size": 16},
     "shira": {"r": 2},
     "road": {"group_size": 16},
@@ -45,6 +46,9 @@ METHODS = [method_name(m) for m in ALL_METHODS if method_name(m) not in EXCLUDED
 # reload onto the original base with the trained model's outputs.
 INIT_VARIANTS = {f"lora-{init}": {"r": 4, "alpha": 8, "init_lora_weights": init} for init in ("pissa", "olora", "corda", "lora_ga")}
 INIT_VARIANTS["lora-kasa"] = {"r": 4, "alpha": 8, "kasa_config": {}}  # KaSA truncates the base's SVD too
+# Other methods' variants (a "name" here replaces lora).
+INIT_VARIANTS["bottleneck-parallel"] = {"name": "bottleneck", "placement": "parallel", "bottleneck_size": 8,
+                                        "activation": "relu"}
 # Methods whose trainable set is not all updated in two steps, by design: LISA trains 1 of 2 layers per step;
 # ShadowPEFT's last-layer update modules only feed a next layer, which the 2-layer model does not have.
 PARTLY_UPDATED = {"lisa", "shadow"}

@@ -141,3 +141,47 @@ def test_different_bases_and_shapes_are_refused(adapters: tuple[Path, Path], tmp
     with pytest.raises(UserError, match="one weight per input"):
         merge_models([str(adapters[0]), str(adapters[1])], tmp_path / "z", "linear", [1.0], 0.5, 1.0, None, None,
                      "float32", 0)
+
+
+def test_model_stock_equals_its_closed_form_by_hand() -> None:
+    # w0 = [1, 1]; task vectors (2, 0) and (1, 1): cos = 2 / (2 * sqrt 2) = 1/sqrt 2,
+    # t = 2 cos / (1 + cos) = sqrt 2 / (1 + 1/sqrt 2) = 0.828427..., merged = w0 + t * mean(tau) = w0 + t * (1.5, 0.5).
+    base = {"w": torch.tensor([1.0, 1.0]), "same": torch.ones(3)}
+    states = [{"w": torch.tensor([3.0, 1.0]), "same": torch.ones(3)},
+              {"w": torch.tensor([2.0, 2.0]), "same": torch.ones(3)}]
+    t = 0.8284271247
+    merged = merge_states(base, states, "model_stock", None)
+    assert torch.allclose(merged["w"], torch.tensor([1 + 1.5 * t, 1 + 0.5 * t]), atol=1e-6)  # float32 rounding
+    assert torch.equal(merged["same"], torch.ones(3))  # zero task vectors: the base (t = 0, nothing to move)
+    # three models at equal pairwise angles of 60 degrees: cos = 0.5, t = 3 * 0.5 / (1 + 2 * 0.5) = 0.75
+    taus = [torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])]
+    merged = merge_states({"w": torch.zeros(3)}, [{"w": x} for x in taus], "model_stock", None)
+    assert torch.allclose(merged["w"], 0.75 * torch.stack(taus).mean(0), atol=1e-6)
+    # orthogonal task vectors: t = 0, the base is kept
+    merged = merge_states({"w": torch.zeros(2)}, [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 2.0])}],
+                          "model_stock", None)
+    assert torch.equal(merged["w"], torch.zeros(2))
+
+
+def test_model_stock_on_two_adapters_matches_a_per_tensor_hand_computation(adapters: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    a, b = adapters
+    info = merge_models([str(a), str(b)], tmp_path / "ms", "model_stock", None, 0.5, 1.0, None, None, "float32", 0)
+    da, db = hand_deltas(a), hand_deltas(b)
+    _, delta = merged_deltas(tmp_path / "ms")
+    ratios = []
+    for k, d in delta.items():
+        if k not in da:
+            assert torch.count_nonzero(d) == 0, k  # tensors no adapter touched stay the base's
+            continue
+        x, y = da[k].reshape(-1).double(), db[k].reshape(-1).double()
+        cos = float(x @ y / (x.norm() * y.norm()))
+        t = 2 * cos / (1 + cos)
+        ratios.append(t)
+        # atol: the merged weights are float32 sums base + delta, read back and differenced (~1e-7 relative)
+        assert torch.allclose(d, (t * (da[k] + db[k]) / 2).float(), atol=1e-6), k
+    # merge.json reports the range of t over the 6 adapted tensors
+    assert info["model_stock_t"]["tensors"] == len(ratios) == 2 * len(TARGETS)
+    assert info["model_stock_t"]["min"] == pytest.approx(min(ratios), abs=1e-9)
+    with pytest.raises(UserError, match="model_stock sets its own"):
+        merge_models([str(a), str(b)], tmp_path / "w", "model_stock", [0.5, 0.5], 0.5, 1.0, None, None, "float32", 0)

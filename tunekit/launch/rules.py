@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 SHARDED = ("zero3", "fsdp")  # strategies that shard the parameters themselves
 PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")
-REPRESENTATION = ("reft", "loreft", "lofit", "red")
+REPRESENTATION = ("reft", "loreft", "lofit", "red", "bottleneck")
 # Optimizers DeepSpeed / FSDP CPU offload can step on CPU (DeepSpeedCPUAdam or torch's AdamW on CPU tensors).
 OFFLOADABLE_OPTIMS = ("adamw_torch", "adamw_hf", "adamw_torch_fused", "adamw_torch_4bit", "adamw_torch_8bit",
                       "adagrad", "sgd")
@@ -49,7 +49,7 @@ RULES: list[dict[str, Any]] = [
     {
         "id": "representation-sharded",
         "when": {"method": REPRESENTATION, "sharding": SHARDED},
-        "why": "representation interventions hook the hidden states of chosen layers of the unsharded model; "
+        "why": "representation interventions and bottleneck adapters hook the hidden states of chosen layers of the unsharded model; "
                "ZeRO-3/FSDP replace those parameters and modules with sharded ones.",
         "instead": "use launch.strategy: ddp or deepspeed stage 1/2.",
     },

@@ -53,8 +53,9 @@ def merge_adapter(target: str, out: Path, dtype: str = "float32", tolerance: flo
     """Merge a run's (or adapter directory's) adapter into its base; refuse when logits drift past tolerance."""
     t = resolve_target(target)
     if t.kind == "interventions":
-        raise UserError(f"{t.weights}: holds LoReFT/LoFiT interventions, which act on hidden states at run time "
-                        "and cannot be folded into the weights; evaluate or serve the run with its interventions")
+        raise UserError(f"{t.weights}: holds LoReFT/LoFiT interventions or bottleneck adapters, which act on hidden "
+                        "states at run time and cannot be folded into the weights; evaluate or serve the run with "
+                        "them attached")
     if t.kind != "adapter":
         raise UserError(f"{t.weights}: holds a full model, not an adapter, so there is nothing to merge into a "
                         "base; use it as it is, or give several inputs with --method to merge models")

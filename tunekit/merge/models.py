@@ -13,6 +13,9 @@ utilities (`peft.utils.merge_utils`) where they exist:
   dare_ties        DARE drops, then TIES sign election and disjoint mean
   magnitude_prune  keep each tau's top `density` magnitudes, then weighted sum
   breadcrumbs      drop each tau's top `outliers` fraction and keep the next `density` fraction, then sum
+  model_stock      Model Stock (Jang et al. 2024): per tensor, w0 + t * (w_avg - w0) with
+                   t = k cos(theta) / (1 + (k - 1) cos(theta)), theta the angle between the task vectors
+                   (k > 2: the mean pairwise cosine); no weights, density or scale
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, r
 from tunekit.ui import console
 
 METHODS = ("linear", "soup", "greedy_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
-           "magnitude_prune", "breadcrumbs")
+           "magnitude_prune", "breadcrumbs", "model_stock")
 
 
 def breadcrumbs_mask(tau: Any, density: float, outliers: float) -> Any:
@@ -44,6 +47,25 @@ def breadcrumbs_mask(tau: Any, density: float, outliers: float) -> Any:
     mask = torch.zeros(n, dtype=tau.dtype)
     mask[order[top : top + keep]] = 1
     return mask.reshape(tau.shape)
+
+
+def model_stock_ratio(taus: list[Any]) -> float:
+    """Model Stock's interpolation ratio t = k cos / (1 + (k - 1) cos) for one tensor's k task vectors.
+
+    cos is the cosine between the task vectors (the paper's angle at the pre-trained weights; for k > 2 the mean
+    over pairs, as the paper assumes equal angles). A zero task vector has no angle: cos counts as 0 (t = 0, the
+    base). The paper assumes cos > 0; a negative cos is kept (t < 0 extrapolates away from the average), except at
+    the pole 1 + (k - 1) cos = 0, where t is 0. merge.json reports the range of t.
+    """
+    flat = [t.reshape(-1).double() for t in taus]
+    cosines = []
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            denom = flat[i].norm() * flat[j].norm()
+            cosines.append(float(flat[i] @ flat[j] / denom) if denom > 0 else 0.0)
+    cos, k = sum(cosines) / len(cosines), len(taus)
+    den = 1 + (k - 1) * cos
+    return 0.0 if abs(den) < 1e-12 else k * cos / den
 
 
 def combine(taus: list[Any], method: str, weights: list[float], density: float, outliers: float = 0.01) -> Any:
@@ -64,6 +86,8 @@ def combine(taus: list[Any], method: str, weights: list[float], density: float, 
         return mu.magnitude_prune(taus, w, density)
     if method == "breadcrumbs":
         return mu.task_arithmetic([t * breadcrumbs_mask(t, density, outliers) for t in taus], w)
+    if method == "model_stock":
+        return model_stock_ratio(taus) * torch.stack(taus).mean(dim=0)
     raise UserError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
 
 
@@ -71,7 +95,7 @@ def merge_states(base: dict, states: list[dict], method: str, weights: list[floa
                  scale: float = 1.0, outliers: float = 0.01) -> dict:
     """base + scale * combine(task vectors); linear/soup use normalised weights and no scale."""
     n = len(states)
-    if method in ("linear", "soup", "greedy_soup"):
+    if method in ("linear", "soup", "greedy_soup", "model_stock"):
         w = weights or [1.0] * n
         w, scale = [x / sum(w) for x in w], 1.0
     else:
@@ -152,6 +176,16 @@ def greedy_soup(base: dict, states: list[dict], model: Any, tokenizer: Any, eval
     return kept, {"individual_losses": singles, "kept": kept, "soup_loss": best}
 
 
+def model_stock_summary(base: dict, states: list[dict]) -> dict:
+    """The range of Model Stock's ratio t over the tensors some input changed (for merge.json)."""
+    import torch
+
+    ratios = [model_stock_ratio([s[k].float() - b.float() for s in states]) for k, b in base.items()
+              if b.is_floating_point() and any(not torch.equal(s[k], b) for s in states)]
+    return {"tensors": len(ratios), "min": min(ratios, default=None), "max": max(ratios, default=None),
+            "mean": sum(ratios) / len(ratios) if ratios else None}
+
+
 def merge_models(inputs: list[str], out: Path, method: str, weights: list[float] | None, density: float,
                  scale: float, base: str | None, eval_data: str | None, dtype: str, seed: int,
                  outliers: float = 0.01) -> dict:
@@ -161,6 +195,8 @@ def merge_models(inputs: list[str], out: Path, method: str, weights: list[float]
         raise UserError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
     if weights is not None and len(weights) != len(inputs):
         raise UserError(f"--weights: {len(weights)} weights for {len(inputs)} inputs; give one weight per input")
+    if method == "model_stock" and weights is not None:
+        raise UserError("--weights: model_stock sets its own interpolation ratio per tensor; remove --weights")
     if not 0.0 < density <= 1.0:
         raise UserError(f"--density {density}: must be in (0, 1]")
     if method == "greedy_soup" and not eval_data:
@@ -182,6 +218,8 @@ def merge_models(inputs: list[str], out: Path, method: str, weights: list[float]
         states, weights = [states[i] for i in kept], None
     torch.manual_seed(seed)
     merged = merge_states(base_sd, states, method, weights, density, scale, outliers)
+    if method == "model_stock":
+        info["model_stock_t"] = model_stock_summary(base_sd, states)
     model.load_state_dict(merged)
     model.to(getattr(torch, dtype))
     save(model, tokenizer, out, info)

@@ -1,4 +1,5 @@
-"""Representation fine-tuning: `loreft` and `lofit`. The base model stays frozen; small intervention modules
+"""Representation fine-tuning: `loreft` and `lofit`, and `bottleneck` adapters (`bottleneck.py`), which are
+hooked in the same way. The base model stays frozen; small intervention modules
 change hidden states through hooks transformers' modules offer (forward hooks, no monkeypatching).
 
 - LoReFT (Wu et al. 2024): at the output of chosen decoder layers and chosen positions,
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.methods import bottleneck
 from tunekit.methods.full import decoder_layers
 from tunekit.methods.plan import MethodPlan
 
@@ -76,12 +78,12 @@ def _modules(cfg: dict, model: Any) -> Any:
             self.per_layer = nn.ModuleDict()
 
     box = Interventions()
-    if cfg["method"] == "loreft":
+    if cfg["method"] in ("loreft", "bottleneck"):
         layers = range(n_layers) if cfg["layers"] == "all" else cfg["layers"]
         for i in layers:
             if not 0 <= i < n_layers:
                 raise UserError(f"method.layers: layer {i} does not exist (the model has {n_layers})")
-            box.per_layer[str(i)] = LoreftIntervention()
+            box.per_layer[str(i)] = LoreftIntervention() if cfg["method"] == "loreft" else bottleneck.adapter(d, cfg)
     else:
         pairs = ([[i, h] for i in range(n_layers) for h in range(n_heads)] if cfg["heads"] == "all"
                  else cfg["heads"])
@@ -106,6 +108,8 @@ def attach(model: Any, cfg: dict) -> Any:
         layer = layers[int(key)]
         if cfg["method"] == "loreft":
             layer.register_forward_hook(_loreft_hook(box, module, first_n))
+        elif cfg["method"] == "bottleneck":
+            layer.mlp.register_forward_hook(bottleneck.hook(box, module, cfg["placement"]))
         else:
             layer.self_attn.o_proj.register_forward_pre_hook(_lofit_hook(box, module))
     return model

@@ -33,11 +33,13 @@ BUILDERS: dict[str, Callable[..., MethodPlan]] = {
     "galore": galore.build,
     "loreft": interventions.build,
     "lofit": interventions.build,
+    "bottleneck": interventions.build,  # hooked like the interventions (bottleneck.py)
 }
 
 # How final/ is reloaded: "full" (a whole model), "peft" (an adapter on the base) or "interventions".
 SAVED_AS: dict[str, str] = {"full": "full", "freeze": "full", "lisa": "full", "hft": "full", "galore": "full",
-                            "lora": "peft", "qlora": "peft", "loreft": "interventions", "lofit": "interventions"}
+                            "lora": "peft", "qlora": "peft", "loreft": "interventions", "lofit": "interventions",
+                            "bottleneck": "interventions"}
 
 
 def builder(name: str) -> Callable[..., MethodPlan]:

@@ -1,6 +1,6 @@
 """The `method:` section: a union of per-method models, chosen by `name` (see `tunekit methods`).
 
-Hand-written here: full, freeze, lora, qlora, lisa, hft, galore, loreft, lofit. Every other peft tuner gets a
+Hand-written here: full, freeze, lora, qlora, lisa, hft, galore, loreft, lofit, bottleneck. Every other peft tuner gets a
 model generated from peft's own config classes (`peft_schema.py`). No torch or peft import happens here.
 """
 
@@ -188,8 +188,25 @@ class LofitMethod(Section):
                         "in LoFiT's head-selection step.")
 
 
+class BottleneckMethod(Section):
+    """Bottleneck adapters (LLM-Adapters): series or parallel down/up projections on the decoder MLPs; base frozen."""
+
+    name: Literal["bottleneck"] = Field(description="Bottleneck adapters (series or parallel) on each decoder "
+                                        "layer's MLP, as in LLM-Adapters; the base stays frozen.")
+    placement: Literal["series", "parallel"] = Field(
+        default="series", description="`series`: the adapter reads the MLP's output (after the MLP); `parallel`: "
+        "it reads the MLP's input (beside the MLP). Either way its output is added to the MLP's output.")
+    bottleneck_size: int = Field(default=256, ge=1, description="Width of the bottleneck (LLM-Adapters' default 256).")
+    activation: Literal["tanh", "relu", "gelu", "silu"] = Field(
+        default="tanh", description="Non-linearity between the projections (LLM-Adapters' default tanh).")
+    scaling: float = Field(default=1.0, gt=0, description="Factor on the adapter's output.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    layers: list[int] | Literal["all"] = Field(default="all", description="Decoder layers that get an adapter "
+                                               "(0-based), or `all`.")
+
+
 HANDWRITTEN = [FullMethod, FreezeMethod, LoraMethod, QloraMethod, LisaMethod, HftMethod, GaloreMethod,
-               LoreftMethod, LofitMethod]
+               LoreftMethod, LofitMethod, BottleneckMethod]
 PEFT_TUNERS = peft_schema.build_tuner_models()
 ALL_METHODS = [*HANDWRITTEN, *PEFT_TUNERS]
 

@@ -54,8 +54,8 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
-        if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit"):
-            raise ValueError(f"method.name: {self.method.name} (representation interventions) cannot carry the reft "
+        if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit", "bottleneck"):
+            raise ValueError(f"method.name: {self.method.name} (hooked interventions/adapters) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
         if self.trainer.kind == "reft" and self.launch.world_size > 1:
             raise ValueError("trainer.kind reft runs its two stages in one process so far; set launch.nproc and "

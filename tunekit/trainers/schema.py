@@ -21,6 +21,10 @@ __all__ = ["SCHEDULERS", "TRACKERS", "OptimSettings", "TrainerConfig"]
 
 class SFTTrainerConfig(OptimSettings):
     kind: Literal["sft"] = Field(description="Supervised fine-tuning (next-token loss on the trained tokens).")
+    neftune_alpha: float | None = Field(
+        default=None, gt=0, description="NEFTune: add uniform noise of scale alpha / sqrt(L * d) to the input "
+        "embeddings in training forward passes only (transformers' `neftune_noise_alpha`; the paper uses 5-15). "
+        "null: no noise.")
 
 
 TrainerConfig = Annotated[

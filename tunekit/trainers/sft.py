@@ -27,6 +27,9 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
         padding_free=padding_free,
+        # NEFTune: transformers hooks the input embeddings for the duration of train(); the hook adds noise only
+        # when the embedding module is in training mode, so evaluation and generation see clean embeddings.
+        neftune_noise_alpha=recipe.trainer.neftune_alpha,
     )
     return SFTTrainer(
         model=model,
