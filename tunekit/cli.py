@@ -291,10 +291,15 @@ def _recipe_path(name: str) -> Path:
 
 
 def _summary_line(path: Path) -> str:
+    """The recipe's first comment sentence (it may run over several comment lines)."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("# ").strip())
+        if words[-1].endswith("."):
+            break
+    return " ".join(words)
 
 
 @recipes_app.command("list")
