@@ -53,6 +53,9 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
+        if self.data.masked_thought and self.trainer.kind not in ("sft", "reft"):
+            raise ValueError(f"data.masked_thought masks SFT inputs; trainer.kind `{self.trainer.kind}` has no SFT "
+                             "stage (use sft, or reft, whose warm-up is SFT), or set data.masked_thought: 0")
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit", "bottleneck"):
             raise ValueError(f"method.name: {self.method.name} (hooked interventions/adapters) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
