@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.trainers import mezo
 from tunekit.trainers.training_args import training_kwargs
 
 if TYPE_CHECKING:
@@ -25,8 +26,13 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
     # Packed rows carry `seq_lengths`; TRL's padding-free collator turns them into per-example position ids
     # (tunekit packs and truncates itself, so TRL's packing and max_length stay off).
     padding_free = recipe.data.packing or recipe.data.padding_free
+    kwargs = training_kwargs(recipe, checkpoint_dir, eval_ds is not None)
+    trainer_cls: type = SFTTrainer
+    if recipe.trainer.optim == "mezo":  # the update happens in training_step; the optimizer gets no gradients
+        kwargs.update(optim="sgd", max_grad_norm=0.0, weight_decay=0.0)
+        trainer_cls = mezo.trainer_class(SFTTrainer, recipe.trainer.mezo_eps)
     args = SFTConfig(
-        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        **kwargs,
         max_length=None if padding_free else recipe.data.max_length,
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
@@ -35,7 +41,7 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         # when the embedding module is in training mode, so evaluation and generation see clean embeddings.
         neftune_noise_alpha=recipe.trainer.neftune_alpha,
     )
-    return SFTTrainer(
+    return trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
