@@ -67,7 +67,7 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
-        if self.trainer.optim == "mezo":
+        if getattr(self.trainer, "optim", None) == "mezo":  # reft has no top-level optim
             check_mezo(self)
         if self.data.masked_thought and self.trainer.kind not in ("sft", "reft"):
             raise ValueError(f"data.masked_thought masks SFT inputs; trainer.kind `{self.trainer.kind}` has no SFT "
