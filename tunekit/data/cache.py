@@ -62,7 +62,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int
     key = {
         "cache_version": CACHE_VERSION,
         "tunekit": __version__,
-        "data": cfg.model_dump(mode="json", exclude={"cache_dir"}),
+        "data": cfg.model_dump(mode="json", exclude={"cache_dir", "masked_thought"}),
         "seed": seed,
         "sources": source_fingerprints(cfg),
         "tokenizer": tokenizer_fingerprint(tokenizer),

@@ -148,6 +148,11 @@ class DataConfig(Section):
         description="Preference data: drop (and count) rows whose chosen equals rejected or that miss a field, "
         "instead of stopping with an error naming the row.",
     )
+    masked_thought: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Masked Thought (SFT only): each trained (label-carrying) token of "
+        "a training row is replaced in the model's INPUT by the unk token (the pad token if the tokenizer has none) "
+        "with this probability, drawn afresh every time the row is batched; labels stay the original tokens. The "
+        "paper uses 0.2 (0.1-0.4). 0: off. Evaluation rows are never masked.")
     shuffle_seed: int | None = Field(
         default=None, description="Seed for mixing and shuffling training rows; null uses trainer.seed."
     )

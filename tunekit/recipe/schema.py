@@ -36,6 +36,20 @@ class OutputConfig(Section):
     )
 
 
+def check_mezo(r: Recipe) -> None:
+    """MeZO runs in tunekit's SFT trainer, one process, one micro-batch per step."""
+    if r.trainer.kind != "sft":
+        raise ValueError(f"trainer.optim: mezo runs with trainer.kind sft (not `{r.trainer.kind}`)")
+    if r.trainer.gradient_accumulation_steps != 1:
+        raise ValueError("trainer.optim: mezo estimates one projected gradient per batch; set "
+                         "trainer.gradient_accumulation_steps: 1 (use a larger per_device_batch_size)")
+    if r.launch.world_size > 1:
+        raise ValueError("trainer.optim: mezo runs in one process so far; set launch.nproc and launch.nnodes to 1")
+    if r.method.name in ("qlora", "galore"):
+        raise ValueError(f"trainer.optim: mezo perturbs full-precision trainable weights with its own update; "
+                         f"method `{r.method.name}` is not supported (use full, lora or another adapter)")
+
+
 class Recipe(Section):
     model: ModelConfig = Field(description="The base model and how to load it.")
     data: DataConfig = Field(description="Training and evaluation data, formatting and length policy.")
@@ -54,6 +68,11 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
+        if getattr(self.trainer, "optim", None) == "mezo":  # reft has no top-level optim
+            check_mezo(self)
+        if self.data.masked_thought and self.trainer.kind not in ("sft", "reft"):
+            raise ValueError(f"data.masked_thought masks SFT inputs; trainer.kind `{self.trainer.kind}` has no SFT "
+                             "stage (use sft, or reft, whose warm-up is SFT), or set data.masked_thought: 0")
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit", "bottleneck"):
             raise ValueError(f"method.name: {self.method.name} (hooked interventions/adapters) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")

@@ -28,7 +28,8 @@ class OptimSettings(Section):
     warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
-    optim: str = Field(default="adamw_torch", description="Optimizer name as transformers knows it.")
+    optim: str = Field(default="adamw_torch", description="Optimizer name as transformers knows it, or `mezo` "
+                       "(kind sft only: MeZO zeroth-order SGD, forward passes only; see docs/trainers.md).")
     seed: int = Field(default=0, description="Seed for initialisation of new weights, data order and dropout.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
     logging_steps: int = Field(default=10, ge=1, description="Log metrics every N optimizer steps.")

@@ -25,6 +25,9 @@ class SFTTrainerConfig(OptimSettings):
         default=None, gt=0, description="NEFTune: add uniform noise of scale alpha / sqrt(L * d) to the input "
         "embeddings in training forward passes only (transformers' `neftune_noise_alpha`; the paper uses 5-15). "
         "null: no noise.")
+    mezo_eps: float = Field(
+        default=1e-3, gt=0, description="With `optim: mezo`: the perturbation scale ε of MeZO's zeroth-order "
+        "gradient estimate (the paper uses 1e-3).")
 
 
 TrainerConfig = Annotated[

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tunekit.errors import UserError
+from tunekit.trainers import mezo
 from tunekit.trainers.training_args import training_kwargs
 
 if TYPE_CHECKING:
@@ -18,11 +20,19 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
           callbacks: list) -> Any:
     from trl import SFTConfig, SFTTrainer
 
+    if recipe.data.masked_thought:
+        train_ds = masked_thought(train_ds, recipe.data.masked_thought, mask_token_id(tokenizer))
+
     # Packed rows carry `seq_lengths`; TRL's padding-free collator turns them into per-example position ids
     # (tunekit packs and truncates itself, so TRL's packing and max_length stay off).
     padding_free = recipe.data.packing or recipe.data.padding_free
+    kwargs = training_kwargs(recipe, checkpoint_dir, eval_ds is not None)
+    trainer_cls: type = SFTTrainer
+    if recipe.trainer.optim == "mezo":  # the update happens in training_step; the optimizer gets no gradients
+        kwargs.update(optim="sgd", max_grad_norm=0.0, weight_decay=0.0)
+        trainer_cls = mezo.trainer_class(SFTTrainer, recipe.trainer.mezo_eps)
     args = SFTConfig(
-        **training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
+        **kwargs,
         max_length=None if padding_free else recipe.data.max_length,
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
@@ -31,7 +41,7 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         # when the embedding module is in training mode, so evaluation and generation see clean embeddings.
         neftune_noise_alpha=recipe.trainer.neftune_alpha,
     )
-    return SFTTrainer(
+    return trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -39,3 +49,32 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def mask_token_id(tokenizer: Any) -> int:
+    """Masked Thought's replacement token: unk, else pad (the paper's code uses a dedicated mask/pad token)."""
+    for tid in (tokenizer.unk_token_id, tokenizer.pad_token_id):
+        if tid is not None:
+            return int(tid)
+    raise UserError("data.masked_thought: the tokenizer has neither an unk nor a pad token to mask with")
+
+
+def masked_thought(ds: Any, fraction: float, mask_id: int) -> Any:
+    """Masked Thought (seeds 003/004): the training rows, read through a transform that replaces each trained
+    token (label != -100) in `input_ids` by `mask_id` with probability `fraction`; `labels` are untouched.
+
+    A datasets transform runs every time a row is read, so each epoch (and each step) draws new masks. The draws
+    use torch's global generator, which transformers seeds with trainer.seed and saves in every checkpoint (the
+    data loader runs in the main process: dataloader_num_workers is 0).
+    """
+    import torch
+
+    def transform(batch: dict) -> dict:
+        masked = []
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            x = torch.as_tensor(ids)
+            hit = (torch.as_tensor(labels) != -100) & (torch.rand(x.shape) < fraction)
+            masked.append(torch.where(hit, mask_id, x).tolist())
+        return {**batch, "input_ids": masked}
+
+    return ds.with_transform(transform)

@@ -72,3 +72,44 @@ def test_neftune_adds_noise_in_training_only(data_file: Path, tmp_path: Path) ->
     assert noise.abs().max() > 0.9 * bound  # 512 uniform draws reach 90% of the bound (P(miss) = 0.9^512)
     print(f"NEFTUNE first-step loss: alpha 0 {clean_loss:.4f}, alpha {ALPHA} {noisy_loss:.4f}")
     assert noisy_loss != pytest.approx(clean_loss, abs=1e-4)  # the training step saw noisy embeddings
+
+
+@pytest.mark.full  # ~35 s on 2 CPU cores
+def test_masked_thought_masks_training_inputs_only(tmp_path: Path) -> None:
+    """A real SFT run with `data.masked_thought: 0.2`: every forward pass of the model is recorded (a forward
+    pre-hook installed when training starts). Training batches have ~20% of their trained tokens replaced by the
+    mask token (the builtin tokenizer has no unk: its pad, id 3) in input_ids, labels keep the original tokens;
+    evaluation batches are unmasked."""
+    from transformers import TrainerCallback
+
+    from tests.conftest import tiny_recipe
+    from tunekit.pipeline import train
+    from tunekit.recipe.load import load_recipe
+
+    recipe = load_recipe(tiny_recipe(tmp_path, data={"masked_thought": 0.2, "eval_fraction": 0.1},
+                                     trainer={"max_steps": 4, "eval_steps": 2, "per_device_batch_size": 8},
+                                     method={"name": "full"}))
+    seen: list[tuple[bool, torch.Tensor, torch.Tensor]] = []
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            def pre(mod, a, kwargs):  # noqa: ANN001, ANN202
+                seen.append((mod.training, kwargs["input_ids"].clone(), kwargs["labels"].clone()))
+
+            model.register_forward_pre_hook(pre, with_kwargs=True)
+
+    train(recipe, callbacks=[Record()])
+    mask_id = 3
+    stats = {True: [0, 0], False: [0, 0]}
+    for training, ids, labels in seen:
+        trained = labels != -100
+        hit = trained & (ids != labels)
+        assert torch.all(ids[hit] == mask_id)  # a changed trained token is the mask token
+        stats[training][0] += int(hit.sum())
+        stats[training][1] += int(trained.sum())
+    frac = stats[True][0] / stats[True][1]
+    print(f"MASKED_THOUGHT train: {stats[True][0]}/{stats[True][1]} = {frac:.3f}; eval masked {stats[False][0]}")
+    assert stats[False][1] > 0 and stats[False][0] == 0  # evaluation inputs are never masked
+    # n Bernoulli(0.2) draws (n = 322 trained tokens in 4 steps; 53 masked = 0.165 when written): within 4 sd
+    n = stats[True][1]
+    assert n > 200 and frac == pytest.approx(0.2, abs=4 * (0.16 / n) ** 0.5)
