@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "tunekit" / "methods" / "peft_options.json"
@@ -40,7 +42,21 @@ def _json_default(f: dataclasses.Field) -> object:
 
 def _type_text(f: dataclasses.Field) -> str:
     t = f.type
-    return t if isinstance(t, str) else getattr(t, "__name__", None) if isinstance(t, type) else str(t)
+    return t if isinstance(t, str) else _canonical(t)
+
+
+def _canonical(t: object) -> str:
+    """The annotation as typing prints it, except that a union of several types lists them sorted (None last).
+    typing caches unions by set equality, so `str(Optional[Union[list[str], str]])` prints whichever member order
+    an earlier import happened to create: the snapshot must not depend on what else the process imported."""
+    if isinstance(t, type):
+        return t.__name__
+    args = typing.get_args(t)
+    members = [a for a in args if a is not type(None)]
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and len(members) > 1:
+        parts = sorted(typing._type_repr(a) for a in members)  # typing's own text for each member
+        return f"Union[{', '.join(parts + ['NoneType'] * (len(members) < len(args)))}]"
+    return str(t)
 
 
 def snapshot() -> dict:

@@ -65,9 +65,18 @@ def _literals(tp: typing.Any) -> tuple[str, ...]:
     return tuple(v for a in _args(tp) for v in _literals(a))
 
 
-def type_text(tp: typing.Any) -> str:
+def _plain(tp: typing.Any) -> typing.Any:
+    """The annotation without validator metadata (`Annotated[str, AfterValidator(...)]` -> `str`), also in unions:
+    the reference shows types, not the functions that check them."""
     if typing.get_origin(tp) is typing.Annotated:
-        return type_text(_args(tp)[0])
+        return _plain(_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_plain(a) for a in _args(tp))]  # noqa: UP007 (rebuilt from a tuple)
+    return tp
+
+
+def type_text(tp: typing.Any) -> str:
+    tp = _plain(tp)
     if typing.get_origin(tp) is typing.Literal:
         return "one of " + " | ".join(map(str, _args(tp)))
     if isinstance(tp, type):
