@@ -9,6 +9,7 @@ from tunekit.plan import advice, hardware, throughput
 from tunekit.plan.data_plan import data_plan
 from tunekit.plan.estimate import GIB, Estimate, estimate, verdict
 from tunekit.plan.params import ParamTable, param_table
+from tunekit.trainers.reft import warmup_recipe
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -38,6 +39,7 @@ class Planner:
 
 
 def plan(recipe: Recipe, gpu: hardware.Gpu, device: str = "cuda", with_data: bool = True) -> dict:
+    recipe = planned_recipe(recipe)
     planner = Planner(device)
     data = data_plan(recipe, recipe.launch.world_size) if with_data else {"available": False, "reason": "--no-data"}
     seq = min(recipe.data.max_length, data["longest_row"]) if data.get("longest_row") else None
@@ -121,13 +123,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def planned_recipe(recipe: Recipe) -> Recipe:
+    """The recipe the estimate is for: a staged kind (reft) is planned as its SFT warm-up, whose optimizer and
+    batch settings the memory parts read (its RL stage keeps the same weights and adapter)."""
+    return warmup_recipe(recipe) if recipe.trainer.kind == "reft" else recipe
+
+
 def for_run(recipe: Recipe, device: str) -> dict | None:
     """The estimate `tunekit train` records: per-device parts and peak on the device it trains on (no data plan:
     the run prepares its own data). None when the planner cannot build the model on the meta device."""
     from tunekit.errors import UserError
 
     try:
-        est = Planner(device).estimate(recipe)
+        est = Planner(device).estimate(planned_recipe(recipe))
     except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
         return {"error": str(e).splitlines()[0][:200]}
     return {"device": device, "per_device": est.gpu, "peak_bytes": est.total, "layout": est.layout.describe()}

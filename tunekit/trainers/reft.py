@@ -48,7 +48,7 @@ def stages(inputs: RunInputs) -> StagedRun:
     t = recipe.trainer
     heldout = inputs.eval_ds if inputs.eval_ds is not None else \
         inputs.train_ds.select(range(min(HELDOUT_FALLBACK, len(inputs.train_ds))))
-    warm_recipe = recipe.model_copy(update={"trainer": SFTTrainerConfig(kind="sft", **t.warmup.model_dump())})
+    warm_recipe = warmup_recipe(recipe)
     warm_rows = _sft_dataset(inputs.train_ds, inputs.tokenizer, recipe)
     warm_eval = _sft_dataset(inputs.eval_ds, inputs.tokenizer, recipe) \
         if inputs.eval_ds is not None and t.warmup.eval_steps else None
@@ -78,6 +78,11 @@ def stages(inputs: RunInputs) -> StagedRun:
         tags={"stage": "rl"})
     heldout_split = "eval" if inputs.eval_ds is not None else f"first {HELDOUT_FALLBACK} training questions (no eval data given)"
     return StagedRun([warmup, rl], {"algorithm": t.rl.algorithm, "heldout_split": heldout_split})
+
+
+def warmup_recipe(recipe: Recipe) -> Recipe:
+    """The recipe as the SFT warm-up sees it: its `trainer:` is the warm-up's settings as an sft trainer."""
+    return recipe.model_copy(update={"trainer": SFTTrainerConfig(kind="sft", **recipe.trainer.warmup.model_dump())})
 
 
 def _sft_dataset(ds: Any, tokenizer: Any, recipe: Recipe) -> Any:
