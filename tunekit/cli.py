@@ -57,7 +57,10 @@ def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output.dir."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output.dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output.dir, a run tunekit wrote (never a "
+                                   "folder holding other files)."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: continue although the recipe "
+                                       "(beyond max_steps, logging, output, launch, eval) or the data files changed."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     nproc: int = typer.Option(None, "--nproc", help="Processes per node (launch.nproc).", show_default=False),
     nnodes: int = typer.Option(None, "--nnodes", help="Number of nodes (launch.nnodes).", show_default=False),
@@ -75,6 +78,8 @@ def train(
     _state["debug"] |= debug
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")
+    if allow_changes and not resume:
+        raise UserError("--allow-changes only applies to --resume")
     from tunekit.launch import relaunch
     from tunekit.recipe.load import load_recipe
 
@@ -83,12 +88,14 @@ def train(
         strategy=strategy)]
     r = load_recipe(recipe, overrides)
     if relaunch.needs_relaunch(r.launch):
-        relaunch.prepare(r, resume=resume, overwrite=overwrite)
-        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * _state["debug"]
+        if relaunch.prepare(r, resume=resume, overwrite=overwrite):
+            return
+        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--allow-changes"] * allow_changes + \
+            ["--debug"] * _state["debug"]
         sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
     from tunekit.pipeline import train as run_train
 
-    run_train(r, resume=resume, overwrite=overwrite)
+    run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
 @app.command()

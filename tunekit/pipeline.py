@@ -26,9 +26,14 @@ from tunekit.trainers.stage import RunInputs, Stage
 from tunekit.ui import console
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
+          allow_changes: bool = False) -> Path:
     """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
-    inputs = open_run(recipe, resume, overwrite)
+    done = run_dir.finished(Path(recipe.output.dir), recipe) if resume else None
+    if done:  # every rank sees it: none starts
+        console.print(done)
+        return Path(recipe.output.dir)
+    inputs = open_run(recipe, resume, overwrite, allow_changes)
     staged = kind_stages(inputs)
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
     summary = write_summary(inputs, staged.stages, results, staged.summary)
@@ -39,7 +44,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     return inputs.out
 
 
-def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
+def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool = False) -> RunInputs:
     """Run dir and its header, process group and seed, tokenizer, then the data stage (data.json)."""
     import transformers
 
@@ -47,8 +52,11 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     if main:
-        run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-        run_dir.write_run_header(out, recipe)
+        run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        if resume and not run_dir.has_progress(out):
+            console.print(f"--resume: `{out}` has no checkpoint yet (its run stopped before training); starting at step 0")
+        files = source_fingerprints(recipe.data)
+        write_data = run_dir.write_run_header(out, recipe, files, resume, allow_changes)
     rules.check_runnable(recipe.launch)
     # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
     model_path = resolve_model_path(recipe.model)
@@ -58,8 +66,8 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
     tokenizer = load_tokenizer(recipe.model, model_path)
     with runtime.main_process_first():
         train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
-    if main:
-        run_dir.write_json(out / "data.json", {"files": source_fingerprints(recipe.data), "stats": stats})
+    if main and write_data:
+        run_dir.write_json(out / "data.json", {"files": files, "stats": stats})
     trained = stats.get("train", {}).get("trained_tokens")
     console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
                   + (f", {trained} trained tokens" if isinstance(trained, int) else ""))

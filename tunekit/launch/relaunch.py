@@ -42,17 +42,23 @@ def needs_relaunch(launch: LaunchConfig) -> bool:
     return launch.world_size > 1 or launch.resolved_strategy in ("deepspeed", "fsdp")
 
 
-def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> bool:
     """Checks made once, before any worker starts: the machine can run it, and (on node 0) the run dir is usable
-    (not a non-empty dir without --overwrite; under --resume, a checkpoint that this process count can resume)."""
+    (not a non-empty dir without --overwrite; under --resume, a checkpoint that this process count can resume).
+    True when there is nothing to launch (`--resume` of a finished run, said so)."""
     check_runnable(recipe.launch)
-    if recipe.launch.node_rank != 0:
-        return
     out = Path(recipe.output.dir)
-    run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+    done = run_dir.finished(out, recipe) if resume else None
+    if done:
+        console.print(done)
+        return True
+    if recipe.launch.node_rank != 0:
+        return False
+    run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
     checkpoint = run_dir.latest_checkpoint(out) if resume else None
     if checkpoint is not None:
         check_resume(checkpoint, recipe.launch.world_size)
+    return False
 
 
 def launcher_command(launch: LaunchConfig, worker_args: list[str]) -> list[str]:

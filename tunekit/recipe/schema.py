@@ -29,11 +29,15 @@ class OutputConfig(Section):
     save_total_limit: int | None = Field(
         default=None, ge=1, description="Keep at most this many checkpoints (oldest removed first); null keeps all."
     )
-    overwrite: bool = Field(
-        default=False,
-        description="Allow writing into a non-empty run directory (its old contents are deleted). "
-        "Without it, a non-empty directory is refused unless `--resume` is given.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_overwrite(cls, data: object) -> object:
+        # `overwrite` was removed: a recipe is copied and rerun, so deleting a run is asked for on the command line
+        if isinstance(data, dict) and "overwrite" in data:
+            raise ValueError("output.overwrite was removed: a recipe that is copied or rerun must not delete a run "
+                             "directory by itself. Pass --overwrite to `tunekit train` instead, and delete the key")
+        return data
 
 
 class Recipe(Section):
