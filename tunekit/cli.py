@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from tunekit import __version__
-from tunekit.errors import UserError, did_you_mean
+from tunekit.errors import RunStopped, UserError, did_you_mean
 from tunekit.paths import shipped_dir
 
 app = typer.Typer(
@@ -309,6 +309,9 @@ def main() -> None:
         from tunekit.launch.runtime import rank_prefix
 
         typer.echo(f"{rank_prefix()}error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except RunStopped as e:
+        typer.echo(str(e), err=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

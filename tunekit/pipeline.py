@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import run_dir
+from tunekit import guards, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.eval.run import evaluate
@@ -33,6 +33,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     if done:  # every rank sees it: none starts
         console.print(done)
         return Path(recipe.output.dir)
+    guards.install_signal_handlers()
     inputs = open_run(recipe, resume, overwrite, allow_changes)
     staged = kind_stages(inputs)
     results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
@@ -94,8 +95,9 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
+    guard = guards.stop_callback()
     trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
-                                  [run_dir.metrics_callback(inputs.out, stage.tags), *plan.callbacks, *callbacks])
+                                  [run_dir.metrics_callback(inputs.out, stage.tags), guard, *plan.callbacks, *callbacks])
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)
@@ -103,6 +105,7 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
             "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine}

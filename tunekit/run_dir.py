@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 import time
@@ -294,4 +295,4 @@ def final_train_loss(out: Path) -> float | None:
     if not path.exists():
         return None
     losses = [json.loads(ln)["loss"] for ln in path.read_text().splitlines() if '"loss"' in ln]
-    return losses[-1] if losses else None
+    return losses[-1] if losses and math.isfinite(losses[-1]) else None  # never a loss that was not seen
