@@ -16,8 +16,10 @@ With several processes the stop flags are all-reduced at every step end, so ever
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +49,41 @@ def _handle(signum: int, frame: Any) -> None:  # noqa: ARG001
                   "(send it again to abort at once)")
 
 
-def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM go through `_handle` for the rest of the process (main thread only)."""
+@contextlib.contextmanager
+def signal_handlers() -> Iterator[None]:
+    """SIGINT and SIGTERM go through `_handle` inside the block (main thread only); the previous handlers after."""
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        for s in NAMES:
-            signal.signal(s, _handle)
+    SIGNALS.signum, SIGNALS.training = None, False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handle) for s in NAMES}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def stop_callback(model_has_grads: bool = True) -> Any:
-    """A TrainerCallback that stops at a step boundary on a signal (saving) or on divergence (not saving)."""
+def stop_callback(save_minutes: float = 0.0) -> Any:
+    """A TrainerCallback that stops at a step boundary on a signal (saving) or on divergence (not saving), and
+    saves when `save_minutes` passed since the last save (0: never by time)."""
+    import time
+
     from transformers import TrainerCallback
 
     class StopGuard(TrainerCallback):
         def __init__(self) -> None:
             self.diverged: str | None = None  # what was not finite, and at which step
+            self.last_save = time.monotonic()
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             SIGNALS.training = True
+            self.last_save = time.monotonic()
+
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            self.last_save = time.monotonic()
 
         def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
             SIGNALS.training = False
@@ -83,12 +101,15 @@ def stop_callback(model_has_grads: bool = True) -> Any:
                 control.should_training_stop, control.should_save = True, False
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            signalled, diverged = agree(SIGNALS.signum is not None, self.diverged is not None, args)
+            due = bool(save_minutes) and time.monotonic() - self.last_save >= save_minutes * 60
+            signalled, diverged, due = agree([SIGNALS.signum is not None, self.diverged is not None, due], args)
             if diverged:
                 self.diverged = self.diverged or f"another process diverged at step {state.global_step}"
                 control.should_training_stop, control.should_save = True, False
             elif signalled:
                 control.should_training_stop, control.should_save = True, True
+            elif due:
+                control.should_save = True
 
     return StopGuard()
 
@@ -100,17 +121,17 @@ def grads_finite(model: Any) -> bool:
     return not norms or bool(torch.isfinite(torch.stack(norms)).all())
 
 
-def agree(signalled: bool, diverged: bool, args: Any) -> tuple[bool, bool]:
-    """The flags, all-reduced (max) over the processes of a multi-process run."""
+def agree(flags: list[bool], args: Any) -> list[bool]:
+    """The flags, all-reduced (max: any process) over the processes of a multi-process run."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return signalled, diverged
+        return flags
     import torch
 
-    t = torch.tensor([float(signalled), float(diverged)], device=args.device)
+    t = torch.tensor([float(f) for f in flags], device=args.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0]), bool(t[1])
+    return [bool(x) for x in t.tolist()]
 
 
 def check_stopped(guard: Any, trainer: Any, checkpoint_dir: Path, learning_rate: float) -> None:

@@ -33,11 +33,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     if done:  # every rank sees it: none starts
         console.print(done)
         return Path(recipe.output.dir)
-    guards.install_signal_handlers()
-    inputs = open_run(recipe, resume, overwrite, allow_changes)
-    staged = kind_stages(inputs)
-    results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
-    summary = write_summary(inputs, staged.stages, results, staged.summary)
+    with guards.signal_handlers():
+        inputs = open_run(recipe, resume, overwrite, allow_changes)
+        staged = kind_stages(inputs)
+        results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
+        summary = write_summary(inputs, staged.stages, results, staged.summary)
     console.print(f"done: {summary['global_step']} steps, final loss {summary['final_loss']}, outputs in {inputs.out}")
     runtime.shutdown()  # every rank, before rank 0 goes on alone
     if recipe.eval.run_after_train and runtime.is_main_process():
@@ -95,9 +95,9 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
-    guard = guards.stop_callback()
-    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
-                                  [run_dir.metrics_callback(inputs.out, stage.tags), guard, *plan.callbacks, *callbacks])
+    guard = guards.stop_callback(inputs.recipe.output.save_minutes)
+    own = [run_dir.metrics_callback(inputs.out, stage.tags), guard, run_dir.checkpoint_callback()]
+    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)
@@ -119,7 +119,11 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
 
 
 def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
-    """The stage's latest checkpoint under --resume (metrics logged after it are dropped: they come again)."""
+    """The stage's latest complete checkpoint under --resume (metrics logged after it are dropped: they come again);
+    newer incomplete ones are set aside in checkpoints/torn/ with a notice."""
+    for torn, why in run_dir.torn_checkpoints(stage.dir) if inputs.resume else []:
+        moved = run_dir.set_aside(torn) if runtime.is_main_process() else torn
+        console.print(f"[yellow]notice:[/] {torn.name} is incomplete ({why}); set aside as {moved}")
     checkpoint = run_dir.latest_checkpoint(stage.dir) if inputs.resume else None
     if checkpoint is None:
         return None

@@ -59,9 +59,12 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if entries and not ours and not (resume and has_progress(out)):
         raise UserError(f"output.dir: `{out}` is not empty and was not made by tunekit (no {MARKER} file), so it "
                         f"is never written to or deleted: choose another output.dir (found: {_some(entries)})")
+    if ours:
+        lock(out)  # before looking further: another run may be changing the dir
     if resume and not has_progress(out) and not (ours and _not_started(out)):
-        raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from "
-                        "(set output.save_steps so runs write checkpoints)")
+        torn = "; ".join(f"{c.name}: {why}" for c, why in torn_checkpoints(out))
+        raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from"
+                        + (f" (incomplete ones: {torn})" if torn else " (set output.save_steps or save_minutes)"))
     out.mkdir(parents=True, exist_ok=True)
     if not ours:
         write_json(out / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "tunekit"})
@@ -129,10 +132,90 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[-1])
 
 
+MANIFEST = "tunekit-manifest.json"  # written last into each checkpoint: its files and their sizes
+TORN = "torn"  # checkpoints/torn/: incomplete checkpoints set aside by --resume
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The `checkpoint-N` directories of a run (or stage) dir, oldest first."""
+    found = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and p.is_dir()]
+    return sorted(found, key=checkpoint_step)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").exists()]
-    return max(ckpts, key=checkpoint_step, default=None)
+    """The newest complete checkpoint (see `checkpoint_problem`)."""
+    ckpts = checkpoints(out)
+    legacy = not any((c / MANIFEST).is_file() for c in ckpts)
+    return next((c for c in reversed(ckpts) if checkpoint_problem(c, legacy) is None), None)
+
+
+def torn_checkpoints(out: Path) -> list[tuple[Path, str]]:
+    """(checkpoint, what is wrong) for every checkpoint newer than the newest complete one."""
+    ckpts, latest = checkpoints(out), latest_checkpoint(out)
+    legacy = not any((c / MANIFEST).is_file() for c in ckpts)
+    newer = [c for c in ckpts if latest is None or checkpoint_step(c) > checkpoint_step(latest)]
+    return [(c, checkpoint_problem(c, legacy) or "incomplete") for c in newer]
+
+
+def checkpoint_problem(ckpt: Path, legacy: bool = False) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None: trainer_state.json must parse, and every file the manifest
+    lists must have the size it had when the save finished. Without a manifest the save did not finish, unless the
+    run predates manifests (`legacy`: no checkpoint of the run has one)."""
+    parsed = {}
+    for name in ("trainer_state.json", *([] if legacy else [MANIFEST])):
+        try:
+            parsed[name] = json.loads((ckpt / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing" + (" (the save did not finish)" if name == MANIFEST else "")
+        except (OSError, ValueError) as e:
+            return f"{name} does not parse ({e.__class__.__name__})"
+    if not isinstance(parsed["trainer_state.json"], dict) or "global_step" not in parsed["trainer_state.json"]:
+        return "trainer_state.json has no global_step"
+    files = parsed.get(MANIFEST, {}).get("files", {}) if isinstance(parsed.get(MANIFEST, {}), dict) else {}
+    for name, size in files.items():
+        p = ckpt / name
+        found = p.stat().st_size if p.is_file() else None
+        if found != size:
+            return f"{name} is missing" if found is None else f"{name} has {found:,} bytes, the save wrote {size:,}"
+    return None
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Record the checkpoint's files and sizes; written last (to a temp name, then renamed), so a checkpoint with a
+    manifest is a complete one."""
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
+             if p.is_file() and not p.name.startswith(MANIFEST)}
+    tmp = ckpt / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(ckpt / MANIFEST)
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Move an incomplete checkpoint to checkpoints/torn/ (out of the trainer's `checkpoint-*` rotation)."""
+    dest = ckpt.parent / TORN / ckpt.name
+    n = 1
+    while dest.exists():
+        dest, n = ckpt.parent / TORN / f"{ckpt.name}.{n}", n + 1
+    dest.parent.mkdir(exist_ok=True)
+    ckpt.rename(dest)
+    return dest
+
+
+def checkpoint_callback() -> Any:
+    """A TrainerCallback writing each checkpoint's manifest once every process finished saving (rank 0 writes)."""
+    from transformers import TrainerCallback
+
+    class ManifestWriter(TrainerCallback):
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank's files (ZeRO shards) are written
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                write_manifest(ckpt)
+
+    return ManifestWriter()
 
 
 def has_progress(out: Path) -> bool:

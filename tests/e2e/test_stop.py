@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,23 +19,30 @@ from tests.conftest import read_metrics, run_cli, tiny_recipe
 
 
 def start_and_signal(recipe: Path, run: Path, *signals: int) -> tuple[int, str]:
-    """Start `tunekit train RECIPE`, wait for its first metrics line, send SIGNALS (0.2 s apart); (exit, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe)], stdout=subprocess.PIPE,
+    """Start `tunekit train RECIPE`, wait for its first metrics line, send the first signal; each further one as
+    soon as the run said it is stopping (so it lands while the run is still stopping). Returns (exit, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
         deadline = time.time() + 240
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
             assert proc.poll() is None and time.time() < deadline, "the run did not start training"
-            time.sleep(0.2)
-        for s in signals:
+            time.sleep(0.1)
+        for i, s in enumerate(signals):
+            while i and "stoppingattheend" not in squash("".join(err)):
+                assert proc.poll() is None and time.time() < deadline, "the run did not say it is stopping"
+                time.sleep(0.005)
             os.kill(proc.pid, s)
-            time.sleep(0.2)
-        _, err = proc.communicate(timeout=240)
+        proc.wait(timeout=240)
+        reader.join(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, err
+    return proc.returncode, "".join(err)
 
 
 def squash(text: str) -> str:

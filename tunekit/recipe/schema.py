@@ -24,7 +24,14 @@ class OutputConfig(Section):
     dir: PathStr = Field(description="Run directory (relative paths resolve against the current directory; `~` is "
                          "your home).")
     save_steps: int = Field(
-        default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at the end)."
+        default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (and at the end); 0: by "
+        "time only (save_minutes)."
+    )
+    save_minutes: float = Field(
+        default=30.0, ge=0,
+        description="Also write a checkpoint when this many minutes passed since the last one (0: off), so every "
+        "long run is resumable without choosing save_steps. SIGINT/SIGTERM write one too. Each checkpoint ends "
+        "with tunekit-manifest.json (its files' sizes); --resume skips a newer checkpoint that does not match it.",
     )
     save_total_limit: int | None = Field(
         default=None, ge=1, description="Keep at most this many checkpoints (oldest removed first); null keeps all."
