@@ -109,6 +109,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "matches no files"),
     ("eval-data-missing", lambda t: ["validate", _recipe(t, _set("data.eval", [{"path": "e.jsonl", "format": "messages"}]))],
      "file not found: e.jsonl"),
+    ("params-unreachable-hub", lambda t: ["validate", _recipe(t), "model.path=nobody-tunekit/none", "--params"],
+     "could not load the config of `nobody-tunekit/none`"),
     # data files (the data stage: preprocess)
     ("data-jsonl-not-utf8", lambda t: ["preprocess", _data_file(t, "d.jsonl", (GOOD_ROW + "\n").encode() * 3
                                                                  + b'{"messages": "\xff"}\n')], "d.jsonl:4:15: byte 0xff"),
