@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli, tiny_recipe
+from tests.conftest import RECIPES, run_cli, tiny_recipe
 
 
 def _recipe(tmp: Path, edit: Callable[[dict], None] | None = None, text: str | None = None) -> Path:
@@ -101,6 +101,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "trainer.max_grad_norm"),
     ("data-weight-inf", lambda t: ["validate", _recipe(t, _set("data.train.0.weight", float("inf")))],
      "data.train.0.weight"),
+    ("packing-with-dpo", lambda t: ["validate", RECIPES / "dpo.yaml", "data.packing=true"],
+     "data.packing: only trainer.kind sft packs examples; the dpo trainer"),
     ("builtin-escape", lambda t: ["validate", _recipe(t, _set("data.train.0.path", "builtin:../../cli.py"))],
      "`builtin:../../cli.py` points outside"),
     ("data-file-missing", lambda t: ["validate", _recipe(t, _set("data.train.0.path", str(t / "nope.jsonl")))],

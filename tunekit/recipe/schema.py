@@ -17,7 +17,7 @@ from tunekit.launch.schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.model.schema import ModelConfig
 from tunekit.recipe.base import PathStr, Section
-from tunekit.trainers.schema import TrainerConfig, check_data_formats
+from tunekit.trainers.schema import TrainerConfig, check_data_formats, check_packing
 
 
 class OutputConfig(Section):
@@ -65,6 +65,7 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
+        check_packing(self.trainer.kind, self.data.packing, self.data.padding_free)
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit"):
             raise ValueError(f"method.name: {self.method.name} (representation interventions) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
