@@ -17,6 +17,7 @@ With several processes the stop flags are all-reduced at every step end, so ever
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import signal
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import RunStopped, UserError
+from tunekit.run_dir import latest_checkpoint
 from tunekit.ui import console
 
 NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
@@ -132,6 +134,21 @@ def agree(flags: list[bool], args: Any) -> list[bool]:
     t = torch.tensor([float(f) for f in flags], device=args.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(x) for x in t.tolist()]
+
+
+@contextlib.contextmanager
+def disk_full(checkpoint_dir: Path) -> Iterator[None]:
+    """A full disk while training (a save, a log line) is a UserError naming the last complete checkpoint, which
+    `--resume` uses (the torn one has no manifest)."""
+    try:
+        yield
+    except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError: all say it like this
+        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+            raise
+        last = latest_checkpoint(checkpoint_dir.parent)
+        raise UserError(f"the disk is full (writing under {checkpoint_dir}): free space, then --resume "
+                        f"({'from ' + str(last) if last else 'no complete checkpoint yet'}; an incomplete newer one "
+                        "is set aside)") from None
 
 
 def check_stopped(guard: Any, trainer: Any, checkpoint_dir: Path, learning_rate: float) -> None:

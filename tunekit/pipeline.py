@@ -104,7 +104,8 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with guards.disk_full(stage.dir / run_dir.CHECKPOINTS):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,

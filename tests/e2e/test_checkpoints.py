@@ -5,7 +5,9 @@ time-based save policy. Real CLI runs on the builtin tiny model."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,28 @@ def test_time_based_saves_by_default(tmp_path: Path) -> None:
     run_cli("train", recipe, "output.save_minutes=0.000001", check=True)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-1", "checkpoint-2"]
+
+
+def _mount_small_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    return ok.returncode == 0
+
+
+@pytest.mark.full
+def test_a_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path: Path) -> None:
+    """A 3 MB tmpfs fills during a save: exit 2 naming the last complete checkpoint; with space, --resume finishes."""
+    small = tmp_path / "small"
+    if os.geteuid() != 0 or not _mount_small_tmpfs(small, "3m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        recipe = tiny_recipe(tmp_path, trainer={"max_steps": 30}, output={"dir": str(small / "run"), "save_steps": 1})
+        proc = run_cli("train", recipe)
+        err = squash(proc.stderr)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert squash("the disk is full") in err and squash("free space, then --resume") in err
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        proc = run_cli("train", recipe, "--resume", "output.save_total_limit=2", check=True)
+        assert json.loads((small / "run" / "summary.json").read_text())["global_step"] == 30
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
