@@ -140,3 +140,13 @@ def test_output_dir_expands_home(tmp_path: Path) -> None:
     resolved = yaml.safe_load(proc.stdout)
     assert resolved["output"]["dir"] == str(Path.home() / "tunekit-runs/x")
     assert resolved["data"]["cache_dir"] == str(Path.home() / "c")
+
+
+def test_a_glob_through_a_self_linking_folder_reads_each_file_once(tmp_path: Path) -> None:
+    from tunekit.data.sources import local_files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text((GOOD_ROW + "\n") * 5)
+    (data / "loop").symlink_to(data, target_is_directory=True)  # glob's `**` goes round it ~40 times
+    assert len(local_files(str(data / "**" / "*.jsonl"))) == 1

@@ -79,6 +79,8 @@ def test_overwrite_refuses_a_run_holding_other_files(finished: Path, tmp_path: P
 def test_output_overwrite_in_a_recipe_is_refused(tmp_path: Path) -> None:
     proc = run_cli("validate", tiny_recipe(tmp_path, output={"dir": str(tmp_path / "r"), "overwrite": True}))
     assert proc.returncode == 2 and "output.overwrite was removed" in proc.stderr and "--overwrite" in proc.stderr
+    # what every run written before the removal has in its recipe.resolved.yaml (eval and merge read it)
+    run_cli("validate", tiny_recipe(tmp_path, output={"dir": str(tmp_path / "r"), "overwrite": False}), check=True)
 
 
 @pytest.mark.full
@@ -153,3 +155,15 @@ def test_resume_allow_changes_continues_and_records_them(finished: Path, tmp_pat
     assert yaml.safe_load((run / "recipe.resolved.yaml").read_text())["trainer"]["weight_decay"] == 0.1
     assert str(recipe.parent / "train.jsonl") in record[0]["data_changes"]
     assert str(recipe.parent / "train.jsonl") in json.loads((run / "data.json").read_text())["files"]
+
+
+def test_eval_of_a_run_with_torn_weights_or_a_file_as_out_exits_2(finished: Path, tmp_path: Path) -> None:
+    _, run = copy_run(finished, tmp_path)
+    (tmp_path / "report").write_text("a file")
+    proc = run_cli("eval", run, "--task", "quickstart-loss", "--out", tmp_path / "report")
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+    weights = run / "final" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    proc = run_cli("eval", run, "--task", "quickstart-loss", "--max-examples", "2", "--no-base")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "the saved weights cannot be read" in " ".join(proc.stderr.split())

@@ -41,6 +41,8 @@ class OutputConfig(Section):
     @classmethod
     def _removed_overwrite(cls, data: object) -> object:
         # `overwrite` was removed: a recipe is copied and rerun, so deleting a run is asked for on the command line
+        if isinstance(data, dict) and data.get("overwrite") is False:  # runs written before the removal say so
+            data = {k: v for k, v in data.items() if k != "overwrite"}
         if isinstance(data, dict) and "overwrite" in data:
             raise ValueError("output.overwrite was removed: a recipe that is copied or rerun must not delete a run "
                              "directory by itself. Pass --overwrite to `tunekit train` instead, and delete the key")
