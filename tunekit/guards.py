@@ -2,7 +2,8 @@
 
 Signals: the first SIGINT/SIGTERM during training asks the trainer to stop at the end of the current optimizer step
 and write a checkpoint there (`StopGuard.on_step_end`); the run then exits 130 (SIGINT) or 143 (SIGTERM) saying how
-to resume. A second signal aborts at once. Before or after training (data stage, model loading, final save) a signal
+to resume. The same signal again aborts at once (the other one is taken as the same request: under torchrun a
+Ctrl-C reaches the workers from the terminal and again as torchrun's SIGTERM). Before or after training (data stage, model loading, final save) a signal
 aborts at once, as it would without tunekit.
 
 Divergence: before each optimizer step the gradients are checked (a non-finite loss gives non-finite gradients), and
@@ -41,6 +42,10 @@ SIGNALS = _SignalState()
 
 def _handle(signum: int, frame: Any) -> None:  # noqa: ARG001
     name = NAMES.get(signum, str(signum))
+    if SIGNALS.training and SIGNALS.signum not in (None, signum):
+        # Ctrl-C under torchrun: the terminal's SIGINT, then torchrun's SIGTERM as it shuts down: one request
+        console.print(f"{name}: already stopping at the end of this step")
+        return
     if not SIGNALS.training or SIGNALS.signum is not None:
         console.print(f"[red]{name}[/]: aborting at once" + (" (second signal)" if SIGNALS.signum else ""))
         if signum == signal.SIGINT:

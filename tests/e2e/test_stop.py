@@ -99,3 +99,32 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     assert squash("Lower trainer.learning_rate") in err
     assert checkpoints(run) == [1]  # the diverged step was not saved
     assert not (run / "final").exists() and not (run / "summary.json").exists()
+
+
+@pytest.mark.full
+@pytest.mark.multiprocess
+def test_sigterm_to_a_two_process_run_stops_every_rank_at_one_step(tmp_path: Path) -> None:
+    """SIGTERM reaches only `tunekit train --nproc 2` (as from Slurm): it is forwarded through torchrun, both ranks
+    stop at the same step and save one checkpoint; --resume with two processes finishes."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 5000, "per_device_batch_size": 2})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    (step,) = checkpoints(run)
+    assert squash(f"stopped by SIGTERM at step {step}") in squash(err)
+    assert {"rng_state_0.pth", "rng_state_1.pth", "tunekit-manifest.json"} <= {
+        p.name for p in (run / "checkpoints" / f"checkpoint-{step}").iterdir()}
+    run_cli("train", recipe, "--nproc", "2", "--resume", f"trainer.max_steps={step + 2}", check=True)
+    assert json.loads((run / "summary.json").read_text())["global_step"] == step + 2

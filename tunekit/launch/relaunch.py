@@ -12,6 +12,7 @@ already under torchrun or accelerate is never relaunched: it trains as one rank 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -104,10 +105,21 @@ def relaunch(launch: LaunchConfig, worker_args: list[str]) -> int:
     ln = launch
     console.print(f"launch: {ln.resolved_strategy} with {ln.nproc} process(es) x {ln.nnodes} node(s) "
                   f"via {ln.launcher}: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, env=worker_env())
+    got: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:  # noqa: ARG001 - SIGTERM from Slurm/Kubernetes reaches only us
+        got.append(signum)
+        proc.send_signal(signum)  # torchrun passes it to every worker, which stops at a step boundary and saves
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proc = subprocess.run(cmd, env=worker_env())
-    except KeyboardInterrupt:
-        return 130
+        proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if got:
+        return 128 + got[0]
     if proc.returncode != 0:
         console.print(f"[red]error:[/] the {ln.world_size}-process run failed (exit code {proc.returncode}); "
                       "the failing rank and its error are printed above (`rank N/W: error: ...` and the "
