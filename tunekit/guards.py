@@ -124,7 +124,9 @@ def stop_callback(save_minutes: float = 0.0) -> Any:
 def grads_finite(model: Any) -> bool:
     import torch
 
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    # FSDP2 gradients are DTensors: each rank checks its own shard (the ranks' answers meet in `agree`)
+    grads = [g.to_local() if hasattr(g, "to_local") else g for g in (p.grad for p in model.parameters()) if g is not None]
+    norms = [g.detach().float().norm() for g in grads if g.numel()]
     return not norms or bool(torch.isfinite(torch.stack(norms)).all())
 
 

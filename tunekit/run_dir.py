@@ -58,7 +58,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     ours = MARKER in entries
     if entries and not ours and not (resume and has_progress(out)):
         raise UserError(f"output.dir: `{out}` is not empty and was not made by tunekit (no {MARKER} file), so it "
-                        f"is never written to or deleted: choose another output.dir (found: {_some(entries)})")
+                        f"is never written to or deleted: choose another output.dir (found: {_some(entries)}). A run "
+                        "written by an older tunekit (no marker yet) can still be continued with --resume.")
     if ours:
         lock(out)  # before looking further: another run may be changing the dir
     if resume and not has_progress(out) and not (ours and _not_started(out)):
