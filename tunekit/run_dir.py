@@ -229,7 +229,8 @@ def has_progress(out: Path) -> bool:
 RESOLVED = "recipe.resolved.yaml"
 RESUMES = "resumes.jsonl"  # one line per --resume: step, time, what changed (the header files' history)
 # What may change between a run and its --resume without --allow-changes: how long, how often it logs, where and
-# on how many processes it runs, what is evaluated after. Anything else changes what the checkpoint means.
+# on how many processes it runs, what is evaluated after; and the per-device batch / accumulation when the global
+# batch stays the same. Anything else changes what the checkpoint means.
 MAY_CHANGE = ("trainer.max_steps", "trainer.logging_steps", "trainer.eval_steps", "trainer.report_to", "output.",
               "launch.", "eval.")
 
@@ -255,7 +256,9 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
     else:
         data_changes = sorted(k for k in {*old_files, *files} if old_files.get(k) != files.get(k))
     changes = diff(old, new)
-    refused = [k for k in changes if not k.startswith(MAY_CHANGE) and k not in MAY_CHANGE]
+    batch = ("trainer.per_device_batch_size", "trainer.gradient_accumulation_steps")
+    same_batch = _global_batch(old) == _global_batch(new)  # e.g. 2 processes x 2 -> 1 process x 4
+    refused = [k for k in changes if not k.startswith(MAY_CHANGE) and not (same_batch and k in batch)]
     if (refused or data_changes) and not allow_changes:
         lines = [f"  {k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused]
         lines += [f"  data file changed: {k} (sha256 differs from data.json)" for k in data_changes]
@@ -269,6 +272,15 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
     if changes:
         write_yaml(out / RESOLVED, new)
     return bool(data_changes)
+
+
+def _global_batch(recipe: dict) -> int | None:
+    t, ln = recipe.get("trainer") or {}, recipe.get("launch") or {}
+    try:
+        return t["per_device_batch_size"] * t.get("gradient_accumulation_steps", 1) * ln.get("nproc", 1) * \
+            ln.get("nnodes", 1)
+    except (KeyError, TypeError):
+        return None
 
 
 def _contents(files: dict) -> list:

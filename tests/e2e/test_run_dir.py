@@ -129,9 +129,11 @@ def test_resume_of_a_finished_run_trains_nothing(finished: Path, tmp_path: Path)
 def test_resume_with_changed_recipe_or_data_is_refused_with_a_diff(finished: Path, tmp_path: Path) -> None:
     recipe, run = copy_run(finished, tmp_path, stopped_at=1)
     before = snapshot(run)
-    proc = run_cli("train", recipe, "--resume", "trainer.learning_rate=0.001", "method.r=4")
+    proc = run_cli("train", recipe, "--resume", "trainer.learning_rate=0.001", "method.r=4",
+                   "trainer.per_device_batch_size=2")  # the global batch changes: refused (with it the same: allowed)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trainer.learning_rate: 0.005 -> 0.001" in proc.stderr and "method.r: 8 -> 4" in proc.stderr
+    assert "trainer.per_device_batch_size: 4 -> 2" in proc.stderr
     with open(recipe.parent / "train.jsonl", "a") as f:
         f.write(GOOD_ROW)
     proc = run_cli("train", recipe, "--resume", "trainer.logging_steps=2", "output.save_steps=5")  # these may change
