@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from tunekit import __version__
-from tunekit.errors import UserError, did_you_mean
+from tunekit.errors import RunStopped, UserError, did_you_mean
 from tunekit.paths import shipped_dir
 
 app = typer.Typer(
@@ -61,7 +61,10 @@ def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output.dir."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output.dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output.dir, a run tunekit wrote (never a "
+                                   "folder holding other files)."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: continue although the recipe "
+                                       "(beyond max_steps, logging, output, launch, eval) or the data files changed."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     nproc: int = typer.Option(None, "--nproc", help="Processes per node (launch.nproc).", show_default=False),
     nnodes: int = typer.Option(None, "--nnodes", help="Number of nodes (launch.nnodes).", show_default=False),
@@ -79,6 +82,8 @@ def train(
     _state["debug"] |= debug
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; choose one")
+    if allow_changes and not resume:
+        raise UserError("--allow-changes only applies to --resume")
     from tunekit.launch import relaunch
     from tunekit.recipe.load import load_recipe
 
@@ -87,12 +92,14 @@ def train(
         strategy=strategy)]
     r = load_recipe(recipe, overrides)
     if relaunch.needs_relaunch(r.launch):
-        relaunch.prepare(r, resume=resume, overwrite=overwrite)
-        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * _state["debug"]
+        if relaunch.prepare(r, resume=resume, overwrite=overwrite):
+            return
+        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--allow-changes"] * allow_changes + \
+            ["--debug"] * _state["debug"]
         sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
     from tunekit.pipeline import train as run_train
 
-    run_train(r, resume=resume, overwrite=overwrite)
+    run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
 @app.command()
@@ -398,6 +405,9 @@ def main() -> None:
         from tunekit.launch.runtime import rank_prefix
 
         typer.echo(f"{rank_prefix()}error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except RunStopped as e:
+        typer.echo(str(e), err=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -18,6 +18,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+class RunStopped(Exception):
+    """A run stopped on a signal: the CLI prints the message (how to resume) and exits with `exit_code`
+    (128 + the signal number: 130 for SIGINT, 143 for SIGTERM), without a traceback."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
     """The choice `name` was most likely meant to be, or None when nothing is close.
 

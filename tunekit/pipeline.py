@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import model_card, run_dir
+from tunekit import guards, model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.eval.run import evaluate
@@ -29,14 +29,20 @@ from tunekit.trainers.stage import RunInputs, Stage
 from tunekit.ui import console
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
+          allow_changes: bool = False) -> Path:
     """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
-    inputs = open_run(recipe, resume, overwrite)
-    predicted = plan_memory(recipe)
-    staged = kind_stages(inputs)
-    results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
-    memory = {"predicted": predicted, "measured": measure.run_peak()}
-    summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
+    done = run_dir.finished(Path(recipe.output.dir), recipe) if resume else None
+    if done:  # every rank sees it: none starts
+        console.print(done)
+        return Path(recipe.output.dir)
+    with guards.signal_handlers():
+        inputs = open_run(recipe, resume, overwrite, allow_changes)
+        predicted = plan_memory(recipe)
+        staged = kind_stages(inputs)
+        results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
+        memory = {"predicted": predicted, "measured": measure.run_peak()}
+        summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
     loss = summary["final_loss"]
     console.print(f"done: {summary['global_step']} steps, final loss "
                   f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
@@ -48,7 +54,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     return inputs.out
 
 
-def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
+def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool = False) -> RunInputs:
     """Run dir and its header, process group and seed, tokenizer, then the data stage (data.json)."""
     import transformers
 
@@ -56,8 +62,11 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     if main:
-        run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
-        run_dir.write_run_header(out, recipe)
+        run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        if resume and not run_dir.has_progress(out):
+            console.print(f"--resume: `{out}` has no checkpoint yet (its run stopped before training); starting at step 0")
+        files = source_fingerprints(recipe.data)
+        write_data = run_dir.write_run_header(out, recipe, files, resume, allow_changes)
     rules.check_runnable(recipe.launch)
     # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
     model_path = resolve_model_path(recipe.model)
@@ -67,8 +76,8 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool) -> RunInputs:
     tokenizer = load_tokenizer(recipe.model, model_path)
     with runtime.main_process_first():
         train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
-    if main:
-        run_dir.write_json(out / "data.json", {"files": source_fingerprints(recipe.data), "stats": stats})
+    if main and write_data:
+        run_dir.write_json(out / "data.json", {"files": files, "stats": stats})
     trained = stats.get("train", {}).get("trained_tokens")
     console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
                   + (f", {trained} trained tokens" if isinstance(trained, int) else ""))
@@ -106,8 +115,10 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['global_batch_size']} = {scale['per_device_batch_size']} per device x "
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
+    guard = guards.stop_callback(inputs.recipe.output.save_minutes)
     metrics = run_dir.metrics_callback(inputs.out, stage.tags)
-    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [metrics, *plan.callbacks, *callbacks])
+    own = [metrics, guard, run_dir.checkpoint_callback()]
+    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
     display.attach(trainer, metrics, stage.title)
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
@@ -115,7 +126,9 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with guards.disk_full(stage.dir / run_dir.CHECKPOINTS):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
             "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine}
@@ -129,7 +142,11 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
 
 
 def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
-    """The stage's latest checkpoint under --resume (metrics logged after it are dropped: they come again)."""
+    """The stage's latest complete checkpoint under --resume (metrics logged after it are dropped: they come again);
+    newer incomplete ones are set aside in checkpoints/torn/ with a notice."""
+    for torn, why in run_dir.torn_checkpoints(stage.dir) if inputs.resume else []:
+        moved = run_dir.set_aside(torn) if runtime.is_main_process() else torn
+        console.print(f"[yellow]notice:[/] {torn.name} is incomplete ({why}); set aside as {moved}")
     checkpoint = run_dir.latest_checkpoint(stage.dir) if inputs.resume else None
     if checkpoint is None:
         return None

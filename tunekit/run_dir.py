@@ -10,12 +10,15 @@
       final/                 the trained weights (adapter or full model) as safetensors + tokenizer + chat template
       stages/NAME/           a staged run's stages (reft: warmup, rl), each with checkpoints/, final/, stage.json
       summary.json           parameter counts, steps, time, final loss
+      .tunekit-run           marker: tunekit made this dir (only such a dir is reused or deleted by --overwrite)
+      .tunekit-lock          locked while a run uses the dir
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 import time
@@ -35,21 +38,95 @@ METRICS = "metrics.jsonl"
 STAGES = "stages"
 
 
+MARKER = ".tunekit-run"  # written first in every run dir tunekit creates: only such a dir is ever deleted
+LOCK = ".tunekit-lock"  # flock'ed while a run uses the dir (released by the OS when the process dies)
+HEADER = ("recipe.resolved.yaml", "versions.json", "data.json")  # what a run writes before it trains
+WRITTEN = (*HEADER, METRICS, "summary.json", CHECKPOINTS, FINAL, STAGES, "initial_adapter", "eval")
+LOCK_ENV = "TUNEKIT_RUN_DIR_LOCKED"  # set by the process holding the lock, so its workers do not take it again
+_held: list = []  # open lock files, kept for the life of the process
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` ready for a run: create it (with the marker) or reuse it, and lock it.
+
+    Refused: a file; a non-empty dir tunekit did not make (no marker), unless resuming a run with checkpoints;
+    a dir another run holds. A tunekit dir whose run stopped before training (only the header files) is reused.
+    `overwrite` deletes what tunekit wrote in a tunekit dir, and refuses if anything else is there.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"output.dir: `{out}` exists and is a file")
-    nonempty = out.exists() and any(out.iterdir())
-    if resume:
-        if not has_progress(out):
-            raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from "
-                            "(set output.save_steps so runs write checkpoints)")
-        return
-    if nonempty:
-        if not overwrite:
-            raise UserError(f"output.dir: `{out}` is not empty. Use --resume to continue that run, "
-                            "--overwrite (or output.overwrite: true) to replace it, or choose another output.dir.")
-        shutil.rmtree(out)
+    entries = [p.name for p in out.iterdir()] if out.exists() else []
+    ours = MARKER in entries
+    if entries and not ours and not (resume and has_progress(out)):
+        raise UserError(f"output.dir: `{out}` is not empty and was not made by tunekit (no {MARKER} file), so it "
+                        f"is never written to or deleted: choose another output.dir (found: {_some(entries)}). A run "
+                        "written by an older tunekit (no marker yet) can still be continued with --resume.")
+    if ours:
+        lock(out)  # before looking further: another run may be changing the dir
+    if resume and not has_progress(out) and not (ours and _not_started(out)):
+        torn = "; ".join(f"{c.name}: {why}" for c, why in torn_checkpoints(out))
+        raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from"
+                        + (f" (incomplete ones: {torn})" if torn else " (set output.save_steps or save_minutes)"))
     out.mkdir(parents=True, exist_ok=True)
+    if not ours:
+        write_json(out / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "tunekit"})
+    lock(out)
+    if resume:
+        return
+    if _not_started(out):
+        _remove(out, [n for n in HEADER if (out / n).exists()])
+        return
+    if not overwrite:
+        raise UserError(f"output.dir: `{out}` is not empty. Use --resume to continue that run, "
+                        "--overwrite to replace it, or choose another output.dir.")
+    foreign = [n for n in _entries(out) if not _written_by_tunekit(n)]
+    if foreign:
+        raise UserError(f"--overwrite: `{out}` holds files tunekit did not write ({_some(foreign)}); nothing was "
+                        "deleted. Move them away or choose another output.dir.")
+    _remove(out, _entries(out))
+
+
+def _entries(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK))
+
+
+def _written_by_tunekit(name: str) -> bool:
+    return name in WRITTEN or name.startswith("eval-")
+
+
+def _not_started(out: Path) -> bool:
+    """A tunekit dir holding at most the header files: a run that stopped before its first step."""
+    return (out / MARKER).is_file() and all(n in HEADER for n in _entries(out))
+
+
+def _remove(out: Path, names: list[str]) -> None:
+    for n in names:
+        p = out / n
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _some(names: list[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def lock(out: Path) -> None:
+    """Hold an exclusive lock on `out` for the life of this process; another run on the same dir is refused."""
+    import fcntl
+    import os
+
+    key = str(out.resolve())
+    if os.environ.get(LOCK_ENV) == key or any(k == key for k, _ in _held):
+        return  # our launcher (or this process) holds it
+    f = open(out / LOCK, "a+")  # noqa: SIM115 - kept open: the lock lives as long as the file is open
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"output.dir: `{out}` is in use by another tunekit run (it holds {out / LOCK}); wait for it "
+                        "to finish or choose another output.dir") from None
+    _held.append((key, f))
+    os.environ[LOCK_ENV] = key  # inherited by torchrun workers
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -57,10 +134,90 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[-1])
 
 
+MANIFEST = "tunekit-manifest.json"  # written last into each checkpoint: its files and their sizes
+TORN = "torn"  # checkpoints/torn/: incomplete checkpoints set aside by --resume
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The `checkpoint-N` directories of a run (or stage) dir, oldest first."""
+    found = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and p.is_dir()]
+    return sorted(found, key=checkpoint_step)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").exists()]
-    return max(ckpts, key=checkpoint_step, default=None)
+    """The newest complete checkpoint (see `checkpoint_problem`)."""
+    ckpts = checkpoints(out)
+    legacy = not any((c / MANIFEST).is_file() for c in ckpts)
+    return next((c for c in reversed(ckpts) if checkpoint_problem(c, legacy) is None), None)
+
+
+def torn_checkpoints(out: Path) -> list[tuple[Path, str]]:
+    """(checkpoint, what is wrong) for every checkpoint newer than the newest complete one."""
+    ckpts, latest = checkpoints(out), latest_checkpoint(out)
+    legacy = not any((c / MANIFEST).is_file() for c in ckpts)
+    newer = [c for c in ckpts if latest is None or checkpoint_step(c) > checkpoint_step(latest)]
+    return [(c, checkpoint_problem(c, legacy) or "incomplete") for c in newer]
+
+
+def checkpoint_problem(ckpt: Path, legacy: bool = False) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None: trainer_state.json must parse, and every file the manifest
+    lists must have the size it had when the save finished. Without a manifest the save did not finish, unless the
+    run predates manifests (`legacy`: no checkpoint of the run has one)."""
+    parsed = {}
+    for name in ("trainer_state.json", *([] if legacy else [MANIFEST])):
+        try:
+            parsed[name] = json.loads((ckpt / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing" + (" (the save did not finish)" if name == MANIFEST else "")
+        except (OSError, ValueError) as e:
+            return f"{name} does not parse ({e.__class__.__name__})"
+    if not isinstance(parsed["trainer_state.json"], dict) or "global_step" not in parsed["trainer_state.json"]:
+        return "trainer_state.json has no global_step"
+    files = parsed.get(MANIFEST, {}).get("files", {}) if isinstance(parsed.get(MANIFEST, {}), dict) else {}
+    for name, size in files.items():
+        p = ckpt / name
+        found = p.stat().st_size if p.is_file() else None
+        if found != size:
+            return f"{name} is missing" if found is None else f"{name} has {found:,} bytes, the save wrote {size:,}"
+    return None
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Record the checkpoint's files and sizes; written last (to a temp name, then renamed), so a checkpoint with a
+    manifest is a complete one."""
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
+             if p.is_file() and not p.name.startswith(MANIFEST)}
+    tmp = ckpt / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(ckpt / MANIFEST)
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Move an incomplete checkpoint to checkpoints/torn/ (out of the trainer's `checkpoint-*` rotation)."""
+    dest = ckpt.parent / TORN / ckpt.name
+    n = 1
+    while dest.exists():
+        dest, n = ckpt.parent / TORN / f"{ckpt.name}.{n}", n + 1
+    dest.parent.mkdir(exist_ok=True)
+    ckpt.rename(dest)
+    return dest
+
+
+def checkpoint_callback() -> Any:
+    """A TrainerCallback writing each checkpoint's manifest once every process finished saving (rank 0 writes)."""
+    from transformers import TrainerCallback
+
+    class ManifestWriter(TrainerCallback):
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank's files (ZeRO shards) are written
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                write_manifest(ckpt)
+
+    return ManifestWriter()
 
 
 def has_progress(out: Path) -> bool:
@@ -70,10 +227,95 @@ def has_progress(out: Path) -> bool:
         latest_checkpoint(d) is not None or (d / "stage.json").is_file() for d in stages)
 
 
-def write_run_header(out: Path, recipe: Recipe) -> None:
-    """The files every run writes before it trains: the resolved recipe and the library versions."""
-    write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-    write_json(out / "versions.json", versions())
+RESOLVED = "recipe.resolved.yaml"
+RESUMES = "resumes.jsonl"  # one line per --resume: step, time, what changed (the header files' history)
+# What may change between a run and its --resume without --allow-changes: how long, how often it logs, where and
+# on how many processes it runs, what is evaluated after; and the per-device batch / accumulation when the global
+# batch stays the same. Anything else changes what the checkpoint means.
+MAY_CHANGE = ("trainer.max_steps", "trainer.logging_steps", "trainer.eval_steps", "trainer.report_to", "output.",
+              "launch.", "eval.")
+
+
+def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = False, allow_changes: bool = False) -> bool:
+    """The files every run writes before it trains: the resolved recipe and the library versions.
+
+    Under --resume of a run that has them, the recipe and the data files (`files`: data.json's fingerprints) are
+    compared with the run's: a change outside MAY_CHANGE is refused with the diff unless `allow_changes`. What
+    changed is appended to resumes.jsonl, and only then is the header updated. Returns whether data.json is to be
+    (re)written.
+    """
+    new = recipe.model_dump(mode="json")
+    if not resume or not has_progress(out) or not (out / RESOLVED).is_file():  # a fresh run, or one never trained
+        write_yaml(out / RESOLVED, new)
+        write_json(out / "versions.json", versions())
+        return True
+    old = yaml.safe_load((out / RESOLVED).read_text(encoding="utf-8")) or {}
+    old_files = json.loads((out / "data.json").read_text())["files"] if (out / "data.json").is_file() else files
+    data_changes = []
+    if _contents(old_files) == _contents(files):  # the same data, perhaps moved: its paths may change
+        old, new = _without_data_paths(old), _without_data_paths(new)
+    else:
+        data_changes = sorted(k for k in {*old_files, *files} if old_files.get(k) != files.get(k))
+    changes = diff(old, new)
+    batch = ("trainer.per_device_batch_size", "trainer.gradient_accumulation_steps")
+    same_batch = _global_batch(old) == _global_batch(new)  # e.g. 2 processes x 2 -> 1 process x 4
+    refused = [k for k in changes if not k.startswith(MAY_CHANGE) and not (same_batch and k in batch)]
+    if (refused or data_changes) and not allow_changes:
+        lines = [f"  {k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused]
+        lines += [f"  data file changed: {k} (sha256 differs from data.json)" for k in data_changes]
+        raise UserError(f"--resume: the run in `{out}` was started with other inputs:\n" + "\n".join(lines) +
+                        "\nRestore them, start a new run (another output.dir or --overwrite), or pass --resume "
+                        "--allow-changes to continue with the new ones (recorded in resumes.jsonl).")
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(latest_checkpoint(out) or ""),
+              "recipe_changes": changes, "data_changes": data_changes}
+    with open(out / RESUMES, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    if changes:
+        write_yaml(out / RESOLVED, new)
+    return bool(data_changes)
+
+
+def _global_batch(recipe: dict) -> int | None:
+    t, ln = recipe.get("trainer") or {}, recipe.get("launch") or {}
+    try:
+        return t["per_device_batch_size"] * t.get("gradient_accumulation_steps", 1) * ln.get("nproc", 1) * \
+            ln.get("nnodes", 1)
+    except (KeyError, TypeError):
+        return None
+
+
+def _contents(files: dict) -> list:
+    """data.json's fingerprints without the paths: per dataset entry, its files' hashes (or hub coordinates)."""
+    return [sorted(v.values()) if all(isinstance(x, str) for x in v.values()) else v for v in files.values()]
+
+
+def _without_data_paths(recipe: dict) -> dict:
+    data = recipe.get("data") or {}
+    strip = {k: [{**spec, "path": None} for spec in data.get(k) or []] for k in ("train", "eval")}
+    return {**recipe, "data": {**data, **strip}}
+
+
+def diff(old: Any, new: Any, prefix: str = "") -> dict[str, list]:
+    """Dotted key -> [old, new] for every leaf that differs (lists compare whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, list] = {}
+        for k in [*old, *(k for k in new if k not in old)]:
+            out.update(diff(old.get(k), new.get(k), f"{prefix}{k}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): [old, new]}
+
+
+def finished(out: Path, recipe: Recipe) -> str | None:
+    """Why `--resume` has nothing to do (the run wrote summary.json and its length did not change), or None."""
+    if not (out / "summary.json").is_file() or not (out / RESOLVED).is_file():
+        return None
+    old = (yaml.safe_load((out / RESOLVED).read_text(encoding="utf-8")) or {}).get("trainer", {})
+    t = recipe.trainer
+    if old.get("max_steps") != t.max_steps or old.get("num_epochs") != t.num_epochs:
+        return None
+    step = json.loads((out / "summary.json").read_text()).get("global_step")
+    return (f"`{out}` already finished ({step} steps; see summary.json): nothing to resume. To train longer, "
+            "raise trainer.max_steps and pass --resume; to start again, --overwrite.")
 
 
 def write_yaml(path: Path, data: Any) -> None:
@@ -175,4 +417,4 @@ def final_train_loss(out: Path) -> float | None:
     if not path.exists():
         return None
     losses = [json.loads(ln)["loss"] for ln in path.read_text().splitlines() if '"loss"' in ln]
-    return losses[-1] if losses else None
+    return losses[-1] if losses and math.isfinite(losses[-1]) else None  # never a loss that was not seen

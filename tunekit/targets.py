@@ -7,7 +7,9 @@ or adapter directories (no run around them) load directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,19 +115,33 @@ def load_tuned(t: Target, dtype: str | None = None) -> Any:
     quantized base, LoReFT/LoFiT interventions, ...) is evaluated as it was trained. With an explicit
     `dtype` (merge), adapters load onto an unquantized base in that dtype instead.
     """
-    if t.recipe is not None and t.run_dir is not None and (dtype is None or t.kind == "interventions"):
-        return load_trained(t.weights, t.recipe)
+    with _readable(t):
+        if t.recipe is not None and t.run_dir is not None and (dtype is None or t.kind == "interventions"):
+            return load_trained(t.weights, t.recipe)
+        if t.kind == "adapter":
+            from peft import PeftModel
 
-    if t.kind == "adapter":
-        from peft import PeftModel
+            try:
+                return PeftModel.from_pretrained(load_base(t, dtype), t.weights)
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise UserError(f"{t.weights}: could not load the adapter onto {t.model_cfg.path}: {e}") from None
+        cfg = _with_dtype(t.model_cfg, dtype)
+        path = t.weights if t.run_dir is not None else resolve_model_path(cfg)
+        return load_model(cfg, path)
 
-        try:
-            return PeftModel.from_pretrained(load_base(t, dtype), t.weights)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise UserError(f"{t.weights}: could not load the adapter onto {t.model_cfg.path}: {e}") from None
-    cfg = _with_dtype(t.model_cfg, dtype)
-    path = t.weights if t.run_dir is not None else resolve_model_path(cfg)
-    return load_model(cfg, path)
+
+@contextlib.contextmanager
+def _readable(t: Target) -> Iterator[None]:
+    """A weights file that does not parse (truncated, corrupt) is a UserError naming it, not a traceback."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError" and not isinstance(e, EOFError):
+            raise
+        raise UserError(f"{t.weights}: the saved weights cannot be read ({type(e).__name__}: {e}); a file there is "
+                        "truncated or corrupt. Finish the run again (--resume) or evaluate another model") from None
 
 
 def load_run_model(run_dir: str | Path, dtype: str | None = None) -> tuple[Any, Any]:

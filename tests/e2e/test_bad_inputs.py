@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli, tiny_recipe
+from tests.conftest import RECIPES, run_cli, tiny_recipe
 
 
 def _recipe(tmp: Path, edit: Callable[[dict], None] | None = None, text: str | None = None) -> Path:
@@ -101,6 +101,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "trainer.max_grad_norm"),
     ("data-weight-inf", lambda t: ["validate", _recipe(t, _set("data.train.0.weight", float("inf")))],
      "data.train.0.weight"),
+    ("packing-with-dpo", lambda t: ["validate", RECIPES / "dpo.yaml", "data.packing=true"],
+     "data.packing: only trainer.kind sft packs examples; the dpo trainer"),
     ("builtin-escape", lambda t: ["validate", _recipe(t, _set("data.train.0.path", "builtin:../../cli.py"))],
      "`builtin:../../cli.py` points outside"),
     ("data-file-missing", lambda t: ["validate", _recipe(t, _set("data.train.0.path", str(t / "nope.jsonl")))],
@@ -109,6 +111,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "matches no files"),
     ("eval-data-missing", lambda t: ["validate", _recipe(t, _set("data.eval", [{"path": "e.jsonl", "format": "messages"}]))],
      "file not found: e.jsonl"),
+    ("params-unreachable-hub", lambda t: ["validate", _recipe(t), "model.path=nobody-tunekit/none", "--params"],
+     "could not load the config of `nobody-tunekit/none`"),
     # data files (the data stage: preprocess)
     ("data-jsonl-not-utf8", lambda t: ["preprocess", _data_file(t, "d.jsonl", (GOOD_ROW + "\n").encode() * 3
                                                                  + b'{"messages": "\xff"}\n')], "d.jsonl:4:15: byte 0xff"),
@@ -136,3 +140,13 @@ def test_output_dir_expands_home(tmp_path: Path) -> None:
     resolved = yaml.safe_load(proc.stdout)
     assert resolved["output"]["dir"] == str(Path.home() / "tunekit-runs/x")
     assert resolved["data"]["cache_dir"] == str(Path.home() / "c")
+
+
+def test_a_glob_through_a_self_linking_folder_reads_each_file_once(tmp_path: Path) -> None:
+    from tunekit.data.sources import local_files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text((GOOD_ROW + "\n") * 5)
+    (data / "loop").symlink_to(data, target_is_directory=True)  # glob's `**` goes round it ~40 times
+    assert len(local_files(str(data / "**" / "*.jsonl"))) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def local_files(path: str) -> list[Path]:
     if path.startswith(HUB):
         return []
     if is_glob(path):
-        files = sorted(Path(p) for p in glob.glob(str(Path(path).expanduser()), recursive=True) if Path(p).is_file())
+        # one entry per file: `**` also walks folders reached through symlinks, which may reach a file again
+        found = {os.path.realpath(p): Path(p) for p in sorted(glob.glob(str(Path(path).expanduser()), recursive=True))
+                 if Path(p).is_file()}
+        files = sorted(found.values())
         if not files:
             raise UserError(f"data: the glob `{path}` matches no files (relative to {Path.cwd()})")
         return files

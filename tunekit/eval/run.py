@@ -64,6 +64,9 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
 
 def report_dir(out: Path, overwrite: bool) -> Path:
     """`out`, or the first free `out-2`, `out-3`, ... when `out` already holds a report (never overwrite silently)."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a directory for the report (report.json, report.md, plots)")
     if overwrite or not (out / "report.json").exists():
         return out
     i = 2

@@ -12,6 +12,7 @@ already under torchrun or accelerate is never relaunched: it trains as one rank 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,17 +43,23 @@ def needs_relaunch(launch: LaunchConfig) -> bool:
     return launch.world_size > 1 or launch.resolved_strategy in ("deepspeed", "fsdp")
 
 
-def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> bool:
     """Checks made once, before any worker starts: the machine can run it, and (on node 0) the run dir is usable
-    (not a non-empty dir without --overwrite; under --resume, a checkpoint that this process count can resume)."""
+    (not a non-empty dir without --overwrite; under --resume, a checkpoint that this process count can resume).
+    True when there is nothing to launch (`--resume` of a finished run, said so)."""
     check_runnable(recipe.launch)
-    if recipe.launch.node_rank != 0:
-        return
     out = Path(recipe.output.dir)
-    run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite or recipe.output.overwrite)
+    done = run_dir.finished(out, recipe) if resume else None
+    if done:
+        console.print(done)
+        return True
+    if recipe.launch.node_rank != 0:
+        return False
+    run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
     checkpoint = run_dir.latest_checkpoint(out) if resume else None
     if checkpoint is not None:
         check_resume(checkpoint, recipe.launch.world_size)
+    return False
 
 
 def launcher_command(launch: LaunchConfig, worker_args: list[str]) -> list[str]:
@@ -98,10 +105,21 @@ def relaunch(launch: LaunchConfig, worker_args: list[str]) -> int:
     ln = launch
     console.print(f"launch: {ln.resolved_strategy} with {ln.nproc} process(es) x {ln.nnodes} node(s) "
                   f"via {ln.launcher}: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, env=worker_env())
+    got: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:  # noqa: ARG001 - SIGTERM from Slurm/Kubernetes reaches only us
+        got.append(signum)
+        proc.send_signal(signum)  # torchrun passes it to every worker, which stops at a step boundary and saves
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proc = subprocess.run(cmd, env=worker_env())
-    except KeyboardInterrupt:
-        return 130
+        proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if got:
+        return 128 + got[0]
     if proc.returncode != 0:
         console.print(f"[red]error:[/] the {ln.world_size}-process run failed (exit code {proc.returncode}); "
                       "the failing rank and its error are printed above (`rank N/W: error: ...` and the "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tunekit.errors import UserError
 from tunekit.methods import full, galore, interventions, layerwise, lora, peft_generic
 from tunekit.methods.plan import MethodPlan
-from tunekit.model.load import load_model, resolve_model_path
+from tunekit.model.load import load_config, load_model
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -90,10 +90,10 @@ def build_on_meta(recipe: Recipe, dtype: Any) -> tuple[MethodPlan, set[int]]:
     """The recipe's model (in `dtype`) with the method applied, on the meta device: nothing is allocated. Also
     the ids of the base weights bitsandbytes would quantize under qlora (`lora.quantized_weight_ids`)."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(resolve_model_path(recipe.model), trust_remote_code=recipe.model.trust_remote_code)
-    counted = recipe
+    cfg = load_config(recipe.model)
+    counted = recipe  # qlora: counts are logical, so the unquantized meta model gives them
     if getattr(recipe.method, "init_lora_weights", True) not in (True, False):
         # data- or SVD-based inits cannot run on meta tensors and do not change the shapes
         counted = recipe.model_copy(update={"method": recipe.method.model_copy(update={"init_lora_weights": True})})

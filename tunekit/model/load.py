@@ -23,6 +23,22 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     return str(p) if p.exists() else cfg.path
 
 
+HUB_HINT = ("a hub id needs the network or the model in the local Hugging Face cache (HF_HUB_OFFLINE=1 uses the "
+            "cache only); or give a local model directory")
+
+
+def load_config(cfg: ModelConfig, model_path: str | None = None) -> Any:
+    """The model's transformers config (no weights), as `from_pretrained` finds it."""
+    from transformers import AutoConfig
+
+    src = model_path or resolve_model_path(cfg)
+    try:
+        return AutoConfig.from_pretrained(src, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path: could not load the config of `{cfg.path}`: {str(e).splitlines()[0]} "
+                        f"({HUB_HINT})") from None
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -40,7 +56,7 @@ def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
-        raise UserError(f"model: could not load the tokenizer from `{src}`: {e}") from None
+        raise UserError(f"model: could not load the tokenizer from `{src}`: {e} ({HUB_HINT})") from None
     if tok.pad_token is None:
         # Padding positions never carry loss (labels are -100 there), so reusing EOS as pad is safe.
         tok.pad_token = tok.eos_token

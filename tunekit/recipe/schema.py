@@ -17,23 +17,36 @@ from tunekit.launch.schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.model.schema import ModelConfig
 from tunekit.recipe.base import PathStr, Section
-from tunekit.trainers.schema import TrainerConfig, check_data_formats
+from tunekit.trainers.schema import TrainerConfig, check_data_formats, check_packing
 
 
 class OutputConfig(Section):
     dir: PathStr = Field(description="Run directory (relative paths resolve against the current directory; `~` is "
                          "your home).")
     save_steps: int = Field(
-        default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at the end)."
+        default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (and at the end); 0: by "
+        "time only (save_minutes)."
+    )
+    save_minutes: float = Field(
+        default=30.0, ge=0,
+        description="Also write a checkpoint when this many minutes passed since the last one (0: off), so every "
+        "long run is resumable without choosing save_steps. SIGINT/SIGTERM write one too. Each checkpoint ends "
+        "with tunekit-manifest.json (its files' sizes); --resume skips a newer checkpoint that does not match it.",
     )
     save_total_limit: int | None = Field(
         default=None, ge=1, description="Keep at most this many checkpoints (oldest removed first); null keeps all."
     )
-    overwrite: bool = Field(
-        default=False,
-        description="Allow writing into a non-empty run directory (its old contents are deleted). "
-        "Without it, a non-empty directory is refused unless `--resume` is given.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_overwrite(cls, data: object) -> object:
+        # `overwrite` was removed: a recipe is copied and rerun, so deleting a run is asked for on the command line
+        if isinstance(data, dict) and data.get("overwrite") is False:  # runs written before the removal say so
+            data = {k: v for k, v in data.items() if k != "overwrite"}
+        if isinstance(data, dict) and "overwrite" in data:
+            raise ValueError("output.overwrite was removed: a recipe that is copied or rerun must not delete a run "
+                             "directory by itself. Pass --overwrite to `tunekit train` instead, and delete the key")
+        return data
 
 
 def check_mezo(r: Recipe) -> None:
@@ -68,6 +81,7 @@ class Recipe(Section):
         if getattr(self.trainer, "eval_steps", None) and not self.data.eval and not self.data.eval_fraction:
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
+        check_packing(self.trainer.kind, self.data.packing, self.data.padding_free)
         if getattr(self.trainer, "optim", None) == "mezo":  # reft has no top-level optim
             check_mezo(self)
         if self.data.masked_thought and self.trainer.kind not in ("sft", "reft"):

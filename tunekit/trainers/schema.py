@@ -45,6 +45,14 @@ DATA_FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_packing(kind: str, packing: bool, padding_free: bool) -> None:
+    """Raise ValueError when the recipe packs data for a trainer kind that reads it unpacked (it would be ignored)."""
+    if kind in DATA_FORMATS and (packing or padding_free):
+        name = "data.packing" if packing else "data.padding_free"
+        raise ValueError(f"{name}: only trainer.kind sft packs examples; the {kind} trainer reads each example "
+                         f"unpacked, so {name} would be ignored. Remove it")
+
+
 def check_data_formats(kind: str, formats: list[str]) -> None:
     """Raise ValueError when a dataset's format cannot feed this trainer kind."""
     allowed = DATA_FORMATS.get(kind)

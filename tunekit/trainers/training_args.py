@@ -38,6 +38,7 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is (tunekit.guards stops the run on it)
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps" if o.save_steps else "no",
