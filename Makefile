@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-all lint typecheck data tokenizer clean
+.PHONY: install quickstart test test-full test-all lint typecheck data tokenizer clean
 
 install: $(VENV)/.installed
 
@@ -20,8 +20,15 @@ $(VENV)/.installed: pyproject.toml
 quickstart: install
 	$(BIN)/tunekit train recipes/quickstart.yaml --overwrite
 
+# test: the fast default set (pyproject's addopts: not slow, not full), every area covered, a few minutes on 2 cores.
+# test-full: only the `full` tests (the rest of the 2-process parity matrix and of the all-methods matrix,
+#   learning-signal tests); CI runs `test` then `test-full`, so nothing runs twice.
+# test-all: everything, `slow` included (by hand).
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-full: install
+	$(BIN)/pytest -m "full and not slow" $(PYTEST_ARGS)
 
 test-all: install
 	$(BIN)/pytest -m "" $(PYTEST_ARGS)

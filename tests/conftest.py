@@ -21,6 +21,9 @@ def _offline_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TUNEKIT_CACHE", str(tmp_path_factory.mktemp("tunekit-cache")))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # rich folds stderr at 80 columns when it is not a terminal: a path, whose length depends on the user name and
+    # pytest's tmp counter, folded mid-word breaks the substring checks on the CLI's messages. Wide lines instead.
+    os.environ["COLUMNS"] = "1000"
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False,

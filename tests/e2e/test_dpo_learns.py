@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import read_metrics, run_cli, tiny_recipe
 from tunekit.data.sources import resolve_path
 from tunekit.model.builtin import materialize
+
+pytestmark = pytest.mark.full  # a learning-signal test: `make test-full` (CI)
 
 
 def _logp(model, tok, prompt: str, completion: str) -> float:  # noqa: ANN001

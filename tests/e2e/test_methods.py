@@ -109,7 +109,18 @@ def probe() -> object:
     return Probe()
 
 
-@pytest.mark.parametrize("name", METHODS + list(INIT_VARIANTS))
+# `make test` trains one representative of each method family; the rest are `full` (`make test-full`, CI).
+REPRESENTATIVES = {
+    "full", "freeze", "lora", "qlora", "lisa", "hft", "galore", "loreft", "lofit",  # tunekit's own builders
+    "lora-pissa",  # a LoRA init that rewrites the base weights
+    "loha", "ia3", "oft", "vera", "adalora",  # peft weight tuners: low-rank, scaling, orthogonal, shared, rank-pruning
+    "prompt_tuning", "prefix_tuning", "trainable_tokens",  # virtual tokens, key/value prefixes, embedding rows
+}
+assert not REPRESENTATIVES - set(METHODS) - set(INIT_VARIANTS), "a representative is not in the catalogue"
+
+
+@pytest.mark.parametrize("name", [n if n in REPRESENTATIVES else pytest.param(n, marks=pytest.mark.full)
+                                  for n in METHODS + list(INIT_VARIANTS)])
 def test_method_trains_resumes_saves_and_reloads(name: str, data_file: Path, tmp_path: Path) -> None:
     from tunekit.methods.registry import load_trained
     from tunekit.pipeline import train

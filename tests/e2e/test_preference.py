@@ -39,6 +39,7 @@ def test_dpo_robust_loss(tmp_path: Path) -> None:
     assert all(m["loss"] > 0 for m in metrics if "loss" in m)
 
 
+@pytest.mark.full
 def test_dpo_weighted_loss_combination(tmp_path: Path) -> None:
     run = _run(tmp_path, {"kind": "dpo", "loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]})
     _standard_outputs(run, {"loss", "rewards/margins"})
@@ -81,6 +82,7 @@ def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
     assert abs(runs["other"][0] - math.log(2)) > 1e-3
 
 
+@pytest.mark.full
 def test_kto_unpaired(tmp_path: Path) -> None:
     data = {"train": [{"path": "builtin:arith/kto_train.jsonl", "format": "unpaired_preference"}]}
     run = _run(tmp_path, {"kind": "kto", "desirable_weight": 1.0, "undesirable_weight": 1.0}, data)
@@ -102,6 +104,7 @@ def test_kto_on_paired_data_mixes_both_labels_and_counts_dropped_rows(tmp_path: 
     assert f"the kto trainer dropped {n} training rows" in " ".join(proc.stderr.split())
 
 
+@pytest.mark.full
 def test_orpo(tmp_path: Path) -> None:
     # At max_length 64 some pairs keep no completion token and ORPO's mean log-prob is 0/0: the gradient is NaN from
     # step 1 (the divergence guard stops that run); 128 keeps every completion.
@@ -109,6 +112,7 @@ def test_orpo(tmp_path: Path) -> None:
     _standard_outputs(run, {"loss", "rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"})
 
 
+@pytest.mark.full
 def test_simpo_through_cpo(tmp_path: Path) -> None:
     run = _run(tmp_path, {"kind": "cpo", "loss_type": "simpo", "cpo_alpha": 0.0, "beta": 2.0, "simpo_gamma": 0.5},
                data={"train": [PAIRS], "max_length": 128})  # as for ORPO: every completion kept

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_metrics, run_cli
 from tests.e2e.test_reft import reft_recipe
+
+pytestmark = pytest.mark.full  # a learning-signal test: `make test-full` (CI)
 
 
 def test_rl_stage_beats_warmup_on_heldout_reward(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def test_lora_changes_adapter_and_not_base(lora_run: Path) -> None:
         assert torch.equal(merged_base[k], v), k
 
 
+@pytest.mark.full  # `make test` trains `full` in-process (tests/e2e/test_methods.py)
 def test_full_method_trains_every_weight(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, method={"name": "full"}, trainer={"max_steps": 3, "learning_rate": 1e-3})
     run_cli("train", recipe, check=True)
