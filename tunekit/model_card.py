@@ -22,8 +22,9 @@ def write_card(out: Path, recipe: Recipe) -> Path:
     """Write RUN/final/README.md; remove the cards libraries left in checkpoints/ and final/training_args.bin
     (a pickle of transformers' arguments: recipe.resolved.yaml is the record, and checkpoints keep their copy)."""
     (out / run_dir.FINAL / "training_args.bin").unlink(missing_ok=True)
-    for stale in [out / run_dir.CHECKPOINTS / "README.md", *(out / run_dir.CHECKPOINTS).glob("checkpoint-*/README.md")]:
-        stale.unlink(missing_ok=True)
+    # each checkpoint's own copy is removed when it is saved, before its manifest lists the files
+    # (run_dir.checkpoint_callback): removing it here would make good checkpoints look torn to --resume
+    (out / run_dir.CHECKPOINTS / "README.md").unlink(missing_ok=True)
     path = out / run_dir.FINAL / "README.md"
     path.write_text(render(out, recipe), encoding="utf-8")
     return path

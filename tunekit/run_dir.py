@@ -215,6 +215,9 @@ def checkpoint_callback() -> Any:
                 dist.barrier()  # every rank's files (ZeRO shards) are written
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and ckpt.is_dir():
+                # TRL's model card ("fine-tuned version of [None]") says nothing true about the run; removed before
+                # the manifest lists the files, so a later cleanup cannot make a good checkpoint look torn
+                (ckpt / "README.md").unlink(missing_ok=True)
                 write_manifest(ckpt)
 
     return ManifestWriter()
