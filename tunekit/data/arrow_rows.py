@@ -7,6 +7,7 @@ rows by index (for the shuffle, the eval hold-out and packing), copying only the
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,15 @@ class Encoded:
         import pyarrow as pa
 
         self._cols: dict[str, list[tuple[Any, Any]]] = {c: [] for c in COLUMNS}
+        self._maps: list[mmap.mmap] = []
         sizes = []
         for p in paths:
-            for batch in pa.ipc.open_stream(pa.memory_map(str(p))).read_all().to_batches():
+            if not p.stat().st_size:
+                continue
+            with open(p, "rb") as f:
+                self._maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(self._maps[-1])))
+            for batch in reader.read_all().to_batches():
                 for c in COLUMNS:
                     arr = batch.column(c)
                     self._cols[c].append((arr.offsets.to_numpy(), arr.values.to_numpy()))
@@ -94,6 +101,13 @@ class Encoded:
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    def release(self) -> None:
+        """Drop the mapped pages read so far from this process (they stay in the page cache): without it a
+        gather over the whole split would count every page of the files in the process's resident memory."""
+        for m in self._maps:
+            if hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
 
     def _values(self, column: str, idx: Any) -> Any:
         import numpy as np
@@ -115,6 +129,7 @@ class Encoded:
         for start in range(0, len(order), BATCH):
             idx = order[start : start + BATCH]
             writer.write_arrays([_list_array(self.lengths[idx], self._values(c, idx)) for c in COLUMNS])
+            self.release()
 
     def write_packed(self, bins: Sequence[Sequence[int]], writer: RowWriter) -> None:
         """One row per bin: its examples' tokens concatenated in bin order, and `seq_lengths`."""
@@ -128,3 +143,4 @@ class Encoded:
             totals = np.add.reduceat(lengths, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
             writer.write_arrays([*(_list_array(totals, self._values(c, flat)) for c in COLUMNS),
                                  _list_array(sizes, lengths)])
+            self.release()
