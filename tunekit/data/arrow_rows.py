@@ -1,13 +1,14 @@
 """Tokenized rows on disk: Arrow IPC stream files of int32 list columns (the format `datasets.Dataset.from_file`
 memory-maps), written a batch at a time and read back memory-mapped, so no step holds a split in Python lists.
 
-`RowWriter` appends rows (or ready Arrow arrays); `Encoded` reads the files of one split in order and gathers
-rows by index (for the shuffle, the eval hold-out and packing), copying only the rows of one batch.
+`RowWriter` appends rows (or ready Arrow arrays); `Encoded` indexes the files of one split in order and gathers
+rows by index (for the shuffle, the eval hold-out and packing), reading only the rows of one batch.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,40 +75,49 @@ def _list_array(lengths: Any, values: Any) -> Any:
 
 
 class Encoded:
-    """The rows of several RowWriter files, in file order, memory-mapped; rows addressed by a global index."""
+    """The rows of several RowWriter files, in file order, addressed by a global row index.
+
+    Only the row offsets are held in memory; a row's tokens are read with `os.pread` when it is gathered. (A
+    memory map would do, but the kernel maps 64 KB around every touched row, so a gather of rows spread over
+    the whole split would count most of the files in the process's resident memory.)
+    """
 
     def __init__(self, paths: Sequence[Path]) -> None:
         import numpy as np
-        import pyarrow as pa
 
-        self._cols: dict[str, list[tuple[Any, Any]]] = {c: [] for c in COLUMNS}
-        self._maps: list[mmap.mmap] = []
-        sizes = []
-        for p in paths:
-            if not p.stat().st_size:
-                continue
-            with open(p, "rb") as f:
-                self._maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-            reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(self._maps[-1])))
-            for batch in reader.read_all().to_batches():
-                for c in COLUMNS:
-                    arr = batch.column(c)
-                    self._cols[c].append((arr.offsets.to_numpy(), arr.values.to_numpy()))
-                sizes.append(batch.num_rows)
+        self._files = [open(p, "rb") for p in paths]  # noqa: SIM115 (held for the gathers; closed by close())
+        self._cols: dict[str, list[tuple[Any, int, int]]] = {c: [] for c in COLUMNS}
+        sizes: list[int] = []
+        for k, f in enumerate(self._files):
+            if os.fstat(f.fileno()).st_size:
+                self._index(k, f, sizes)
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         first = self._cols[COLUMNS[0]]
-        self.lengths = (np.concatenate([np.diff(o) for o, _ in first]).astype(np.int64) if first
+        self.lengths = (np.concatenate([np.diff(o) for o, _, _ in first]).astype(np.int64) if first
                         else np.zeros(0, dtype=np.int64))
+
+    def _index(self, k: int, f: Any, sizes: list[int]) -> None:
+        """Each record batch's offsets (copied) and the file position of its values, per column."""
+        import pyarrow as pa
+
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            whole = pa.py_buffer(m)
+            for batch in pa.ipc.open_stream(pa.BufferReader(whole)).read_all().to_batches():
+                for c in COLUMNS:
+                    arr = batch.column(c)
+                    values = arr.values
+                    pos = values.buffers()[1].address - whole.address + values.offset * 4
+                    self._cols[c].append((arr.offsets.to_numpy().copy(), k, pos))
+                sizes.append(batch.num_rows)
+                del batch, arr, values
+            del whole
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def release(self) -> None:
-        """Drop the mapped pages read so far from this process (they stay in the page cache): without it a
-        gather over the whole split would count every page of the files in the process's resident memory."""
-        for m in self._maps:
-            if hasattr(m, "madvise"):
-                m.madvise(mmap.MADV_DONTNEED)
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
 
     def _values(self, column: str, idx: Any) -> Any:
         import numpy as np
@@ -115,11 +125,13 @@ class Encoded:
         batch = np.searchsorted(self.starts, idx, side="right") - 1
         local = idx - self.starts[batch]
         chunks = self._cols[column]
+        fds = [f.fileno() for f in self._files]
         pieces = []
         for b, i in zip(batch.tolist(), local.tolist()):
-            offsets, values = chunks[b]
-            pieces.append(values[offsets[i] : offsets[i + 1]])
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+            offsets, k, pos = chunks[b]
+            a, z = int(offsets[i]), int(offsets[i + 1])
+            pieces.append(os.pread(fds[k], (z - a) * 4, pos + a * 4))
+        return np.frombuffer(b"".join(pieces), dtype=np.int32)
 
     def write(self, order: Sequence[int], writer: RowWriter) -> None:
         """The rows at `order` (global indices), in that order."""
@@ -129,7 +141,6 @@ class Encoded:
         for start in range(0, len(order), BATCH):
             idx = order[start : start + BATCH]
             writer.write_arrays([_list_array(self.lengths[idx], self._values(c, idx)) for c in COLUMNS])
-            self.release()
 
     def write_packed(self, bins: Sequence[Sequence[int]], writer: RowWriter) -> None:
         """One row per bin: its examples' tokens concatenated in bin order, and `seq_lengths`."""
@@ -143,4 +154,3 @@ class Encoded:
             totals = np.add.reduceat(lengths, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
             writer.write_arrays([*(_list_array(totals, self._values(c, flat)) for c in COLUMNS),
                                  _list_array(sizes, lengths)])
-            self.release()

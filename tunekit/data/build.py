@@ -124,7 +124,9 @@ def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, ou
         stats["eval_rows"], packing = _write(evals, eval_order, cfg.packing, cfg.max_length, None, out / "eval.arrow")
         if packing is not None and stats["eval"] is not None:
             stats["eval"]["packing"] = packing
-    del train, evals  # unmap the work files before removing them
+    for enc in (train, evals):
+        if enc is not None:
+            enc.close()
     shutil.rmtree(work, ignore_errors=True)
     return stats
 
