@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,9 @@ def encode_split(specs: list[DatasetSpec], loaded: list[Rows], indices: list[lis
         if shards == 1:
             results = [_run_shard(0)]
         else:
-            with multiprocessing.get_context("fork").Pool(shards) as pool:
-                results = pool.map(_run_shard, range(shards), chunksize=1)
+            # A worker that dies (out of memory) raises BrokenProcessPool here rather than hanging the build.
+            with ProcessPoolExecutor(shards, mp_context=multiprocessing.get_context("fork")) as pool:
+                results = list(pool.map(_run_shard, range(shards)))
     finally:
         _JOB.clear()
     per: list[list[DataStats]] = [[] for _ in specs]
