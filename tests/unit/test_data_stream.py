@@ -79,3 +79,26 @@ def test_jsonl_rows_are_read_on_demand_in_any_order(tmp_path: Path) -> None:
 def test_shard_plans_cut_the_rows_into_contiguous_runs() -> None:
     assert shard_plans([5, 3], 2) == [[(0, 0, 4)], [(0, 4, 5), (1, 0, 3)]]
     assert shard_plans([2], 1) == [[(0, 0, 2)]]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_trainer_reads_the_cached_rows_memory_mapped(packing: bool, tmp_path: Path) -> None:
+    """tunekit's SFT trainer keeps the cache entry's memory-mapped table (no copy per rank) and batches its
+    int32 rows."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import tiny_recipe
+    from tunekit.data.build import build_datasets
+    from tunekit.model.builtin import TOKENIZER_DIR, materialize
+    from tunekit.recipe.load import load_recipe
+    from tunekit.trainers import sft
+
+    recipe = load_recipe(tiny_recipe(tmp_path, data={"packing": packing, "cache_dir": str(tmp_path / "cache")}))
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    train, _, _ = build_datasets(recipe.data, tok, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0), dtype=torch.float32)
+    trainer = sft.build(recipe, model, tok, train, None, str(tmp_path / "ckpt"), [])
+    assert type(trainer.train_dataset.data).__name__ == "MemoryMappedTable"
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].dtype == torch.int64 and (batch["labels"] != -100).any()
