@@ -26,7 +26,7 @@ from tunekit.data.schema import DataConfig
 from tunekit.data.sources import HUB, local_files
 from tunekit.run_dir import file_sha256
 
-CACHE_VERSION = 2  # bump when the encoding logic changes what a cached entry contains
+CACHE_VERSION = 3  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files)
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -62,7 +62,7 @@ def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int
     key = {
         "cache_version": CACHE_VERSION,
         "tunekit": __version__,
-        "data": cfg.model_dump(mode="json", exclude={"cache_dir", "masked_thought"}),
+        "data": cfg.model_dump(mode="json", exclude={"cache_dir", "masked_thought", "num_proc"}),
         "seed": seed,
         "sources": source_fingerprints(cfg),
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -86,35 +86,37 @@ def build_lock(entry: Path) -> Iterator[None]:
         yield
 
 
-def _to_dataset(rows: list[dict]) -> Any:
-    from datasets import Dataset
-
-    columns = list(rows[0]) if rows else ["input_ids", "labels"]
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
-
-
-def save(entry: Path, train: list[dict], evals: list[dict], stats: dict) -> None:
+@contextlib.contextmanager
+def building(entry: Path) -> Iterator[Path]:
+    """A temporary directory beside `entry` to build into; renamed into place when the block succeeds."""
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # tunekit prints its own statistics
-    entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _to_dataset(train).save_to_disk(str(tmp / "train"))
-    if evals:
-        _to_dataset(evals).save_to_disk(str(tmp / "eval"))
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(entry)
     except OSError:  # another process wrote the same entry first; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_stats(tmp: Path, stats: dict) -> None:
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+
 def load(entry: Path) -> tuple[Any, Any, dict] | None:
+    """(train, eval or None, stats): the Arrow files memory-mapped (`Dataset.from_file`), never copied to memory,
+    so every rank of a launch reads the same pages."""
     if not (entry / "stats.json").is_file():
         return None
-    from datasets import load_from_disk
+    from datasets import Dataset
 
     stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
-    evals = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
-    return load_from_disk(str(entry / "train")), evals, stats
+    evals = Dataset.from_file(str(entry / "eval.arrow")) if (entry / "eval.arrow").is_file() else None
+    return Dataset.from_file(str(entry / "train.arrow")), evals, stats

@@ -44,10 +44,12 @@ def pack(rows: list[dict], capacity: int) -> tuple[list[dict], dict]:
             ids += rows[i]["input_ids"]
             labels += rows[i]["labels"]
         packed.append({"input_ids": ids, "labels": labels, "seq_lengths": [len(rows[i]["input_ids"]) for i in b]})
-    tokens = sum(len(r["input_ids"]) for r in rows)
-    stats = {"examples": len(rows), "rows": len(packed), "capacity": capacity,
-             "efficiency": round(tokens / (len(packed) * capacity), 4) if packed else 0.0}
-    return packed, stats
+    return packed, packing_stats(sum(len(r["input_ids"]) for r in rows), len(rows), len(packed), capacity)
+
+
+def packing_stats(tokens: int, examples: int, rows: int, capacity: int) -> dict:
+    return {"examples": examples, "rows": rows, "capacity": capacity,
+            "efficiency": round(tokens / (rows * capacity), 4) if rows else 0.0}
 
 
 def unpack(row: dict) -> list[dict]:

@@ -138,6 +138,12 @@ class DataConfig(Section):
         description="Without packing: concatenate each batch into one padding-free row (position ids restart per "
         "example). Implied by `packing`.",
     )
+    num_proc: int | None = Field(
+        default=None, ge=1,
+        description="Processes that tokenize the data (SFT formats): the rows are cut into this many contiguous "
+        "shards, each written to disk as it goes; the output is the same for any value. null: the machine's cores "
+        "(those this process may use). Not part of the cache key.",
+    )
     cache_dir: PathStr | None = Field(
         default=None,
         description="Where tokenized datasets are cached, keyed by a fingerprint of data, tokenizer, template and "

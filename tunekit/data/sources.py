@@ -6,11 +6,15 @@ files, `save_to_disk` directories and hub datasets go through the real `datasets
 
 from __future__ import annotations
 
+import bisect
 import glob
 import json
 import os
+from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 from tunekit.data.schema import ROW_KEYS
 from tunekit.errors import UserError
@@ -21,13 +25,99 @@ HUB = "hub:"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 
 
-@dataclass
 class Rows:
-    """The rows of one dataset spec, with where each came from (for error messages)."""
+    """The rows of one dataset spec, with where each came from (for error messages), read on demand.
 
+    A JSON Lines file keeps only each row's byte offset and line number (it is parsed once up front, so a
+    malformed line is reported before anything is built); CSV/Parquet/Arrow files, saved datasets and hub
+    datasets stay Arrow tables; a `.json` file (one document) is held as its parsed rows. `fetch` returns
+    the rows asked for, so a build holds a batch of rows at a time, not the dataset.
+    """
+
+    def __init__(self, name: str, rows: list[dict] | None = None, where: list[str] | None = None) -> None:
+        self.name = name
+        self.parts: list[Any] = []
+        if rows is not None:
+            self.parts.append(ListPart(rows, where or []))
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def add(self, other: Rows) -> None:
+        self.parts += other.parts
+
+    def fetch(self, indices: list[int]) -> tuple[list[dict], list[str]]:
+        """The rows at these indices (any order, repeats allowed) and where each came from."""
+        starts = list(accumulate((len(p) for p in self.parts), initial=0))
+        rows: list[dict] = [{}] * len(indices)
+        where = [""] * len(indices)
+        by_part: dict[int, list[int]] = {}
+        for k, i in enumerate(indices):
+            by_part.setdefault(bisect.bisect_right(starts, i) - 1, []).append(k)
+        for p, ks in by_part.items():
+            got, at = self.parts[p].fetch([indices[k] - starts[p] for k in ks])
+            for k, r, w in zip(ks, got, at):
+                rows[k], where[k] = r, w
+        return rows, where
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.fetch(list(range(len(self))))[0]
+
+    @property
+    def where(self) -> list[str]:
+        return self.fetch(list(range(len(self))))[1]
+
+
+@dataclass
+class ListPart:
+    rows: list[dict]
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
+        return [self.rows[i] for i in local], [self.where[i] for i in local]
+
+
+@dataclass
+class JsonlPart:
+    """A JSON Lines file: the byte offset and line number of each row (parsed again when fetched)."""
+
+    path: Path
+    offsets: array = field(default_factory=lambda: array("q"))
+    lines: array = field(default_factory=lambda: array("q"))
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
+        rows, where = [], []
+        with open(self.path, "rb") as f:
+            for i in local:
+                f.seek(self.offsets[i])
+                rows.append(json.loads(f.readline().decode("utf-8")))
+                where.append(f"{self.path}: row {i + 1} (line {self.lines[i]})")
+        return rows, where
+
+
+@dataclass
+class DatasetPart:
+    """An Arrow-backed `datasets.Dataset` (memory-mapped where `datasets` maps it); rows converted when fetched."""
+
+    ds: Any
     name: str
-    rows: list[dict] = field(default_factory=list)
-    where: list[str] = field(default_factory=list)  # per row: "FILE:LINE" or "FILE: row N"
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
+        if not local:
+            return [], []
+        cols = self.ds[local]
+        rows = [dict(zip(cols, values)) for values in zip(*cols.values())] if cols else [{} for _ in local]
+        return rows, [f"{self.name}: row {i + 1}" for i in local]
 
 
 def resolve_path(path: str) -> Path:
@@ -67,9 +157,12 @@ def local_files(path: str) -> list[Path]:
 
 
 def read_jsonl(path: Path) -> Rows:
-    out = Rows(str(path))
+    """Every line is parsed and checked here (errors name the line); only offsets are kept."""
+    part = JsonlPart(path)
+    offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
             line = decode_utf8(raw, str(path), lineno - 1)
             if not line.strip():
                 continue
@@ -80,8 +173,10 @@ def read_jsonl(path: Path) -> Rows:
             check_surrogates(line, row, f"{path}:{lineno}")
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: each line must be a JSON object, found {type(row).__name__}")
-            out.rows.append(row)
-            out.where.append(f"{path}: row {len(out.rows)} (line {lineno})")
+            part.offsets.append(start)
+            part.lines.append(lineno)
+    out = Rows(str(path))
+    out.parts.append(part)
     return out
 
 
@@ -132,18 +227,16 @@ def read_json(path: Path, field: str | None = None, row_keys: frozenset[str] = f
                         "object; remove `field:`")
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines), found {type(data).__name__}")
-    out = Rows(str(path))
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise UserError(f"{path}: item {i + 1} must be a JSON object, found {type(row).__name__}")
-        out.rows.append(row)
-        out.where.append(f"{path}: row {i + 1}")
-    return out
+    return Rows(str(path), data, [f"{path}: row {i + 1}" for i in range(len(data))])
 
 
 def _from_dataset(ds: object, name: str) -> Rows:
-    rows = ds.to_list()  # type: ignore[attr-defined]
-    return Rows(name, rows, [f"{name}: row {i + 1}" for i in range(len(rows))])
+    out = Rows(name)
+    out.parts.append(DatasetPart(ds, name))
+    return out
 
 
 def _csv_string_features(path: Path) -> object:
@@ -218,10 +311,8 @@ def read_rows(spec: object) -> Rows:
         out = Rows(path)
         keys = frozenset(spec.columns.get(k, k) for k in ROW_KEYS[spec.format])  # type: ignore[attr-defined]
         for f in local_files(path):
-            part = read_file(f, spec.field, keys)  # type: ignore[attr-defined]
-            out.rows += part.rows
-            out.where += part.where
-    if not out.rows:
+            out.add(read_file(f, spec.field, keys))  # type: ignore[attr-defined]
+    if not len(out):
         raise UserError(f"{path}: the dataset is empty")
     return out
 
