@@ -80,6 +80,7 @@ def build(data: dict, cache_dir: Path, **extra: Any) -> tuple[list, list, dict]:
     tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     train, evals, stats = build_datasets(DataConfig(**data, **extra, cache_dir=str(cache_dir)), tok, seed=0)
     stats = {k: v for k, v in stats.items() if k not in VOLATILE}
+    stats = json.loads(json.dumps(stats).replace(str(REPO), "<repo>"))  # data files are named by path: any checkout
     return train.to_list(), (evals.to_list() if evals is not None else []), stats
 
 
