@@ -45,6 +45,7 @@ def start_and_end(out: Path) -> tuple[float, float]:
     return next(r["loss"] for r in rows if "loss" in r), next(r["eval_loss"] for r in rows if "eval_loss" in r)
 
 
+@pytest.mark.full  # a learning-signal test
 @pytest.mark.parametrize(("method", "lr", "steps", "expected"), [
     ({"name": "full"}, 1e-3, 60, 5.464),
     ({"name": "lora", "r": 4, "alpha": 8}, 1e-2, 100, 5.933),

@@ -47,6 +47,7 @@ def test_dpo_weighted_loss_combination(tmp_path: Path) -> None:
     assert "bco_pair" in resolved and "0.2" in resolved
 
 
+@pytest.mark.full
 def test_explicit_reference_model_is_the_one_used(tmp_path: Path) -> None:
     """`ref_model` is the reference DPO measures against. At step 1 the policy is the untrained model, so with a
     reference of the same weights every margin is 0 and the sigmoid loss is ln 2; an explicit reference with those
@@ -119,6 +120,7 @@ def test_simpo_through_cpo(tmp_path: Path) -> None:
     _standard_outputs(run, {"loss", "rewards/margins"})
 
 
+@pytest.mark.full
 def test_bad_pairs_name_the_row_or_are_counted(tmp_path: Path) -> None:
     rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"}, {"prompt": "q2", "chosen": "same", "rejected": "same"},
             {"prompt": "q3", "chosen": "a"}]
