@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,13 +150,23 @@ def disk_full(checkpoint_dir: Path) -> Iterator[None]:
     `--resume` uses (the torn one has no manifest)."""
     try:
         yield
-    except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError: all say it like this
-        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+    except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError
+        if not _out_of_space(e, checkpoint_dir):
             raise
         last = latest_checkpoint(checkpoint_dir.parent)
         raise UserError(f"the disk is full (writing under {checkpoint_dir}): free space, then --resume "
                         f"({'from ' + str(last) if last else 'no complete checkpoint yet'}; an incomplete newer one "
                         "is set aside)") from None
+
+
+def _out_of_space(e: Exception, directory: Path) -> bool:
+    """Whether a failed write ran out of disk. Most writers say so (ENOSPC, "No space left on device"), but torch's
+    zip writer can fail with only "unexpected pos N vs M" when its first write hit the limit: then the filesystem's
+    own free space decides (under 1 MiB left: full)."""
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+        return True
+    where = next((d for d in (directory, *directory.parents) if d.exists()), None)
+    return where is not None and shutil.disk_usage(where).free < 1 << 20
 
 
 def check_stopped(guard: Any, trainer: Any, checkpoint_dir: Path, learning_rate: float) -> None:
