@@ -21,16 +21,21 @@ def _offline_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TUNEKIT_CACHE", str(tmp_path_factory.mktemp("tunekit-cache")))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    # rich folds stderr at 80 columns when it is not a terminal: a path, whose length depends on the user name and
-    # pytest's tmp counter, folded mid-word breaks the substring checks on the CLI's messages. Wide lines instead.
-    os.environ["COLUMNS"] = "1000"
+    os.environ["COLUMNS"] = "1000"  # also for tests that start processes themselves (see cli_env)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess. rich folds stderr at 80 columns when it is not a terminal, and a path
+    (its length depends on the user name and pytest's tmp counter) folded mid-word breaks the substring checks on
+    the CLI's messages: wide lines instead (only for the CLI: pytest's own output keeps the terminal's width)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
             timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tunekit ARGS` as a user would; returns the completed process (text output)."""
     proc = subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+                          text=True, env=cli_env(), timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"tunekit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

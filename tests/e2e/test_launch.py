@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -23,51 +22,55 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import losses, read_metrics, tiny_recipe
+from tests.conftest import cli_env, losses, read_metrics, tiny_recipe
 
 pytestmark = pytest.mark.multiprocess
 
 LOSS_TOL = 1e-4
 LOGITS_TOL = 1e-4  # the same configuration resumed (observed <= 2e-7); against one process: LOGITS_FRACTION
 # The logged grad_norm (before clipping) must match too. AdamW is invariant to a constant gradient scale, so a
-# gradient summed instead of averaged over the ranks, or divided by the world size twice, barely moves the losses
-# when clipping does not engage (measured on fsdp-qlora with the gradients halved: the losses stay within 3e-6 of
-# the correct run's), but it doubles or halves the norm. float32: reduction order only (observed <= 2e-6 relative).
+# gradient summed instead of averaged over the ranks, or divided by the world size twice, barely moves the
+# losses when clipping does not engage (measured on fsdp-qlora with the gradients halved: the losses stay
+# within 3e-6 of the correct run's), but it doubles or halves the norm (0.36 instead of 0.72 at step 1: this
+# check fails it). float32: reduction order only (observed <= 2e-6 relative).
 GRAD_NORM_RTOL = 1e-4
-# QLoRA: TRL keeps the adapters in bfloat16 (as the QLoRA paper does): 8 significant bits, unit roundoff
-# u = 2^-8 = 3.9e-3. The NF4 base dequantises to the same float32 weights in both runs and lora_B starts at zero, so the
-# step-1 loss is a float32 forward (observed 1e-6 apart); every later difference comes from the adapters. Each rank
-# rounds its half of an adapter gradient to bfloat16 and FSDP's bfloat16 reduce-scatter rounds their sum (one process
-# rounds the whole sum once), so adapter elements end up to a bfloat16 rounding apart, and elements whose gradient is
-# within that noise of zero can take the other Adam sign (±lr). To first order a relative change e of the adapters
-# changes the loss by e times what the adapters have changed it, |L_k - L_1|; the signs of the per-element differences
-# are random, so one rounding bounds the sum: tolerance at step k = LOSS_TOL + u * |L_k - L_1| (single-process
-# losses). Here the loss falls from 6.234 to 6.066 in 4 steps: 1.0e-4, 2.6e-4, 6.6e-4, 7.6e-4. Observed at step 4:
-# 7.0e-5 (Intel Xeon, AVX512-BF16 + AMX), 1.02e-4 (AMD EPYC, AVX512-BF16, failing the old fixed 1e-4).
-# A tolerance relative to the loss itself (~6) would be blind: u * 6 = 0.024 is more than the whole progress of
-# steps 1-3 (0.14). Real bugs injected into this case fail it: each rank normalising the loss by its own token count
-# instead of the global one (average_tokens_across_devices off): 9.2e-4 at step 1, 1.5e-3 at step 3; gradients x2
-# (summed over the 2 ranks, not averaged): 1.09e-3 at step 3, where the doubled norm crosses max_grad_norm = 1.
+# QLoRA: TRL keeps the adapters in bfloat16 (as the QLoRA paper does): 8 significant bits, unit roundoff u =
+# 2^-8 = 3.9e-3. The NF4 base dequantises to the same float32 weights in both runs and lora_B starts at zero,
+# so the step-1 loss is a float32 forward (observed 1e-6 apart); every later difference comes from the
+# adapters. Each rank rounds its half of an adapter gradient to bfloat16 and the reduce-scatter adds the
+# halves in bfloat16, the gradients' dtype (one process rounds the whole sum once), so adapter elements end up
+# to a bfloat16 rounding apart, and elements whose gradient is within that noise of zero can take the other
+# Adam sign (±lr). To first order a relative change e of the adapters changes the loss by e times what the
+# adapters have changed it, |L_k - L_1|; the signs of the per-element differences are random, so one rounding
+# bounds the sum: tolerance at step k = LOSS_TOL + u * |L_k - L_1| (single-process losses). Here the loss
+# falls from 6.234 to 6.066 in 4 steps: 1.0e-4, 2.6e-4, 6.6e-4, 7.6e-4. Observed at step 4: 7.0e-5 (Intel
+# Xeon, AVX512-BF16 + AMX), 1.02e-4 (AMD EPYC, AVX512-BF16, failing the old fixed 1e-4). A tolerance relative
+# to the loss itself (~6) would be blind: u * 6 = 0.023 is 15 times the largest effect of the bugs below and
+# half of all the progress of step 2 (0.041). Real bugs injected into this case fail it: each rank normalising
+# the loss by its own token count instead of the global one (average_tokens_across_devices off): 9.2e-4 at
+# step 1, 1.5e-3 at step 3; gradients x2 (summed over the 2 ranks, not averaged): 1.09e-3 at step 3, where the
+# doubled norm crosses max_grad_norm = 1.
 BF16_U = 2**-8
-# The norm of bfloat16 gradients is a bfloat16 number: observed one bfloat16 spacing apart (0.8047 vs 0.8086, 4.8e-3);
-# allow four spacings at bfloat16's coarsest relative spacing 2^-7: 2^-5 = 3.1%, far from the 2x of a world-size
-# scale error.
+# The norm of bfloat16 gradients is a bfloat16 number: observed one bfloat16 spacing apart (0.8047 vs 0.8086,
+# 4.8e-3); allow four spacings at bfloat16's coarsest relative spacing 2^-7: 2^-5 = 3.1%, far from the 2x of a
+# world-size scale error.
 QLORA_GRAD_NORM_RTOL = 2**-5
 # Final logits of the consolidated weights against the single-process run's, as a fraction of how far training
-# moved them from the base (max over the probe: lora 0.20, full 0.60, qlora 0.21 here). AdamW divides each gradient
-# element by its own running magnitude, so an element whose gradient is within reduction noise of zero moves by a
-# different fraction of lr in the two runs. float32: in every LoRA case 1 of the 18,688 adapter elements ends 3.5e-3
-# apart (all others <= 2.2e-5) and moves the logits by 5.5e-5 = 2.7e-4 of the movement (a fixed 1e-4 had 1.8x
-# margin); full fine-tuning 1.1e-5 of it. Tolerance 2^-8 of the movement: room for ~14 such elements. QLoRA's
-# bfloat16 adapters: 1,713 elements > 1e-4 apart, 3.3e-3 = 1.6e-2 of the movement (a fixed 5e-3 had 1.5x margin);
-# tolerance 2^-4. A consolidation bug (a rank's shard lost or not gathered, a module's adapter not saved) takes away
-# a large part of the movement; training's numerics are checked on the losses and gradient norms above.
+# moved them from the base (max over the probe: lora 0.20, full 0.60, qlora 0.21 here). AdamW divides each
+# gradient element by its own running magnitude, so an element whose gradient is within reduction noise of
+# zero moves by a different fraction of lr in the two runs. float32: in every LoRA case 1 of the 18,688
+# adapter elements ends 3.5e-3 apart (all others <= 2.2e-5) and moves the logits by 5.5e-5 = 2.7e-4 of the
+# movement (a fixed 1e-4 had 1.8x margin); full fine-tuning 1.1e-5 of it. Tolerance 2^-8 of the movement: room
+# for ~14 such elements. QLoRA's bfloat16 adapters: 1,713 elements > 1e-4 apart, 3.3e-3 = 1.6e-2 of the
+# movement (a fixed 5e-3 had 1.5x margin); tolerance 2^-4. A consolidation bug (a rank's shard lost or not
+# gathered, a module's adapter not saved) takes away a large part of the movement; training's numerics are
+# checked on the losses and gradient norms above.
 LOGITS_FRACTION = {"lora": 2**-8, "full": 2**-8, "qlora": 2**-4}
-# ZeRO-3 QLoRA (slow): DeepSpeed keeps float32 master weights for the bfloat16 adapters, where torch's AdamW in one
-# process updates the bfloat16 values themselves, so the two runs round differently at every update, the same way
-# each time: k - 1 roundings before step k, LOSS_TOL + (k - 1) * u * |L_k - L_1|: 1.2e-3 at step 3, 2.1e-3 at step 4.
-# Observed -7.5e-4 at step 3, -4.4e-4 at step 4 (the fixed 1e-3 used before had 1.3x margin); norms <= 2.8e-3 apart
-# (relative).
+# ZeRO-3 QLoRA (slow): DeepSpeed keeps float32 master weights for the bfloat16 adapters, where torch's AdamW
+# in one process updates the bfloat16 values themselves, so the two runs round differently at every update,
+# the same way each time: k - 1 roundings before step k, LOSS_TOL + (k - 1) * u * |L_k - L_1|: 1.2e-3 at step
+# 3, 2.1e-3 at step 4. Observed -7.5e-4 at step 3, -4.4e-4 at step 4 (the fixed 1e-3 used before had 1.3x
+# margin); norms <= 2.8e-3 apart (relative).
 METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"name": "full"}, 1e-3),
            # 4-bit base stored in the model's dtype (float32 here), as ZeRO-3 / FSDP need: bitsandbytes runs on CPU.
            "qlora": ({"name": "qlora", "r": 8, "alpha": 16, "quant_storage": "auto"}, 5e-3)}
@@ -76,7 +79,7 @@ METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"nam
 def tunekit(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m tunekit ARGS` with a hard timeout, so a hung collective fails the test instead of CI."""
     return subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, env=cli_env())
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -239,7 +242,7 @@ def test_two_simulated_nodes_through_torchrun_rendezvous(runs, tmp_path: Path) -
     port = str(_free_port())
     cmd = [sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "1", "--nnodes", "2",
            "--master-addr", "127.0.0.1", "--master-port", port, "--node-rank"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = cli_env()
     nodes = [subprocess.Popen([*cmd, str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for r in (0, 1)]
     outs = [n.communicate(timeout=300) for n in nodes]
@@ -256,7 +259,7 @@ def test_users_own_torchrun_is_not_relaunched_and_trains_ddp(runs, tmp_path: Pat
     single, _ = runs("single-lora")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            "-m", "tunekit", "train", str(recipe_for(tmp_path, "lora", 2))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "launch: " not in proc.stderr  # not relaunched
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
