@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, ...) are imported inside the commands that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -398,6 +399,16 @@ def main() -> None:
     """
     debug = "--debug" in sys.argv or bool(os.environ.get("TUNEKIT_DEBUG"))
     try:
+        code = _run_app(debug)
+    except SystemExit as e:  # sys.exit inside a command (the relaunched run's exit code)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int | None):
+            typer.echo(str(e.code), err=True)
+    _exit(code)
+
+
+def _run_app(debug: bool) -> int:
+    try:
         rc = app(standalone_mode=False)
     except UserError as e:
         if debug or _state["debug"]:
@@ -405,23 +416,37 @@ def main() -> None:
         from tunekit.launch.runtime import rank_prefix
 
         typer.echo(f"{rank_prefix()}error: {e}", err=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except RunStopped as e:
         typer.echo(str(e), err=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
     except _usage_errors() as e:
         e.show()  # type: ignore[attr-defined]
-        sys.exit(getattr(e, "exit_code", 2) or 2)
+        return getattr(e, "exit_code", 2) or 2
     except _aborts():
-        sys.exit(1)
-    if isinstance(rc, int) and rc:  # non-standalone click returns the code of typer.Exit(code)
-        sys.exit(rc)
+        return 1
+    return rc if isinstance(rc, int) else 0  # non-standalone click returns the code of typer.Exit(code)
 
+
+def _exit(code: int) -> None:
+    """Exit with `code`. One rank of a multi-process run skips interpreter teardown once its work is done:
+    C++ threads that gloo, DeepSpeed or the launcher's store still hold at static destruction can abort the
+    process there ("terminate called without an active exception", SIGABRT), which turned finished
+    2-process runs into failed ones. Files the run wrote are closed by then; stdio and logging are flushed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli, tiny_recipe
 from tunekit.data.build import build_datasets
@@ -95,6 +96,62 @@ def test_sharegpt_function_call_observation_and_tools_column_match_openai_messag
                             chat_template="qwen2.5", max_length=1024)
     assert sharegpt[0]["input_ids"] == openai[0]["input_ids"]
     assert sharegpt[0]["labels"] == openai[0]["labels"]
+
+
+def test_dataset_tools_file_reaches_rows_without_their_own_tools(tok, tmp_path: Path) -> None:
+    """`tools:` on a dataset (JSON or YAML, list or {tools: [...]}, bare or OpenAI schemas) trains exactly what the
+    same schemas in a `tools` column train; a row's own column wins over the file."""
+    row = json.loads((FIX / "tool_calls.jsonl").read_text())
+    with_column, _, _ = _build(tok, tmp_path, {"path": str(FIX / "tool_calls.jsonl"), "format": "messages"},
+                               chat_template="qwen2.5", max_length=1024)
+    schemas = row.pop("tools")
+    bare = _write(tmp_path / "bare.jsonl", [row])
+    (tmp_path / "tools.json").write_text(json.dumps(schemas))
+    (tmp_path / "tools.yaml").write_text(yaml.safe_dump({"tools": [t["function"] for t in schemas]}, sort_keys=False))
+    for name in ("tools.json", "tools.yaml"):
+        got, _, _ = _build(tok, tmp_path, {"path": str(bare), "format": "messages", "tools": str(tmp_path / name)},
+                           chat_template="qwen2.5", max_length=1024)
+        assert got[0]["input_ids"] == with_column[0]["input_ids"] and got[0]["labels"] == with_column[0]["labels"]
+    other = [{"type": "function", "function": {"name": "other_tool", "parameters": {"type": "object"}}}]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    own, _, _ = _build(tok, tmp_path, {"path": str(FIX / "tool_calls.jsonl"), "format": "messages",
+                                               "tools": str(tmp_path / "other.json")},
+                       chat_template="qwen2.5", max_length=1024)
+    assert own[0]["input_ids"] == with_column[0]["input_ids"]
+    # The tools file is part of the data cache key: new schemas in the same file are new tokens, not a stale entry.
+    from tunekit.data.formats import read_tools
+
+    (tmp_path / "tools.json").write_text(json.dumps(other))
+    read_tools.cache_clear()  # a new process would read the file afresh
+    changed, _, _ = _build(tok, tmp_path, {"path": str(bare), "format": "messages", "tools": str(tmp_path / "tools.json")},
+                           chat_template="qwen2.5", max_length=1024)
+    assert "other_tool" in tok.decode(changed[0]["input_ids"])
+
+
+@pytest.mark.parametrize("content,error", [
+    ("[]", r"tools file .*empty.json holds no tool schemas"),
+    ("{not json: [", r"tools file .*empty.json is not valid JSON or YAML"),
+    ('[{"description": "no name"}]', r"tools file .*empty.json: tools\[0\] has no function name"),
+])
+def test_bad_tools_file_is_named(tok, tmp_path: Path, content: str, error: str) -> None:
+    from tunekit.data.formats import read_tools
+
+    read_tools.cache_clear()
+    (tmp_path / "empty.json").write_text(content)
+    row = json.loads((FIX / "tool_calls.jsonl").read_text())
+    del row["tools"]
+    spec = {"path": str(_write(tmp_path / "r.jsonl", [row])), "format": "messages", "tools": str(tmp_path / "empty.json")}
+    with pytest.raises(UserError, match=error):
+        _build(tok, tmp_path, spec, chat_template="qwen2.5", max_length=1024)
+
+
+def test_missing_tools_file_fails_validate(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": "builtin:quickstart/train.jsonl", "format": "messages",
+                                                     "tools": "nowhere/tools.json"}]})
+    proc = run_cli("validate", recipe)
+    assert proc.returncode == 2, proc.stderr
+    assert "file not found: nowhere/tools.json" in proc.stderr and "the `tools:` file of dataset" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_template_that_cannot_render_tools_is_an_error_naming_it(tok, tmp_path: Path) -> None:

@@ -21,6 +21,36 @@ def test_extract_number(text: str, expected: float | None) -> None:
     assert m.extract_number(text) == expected
 
 
+CALL = '<tool_call>\n{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("text", [
+    CALL,
+    '<tool_call>{"arguments": {"b": 8, "a": 2, "op": "plus"}, "name": "calc"}</tool_call>',  # key order, spacing
+    '[TOOL_CALLS] [{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}]',  # Mistral
+    '{"name": "calc", "parameters": {"a": 2, "op": "plus", "b": 8}}',  # Llama-3.1 JSON tool calling
+    '<tool_call>{"name": "calc", "arguments": "{\\"a\\": 2, \\"op\\": \\"plus\\", \\"b\\": 8}"}</tool_call>',  # JSON string
+    'Let me compute. <tool_call>\n{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}\n</tool_call>}',
+])
+def test_tool_calls_are_read_in_every_family_format(text: str) -> None:
+    assert m.tool_calls_in(text) == [{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}]
+    assert m.tool_call_match(text, CALL) == m.tool_call_name(text, CALL) == m.tool_call_format(text, CALL) == 1.0
+
+
+def test_tool_call_metrics_tell_format_name_and_arguments_apart() -> None:
+    wrong_args = CALL.replace('"a": 2', '"a": 3')
+    wrong_tool = '<tool_call>{"name": "weather", "arguments": {"city": "Rome"}}</tool_call>'
+    truncated = CALL[:40]
+    assert (m.tool_call_format(wrong_args, CALL), m.tool_call_name(wrong_args, CALL),
+            m.tool_call_match(wrong_args, CALL)) == (1.0, 1.0, 0.0)
+    assert (m.tool_call_format(wrong_tool, CALL), m.tool_call_name(wrong_tool, CALL),
+            m.tool_call_match(wrong_tool, CALL)) == (1.0, 0.0, 0.0)
+    assert m.tool_call_format(truncated, CALL) == m.tool_call_match(truncated, CALL) == 0.0
+    assert m.tool_call_format("no call at all", CALL) == 0.0
+    assert m.tool_call_match(CALL + CALL, CALL) == 0.0  # one call too many
+    assert m.tool_call_format("It is 10.", "2 plus 8 is 10.") == m.tool_call_match("It is 10.", "10") == 1.0
+
+
 def test_answer_metrics() -> None:
     assert m.exact_match("  The Cat. ", "the cat") == 1.0 and m.exact_match("a cat", "the cat") == 0.0
     assert m.numeric_match("I think 1,000.", "#### 1000") == 1.0 and m.numeric_match("999", "1000") == 0.0
@@ -114,3 +144,27 @@ def test_tool_call_turn_target_is_the_rendered_call() -> None:
     ex = parse_row(row, "messages", {}, "row 1")
     assert ex.answer == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert [m["role"] for m in ex.prompt] == ["user"]
+
+
+def test_tool_eval_rows_keep_their_tools_and_reference_call() -> None:
+    """A `messages` eval row ending at a tool call: the prompt is rendered with the tool schemas (from the task's
+    `tools:` file), the reference is the call, and the loss scores the call turn as training renders it."""
+    from transformers import AutoTokenizer
+
+    from tunekit.data.masking import tokenize_with_mask
+    from tunekit.data.templates import load_template
+    from tunekit.eval.tasks import prompt_texts, read_examples
+    from tunekit.model.builtin import TOKENIZER_DIR
+
+    task = EvalTask(name="t", kind="generate", data={"path": "builtin:tools/eval.jsonl", "format": "messages",
+                                                     "tools": "builtin:tools/tools.json"}, max_examples=2)
+    examples = read_examples(task)
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tok.chat_template = load_template("qwen2.5")
+    text = prompt_texts(tok, [examples[0].prompt])[0]
+    assert '<tools>\n{"type": "function", "function": {"name": "calc"' in text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert m.tool_calls_in(examples[0].answer) and m.tool_call_match(examples[0].answer, examples[0].answer) == 1.0
+    enc = tokenize_with_mask(tok, examples[0].conversation(), "assistant", "t")
+    scored = tok.decode([i for i, k in zip(enc["input_ids"], enc["mask"]) if k])
+    assert scored == examples[0].answer + "<|im_end|>\n"

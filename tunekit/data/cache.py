@@ -1,6 +1,6 @@
 """On-disk cache of the tokenized (and packed) datasets, keyed by a fingerprint of everything that shapes them.
 
-The key covers: the content (sha256) of every local data file, hub dataset coordinates, the tokenizer (its
+The key covers: the content (sha256) of every local data file (and `tools:` file), hub dataset coordinates, the tokenizer (its
 full vocabulary/merges/normalizer serialisation and special tokens), the chat template text, every `data:`
 option except `cache_dir`, the effective shuffle seed and tunekit's cache format version. Changing any of
 them builds a new entry; an unchanged rerun loads the old one.
@@ -23,7 +23,7 @@ from typing import Any
 
 from tunekit import __version__, paths
 from tunekit.data.schema import DataConfig
-from tunekit.data.sources import HUB, local_files
+from tunekit.data.sources import HUB, local_files, resolve_path
 from tunekit.run_dir import file_sha256
 
 CACHE_VERSION = 3  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files)
@@ -43,6 +43,8 @@ def source_fingerprints(cfg: DataConfig) -> dict[str, Any]:
             out[spec.path] = {"subset": spec.subset, "split": spec.split, "revision": spec.revision}
         else:
             out[spec.path] = {str(f): file_sha256(f) for f in local_files(spec.path)}
+        if spec.tools:
+            out[f"{spec.path} tools"] = file_sha256(resolve_path(spec.tools))
     return out
 
 

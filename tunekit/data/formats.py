@@ -6,8 +6,11 @@ column with what was expected and what was found, and a wrong type with the row 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
+
+import yaml
 
 from tunekit.data.messages import (
     ROLES,
@@ -18,6 +21,9 @@ from tunekit.data.messages import (
     tool_calls,
     tools_schema,
 )
+from tunekit.data.sources import resolve_path
+from tunekit.errors import UserError
+from tunekit.paths import decode_utf8
 
 __all__ = ["FORMATS", "ROLES", "RowError"]
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -64,8 +70,27 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
 
 
 def _row_tools(row: dict, spec: Any, where: str) -> list[dict] | None:
-    """The row's `tools` column (tool schemas passed to the chat template), if it has one."""
-    return tools_schema(_get(row, "tools", spec, where, optional=True), spec.columns.get("tools", "tools"), where)
+    """The row's `tools` column (tool schemas passed to the chat template), else the dataset's `tools:` file."""
+    own = tools_schema(_get(row, "tools", spec, where, optional=True), spec.columns.get("tools", "tools"), where)
+    return own if own or not getattr(spec, "tools", None) else read_tools(spec.tools)
+
+
+@functools.lru_cache(maxsize=16)
+def read_tools(path: str) -> list[dict]:
+    """The tool schemas in a dataset's `tools:` file (JSON or YAML; a list, or `{tools: [...]}`), checked as a
+    row's `tools` column is."""
+    p = resolve_path(path)
+    name = f"data: tools file {path}"
+    try:
+        value = yaml.safe_load(decode_utf8(p.read_bytes(), str(p)))  # YAML reads JSON too
+    except yaml.YAMLError as e:
+        raise UserError(f"{name} is not valid JSON or YAML: {str(e).splitlines()[0]}") from None
+    if isinstance(value, dict) and isinstance(value.get("tools"), list):
+        value = value["tools"]
+    schemas = tools_schema(value, "tools", name)
+    if not schemas:
+        raise UserError(f"{name} holds no tool schemas; give a list of {{name, description, parameters}} objects")
+    return schemas
 
 
 def _conversation(msgs: list[dict], row: dict, spec: Any, where: str) -> Conversation:

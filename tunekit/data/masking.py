@@ -50,7 +50,7 @@ def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
             "`reasoning_content`, so the reasoning would not be trained. Choose a template that renders it (the "
             "model family's own, e.g. Qwen3's or DeepSeek-R1's) or put the reasoning inline in `content` "
             "(`<think>...</think>` before the answer).")
-    content = m["content"].strip()
+    content = (m["content"] or "").strip()
     end = trained.rfind(content)
     if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():
         raise UserError(

@@ -51,6 +51,12 @@ class DatasetSpec(Section):
     system: str | None = Field(
         default=None, description="A system prompt added to every row that has none of its own (chat formats)."
     )
+    tools: PathStr | None = Field(
+        default=None,
+        description="A JSON or YAML file of tool (function) schemas given to the chat template (`tools=`) for every "
+        "row of this dataset that has no `tools` column of its own: a list in OpenAI shape ({type: function, "
+        "function: {name, description, parameters}}) or bare function schemas. `builtin:NAME/FILE` for shipped files.",
+    )
     weight: float | None = Field(
         default=None, gt=0,
         description="Share of the training mix relative to the other datasets' weights (the mix keeps the total "

@@ -322,3 +322,8 @@ def check_exists(specs: list) -> None:
     up): what `tunekit validate` and the start of `train` check before anything is written."""
     for spec in specs:
         local_files(spec.path)
+        if getattr(spec, "tools", None):
+            try:
+                resolve_path(spec.tools)
+            except UserError as e:
+                raise UserError(f"{e} (the `tools:` file of dataset {spec.path})") from None

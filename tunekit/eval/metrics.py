@@ -7,6 +7,7 @@ are handled.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -75,7 +76,64 @@ def rouge_l(pred: str, ref: str, **_: object) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def tool_calls_in(text: str) -> list[dict]:
+    """The tool calls written in `text`, whatever the family's wrapper (`<tool_call>` tags, `[TOOL_CALLS]`, a bare
+    JSON object or list): every JSON object with a string `name` and an `arguments` (or Llama's `parameters`) object,
+    as {name, arguments}; arguments given as a JSON string are parsed."""
+    decoder, calls, i = json.JSONDecoder(), [], 0
+    while (i := _next_json(text, i)) >= 0:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        for obj in value if isinstance(value, list) else [value]:
+            call = _as_call(obj)
+            if call is not None:
+                calls.append(call)
+        i = end
+    return calls
+
+
+def _next_json(text: str, start: int) -> int:
+    found = [k for k in (text.find("{", start), text.find("[", start)) if k >= 0]
+    return min(found) if found else -1
+
+
+def _as_call(obj: object) -> dict | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters"))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            return None
+    return {"name": obj["name"], "arguments": args} if isinstance(args, dict) else None
+
+
+def tool_call_match(pred: str, ref: str, **_: object) -> float:
+    """1 when the prediction makes exactly the reference's tool calls: same names and arguments (compared as parsed
+    JSON, so spacing and key order do not matter), in order. A reference without calls matches a prediction
+    without calls."""
+    return float(tool_calls_in(pred) == tool_calls_in(ref))
+
+
+def tool_call_name(pred: str, ref: str, **_: object) -> float:
+    """1 when the prediction calls the reference's tools (names, in order), whatever the arguments."""
+    return float([c["name"] for c in tool_calls_in(pred)] == [c["name"] for c in tool_calls_in(ref)])
+
+
+def tool_call_format(pred: str, ref: str, **_: object) -> float:
+    """1 when the prediction holds at least one well-formed tool call (a name and an arguments object) and the
+    reference does too, or neither does: the call format is learned, whatever the arguments."""
+    return float(bool(tool_calls_in(pred)) == bool(tool_calls_in(ref)))
+
+
 METRICS: dict[str, Callable[..., float]] = {
+    "tool_call_match": tool_call_match,
+    "tool_call_name": tool_call_name,
+    "tool_call_format": tool_call_format,
     "exact_match": exact_match,
     "numeric_match": numeric_match,
     "contains": contains,

@@ -8,7 +8,8 @@ from pydantic import Field, model_validator
 
 from tunekit.recipe.base import PathStr, Section
 
-METRICS = ("exact_match", "numeric_match", "contains", "regex", "token_f1", "rouge_l")
+METRICS = ("exact_match", "numeric_match", "contains", "regex", "token_f1", "rouge_l", "tool_call_match",
+           "tool_call_name", "tool_call_format")
 
 
 class TaskData(Section):
@@ -20,6 +21,10 @@ class TaskData(Section):
     )
     columns: dict[str, str] = Field(
         default_factory=dict, description="Rename columns to the names the format expects, e.g. {prompt: question}."
+    )
+    tools: PathStr | None = Field(
+        default=None, description="`messages` format: a JSON or YAML file of tool schemas for rows without a `tools` "
+        "column, as in `data:`.",
     )
 
 

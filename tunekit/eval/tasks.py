@@ -16,6 +16,7 @@ from typing import Any
 
 from tunekit.data.formats import FORMATS
 from tunekit.data.masking import tokenize_with_mask
+from tunekit.data.messages import Conversation
 from tunekit.data.schema import DatasetSpec
 from tunekit.data.sources import read_rows
 from tunekit.errors import UserError, did_you_mean
@@ -44,10 +45,16 @@ def shipped_task(name: str) -> EvalTask:
 
 @dataclass
 class Example:
-    prompt: list[dict]  # chat messages before the answer
-    answer: str
+    prompt: list[dict]  # chat messages before the answer (a Conversation carrying the row's tool schemas, if any)
+    answer: str  # the reference text generation is scored against
     choices: list[str] = field(default_factory=list)
     label: int = -1  # index of the right choice
+    reply: dict | None = None  # the reference assistant turn itself (tool calls kept), for the loss
+
+    def conversation(self, answer: str | None = None) -> Conversation:
+        """The prompt plus the reference turn (or `answer` as the assistant's reply), with the prompt's tools."""
+        turn = self.reply if answer is None and self.reply else {"role": "assistant", "content": answer or self.answer}
+        return Conversation.of([*self.prompt, turn], getattr(self.prompt, "tools", None))
 
 
 def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
@@ -66,13 +73,14 @@ def answer_text(m: dict) -> str:
     return "\n".join([m["content"], *calls] if m["content"] else calls)
 
 
-def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str) -> Example:
+def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str, tools: str | None = None) -> Example:
 
     if fmt in FORMATS:
         # Training formats parse exactly as in training (same column mapping and checks).
-        msgs = FORMATS[fmt](row, DatasetSpec(path="-", format=fmt, columns=columns), where)
+        msgs = FORMATS[fmt](row, DatasetSpec(path="-", format=fmt, columns=columns, tools=tools), where)
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        return Example(msgs[:last], answer_text(msgs[last]))
+        return Example(Conversation.of(msgs[:last], getattr(msgs, "tools", None)), answer_text(msgs[last]),
+                       reply=msgs[last])
     prompt = [{"role": "user", "content": str(_col(row, "prompt", columns, where))}]
     answer = _col(row, "answer", columns, where)
     if fmt == "qa":
@@ -97,7 +105,7 @@ def read_examples(task: EvalTask) -> list[Example]:
 
     loaded = read_rows(DatasetSpec(path=task.data.path, format="messages"))  # format is not used to read
     n = task.max_examples or len(loaded.rows)
-    return [parse_row(r, task.data.format, task.data.columns, where)
+    return [parse_row(r, task.data.format, task.data.columns, where, task.data.tools)
             for r, where in zip(loaded.rows[:n], loaded.where[:n])]
 
 
@@ -149,8 +157,7 @@ def encode(tokenizer: Any, messages: list[dict], max_length: int, where: str, tr
 
 def run_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     examples = read_examples(task)
-    encs = [encode(tokenizer, [*e.prompt, {"role": "assistant", "content": e.answer}], ctx["max_length"], task.name,
-                   ctx.get("train_on", "assistant"))
+    encs = [encode(tokenizer, e.conversation(), ctx["max_length"], task.name, ctx.get("train_on", "assistant"))
             for e in examples]
     res = sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})")
     tokens = sum(c for _, c in res)
@@ -161,7 +168,7 @@ def run_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
 
 def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     examples = read_examples(task)
-    encs = [encode(tokenizer, [*e.prompt, {"role": "assistant", "content": c}], ctx["max_length"], task.name)
+    encs = [encode(tokenizer, e.conversation(c), ctx["max_length"], task.name)
             for e in examples for c in e.choices]
     res = iter(sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})"))
     acc = acc_norm = 0
@@ -177,13 +184,19 @@ def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -
     return {"n": n, "metrics": {"accuracy": acc / n, "accuracy_norm": acc_norm / n}, "samples": samples}
 
 
+def prompt_texts(tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
+    """Each prompt rendered by the chat template up to the assistant's turn, with its tool schemas, if any."""
+    return [tokenizer.apply_chat_template(list(p), tools=getattr(p, "tools", None), tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, batch_size: int, label: str) -> list:
     """k completions per prompt (list of lists of strings), batched with left padding."""
     import torch
 
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = prompt_texts(tokenizer, prompts)
     sample = gen.temperature > 0
     kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=sample, num_return_sequences=gen.num_samples,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
