@@ -290,6 +290,9 @@ def read_saved(path: Path, split: str) -> Rows:
 
 
 def read_hub(name: str, subset: str | None, split: str, revision: str | None) -> Rows:
+    from tunekit import hub
+
+    hub.check_dataset(name)
     from datasets import load_dataset
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunekit import hub
 from tunekit.errors import UserError
 from tunekit.model import builtin
 from tunekit.model.schema import ModelConfig
@@ -20,7 +21,10 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
     if looks_local and not p.exists():
         raise UserError(f"model.path: local directory `{cfg.path}` does not exist")
-    return str(p) if p.exists() else cfg.path
+    if p.exists():
+        return str(p)
+    hub.check_model(cfg.path, cfg.revision)
+    return cfg.path
 
 
 HUB_HINT = ("a hub id needs the network or the model in the local Hugging Face cache (HF_HUB_OFFLINE=1 uses the "
@@ -53,6 +57,8 @@ def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     src = cfg.tokenizer or model_path or resolve_model_path(cfg)
+    if cfg.tokenizer and not Path(cfg.tokenizer).expanduser().exists():
+        hub.check_model(cfg.tokenizer, cfg.revision, "model.tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
