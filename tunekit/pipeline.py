@@ -144,10 +144,10 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
 def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
     """The stage's latest complete checkpoint under --resume (metrics logged after it are dropped: they come again);
     newer incomplete ones are set aside in checkpoints/torn/ with a notice."""
-    for torn, why in run_dir.torn_checkpoints(stage.dir) if inputs.resume else []:
+    for torn, why in run_dir.torn_checkpoints(stage.dir, deep=True) if inputs.resume else []:
         moved = run_dir.set_aside(torn) if runtime.is_main_process() else torn
         console.print(f"[yellow]notice:[/] {torn.name} is incomplete ({why}); set aside as {moved}")
-    checkpoint = run_dir.latest_checkpoint(stage.dir) if inputs.resume else None
+    checkpoint = run_dir.latest_checkpoint(stage.dir, deep=True) if inputs.resume else None
     if checkpoint is None:
         return None
     rules.check_resume(checkpoint, runtime.world_size())

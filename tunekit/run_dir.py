@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -134,7 +136,7 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[-1])
 
 
-MANIFEST = "tunekit-manifest.json"  # written last into each checkpoint: its files and their sizes
+MANIFEST = "tunekit-manifest.json"  # written last into each checkpoint: its files, their sizes and sha256
 TORN = "torn"  # checkpoints/torn/: incomplete checkpoints set aside by --resume
 
 
@@ -144,25 +146,26 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (see `checkpoint_problem`)."""
+def latest_checkpoint(out: Path, deep: bool = False) -> Path | None:
+    """The newest complete checkpoint (see `checkpoint_problem`; `deep`: its files' sha256 checked too)."""
     ckpts = checkpoints(out)
     legacy = not any((c / MANIFEST).is_file() for c in ckpts)
-    return next((c for c in reversed(ckpts) if checkpoint_problem(c, legacy) is None), None)
+    return next((c for c in reversed(ckpts) if checkpoint_problem(c, legacy, deep) is None), None)
 
 
-def torn_checkpoints(out: Path) -> list[tuple[Path, str]]:
+def torn_checkpoints(out: Path, deep: bool = False) -> list[tuple[Path, str]]:
     """(checkpoint, what is wrong) for every checkpoint newer than the newest complete one."""
-    ckpts, latest = checkpoints(out), latest_checkpoint(out)
+    ckpts, latest = checkpoints(out), latest_checkpoint(out, deep)
     legacy = not any((c / MANIFEST).is_file() for c in ckpts)
     newer = [c for c in ckpts if latest is None or checkpoint_step(c) > checkpoint_step(latest)]
-    return [(c, checkpoint_problem(c, legacy) or "incomplete") for c in newer]
+    return [(c, checkpoint_problem(c, legacy, deep) or "incomplete") for c in newer]
 
 
-def checkpoint_problem(ckpt: Path, legacy: bool = False) -> str | None:
+def checkpoint_problem(ckpt: Path, legacy: bool = False, deep: bool = False) -> str | None:
     """Why a checkpoint cannot be resumed from, or None: trainer_state.json must parse, and every file the manifest
-    lists must have the size it had when the save finished. Without a manifest the save did not finish, unless the
-    run predates manifests (`legacy`: no checkpoint of the run has one)."""
+    lists must have the size it had when the save finished (`deep`: and the same sha256, which catches a file
+    damaged in place, e.g. on a copy between machines). Without a manifest the save did not finish, unless the run
+    predates manifests (`legacy`: no checkpoint of the run has one)."""
     parsed = {}
     for name in ("trainer_state.json", *([] if legacy else [MANIFEST])):
         try:
@@ -174,22 +177,50 @@ def checkpoint_problem(ckpt: Path, legacy: bool = False) -> str | None:
     if not isinstance(parsed["trainer_state.json"], dict) or "global_step" not in parsed["trainer_state.json"]:
         return "trainer_state.json has no global_step"
     files = parsed.get(MANIFEST, {}).get("files", {}) if isinstance(parsed.get(MANIFEST, {}), dict) else {}
-    for name, size in files.items():
+    for name, entry in files.items():
+        size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (entry, None)
         p = ckpt / name
         found = p.stat().st_size if p.is_file() else None
         if found != size:
             return f"{name} is missing" if found is None else f"{name} has {found:,} bytes, the save wrote {size:,}"
+        if deep and digest and file_sha256(p) != digest:
+            return f"{name} does not have the content the save wrote (sha256 differs)"
     return None
 
 
 def write_manifest(ckpt: Path) -> None:
-    """Record the checkpoint's files and sizes; written last (to a temp name, then renamed), so a checkpoint with a
-    manifest is a complete one."""
-    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
-             if p.is_file() and not p.name.startswith(MANIFEST)}
+    """Record the checkpoint's files, sizes and sha256; each file is flushed to disk (fsync) first, and the manifest
+    is written last (to a temp name, flushed, then renamed), so a checkpoint with a manifest is a complete one, also
+    after a power loss."""
+    files = {}
+    for p in sorted(ckpt.rglob("*")):
+        if p.is_file() and not p.name.startswith(MANIFEST):
+            files[str(p.relative_to(ckpt))] = {"size": p.stat().st_size, "sha256": _synced_sha256(p)}
     tmp = ckpt / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"files": files}, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(ckpt / MANIFEST)
+    _fsync_dir(ckpt)
+
+
+def _synced_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def set_aside(ckpt: Path) -> Path:

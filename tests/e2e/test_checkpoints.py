@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import losses, run_cli, tiny_recipe
+from tunekit.run_dir import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_every_checkpoint_has_a_manifest_of_its_files(three_steps: Path) -> None
         ckpt = three_steps / "checkpoints" / f"checkpoint-{step}"
         files = json.loads((ckpt / "tunekit-manifest.json").read_text())["files"]
         assert {"trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth"} <= set(files)
-        assert all((ckpt / name).stat().st_size == size for name, size in files.items())
+        assert all((ckpt / name).stat().st_size == entry["size"] for name, entry in files.items())
+        assert all(file_sha256(ckpt / name) == entry["sha256"] for name, entry in files.items())
 
 
 @pytest.mark.parametrize("torn", ["trainer_state.json", "optimizer.pt", "adapter_model.safetensors", "rng_state.pth"])
@@ -59,6 +61,23 @@ def test_resume_falls_back_from_a_torn_checkpoint(three_steps: Path, tmp_path: P
     assert squash(f"resuming from {run}/checkpoints/checkpoint-2") in err
     assert (run / "checkpoints" / "torn" / "checkpoint-3" / torn).is_file()  # set aside, not deleted
     assert json.loads((run / "summary.json").read_text())["global_step"] == 3
+    assert losses(run) == pytest.approx(losses(three_steps), abs=1e-4)
+
+
+def test_resume_falls_back_from_a_checkpoint_damaged_in_place(three_steps: Path, tmp_path: Path) -> None:
+    """One flipped byte in the newest checkpoint's weights (same size: what a bad copy or disk gives) is caught by the
+    manifest's sha256; --resume goes on from the previous checkpoint and ends like the uninterrupted run."""
+    run = stopped_copy(three_steps, tmp_path)
+    path = run / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's bytes: the file still loads, with a wrong weight
+    path.write_bytes(bytes(data))
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3}, output={"dir": str(run), "save_steps": 1})
+    proc = run_cli("train", recipe, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = squash(proc.stderr)
+    assert squash("adapter_model.safetensors does not have the content the save wrote (sha256 differs)") in err
+    assert squash(f"resuming from {run}/checkpoints/checkpoint-2") in err
     assert losses(run) == pytest.approx(losses(three_steps), abs=1e-4)
 
 
