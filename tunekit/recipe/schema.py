@@ -31,7 +31,7 @@ class OutputConfig(Section):
         default=30.0, ge=0,
         description="Also write a checkpoint when this many minutes passed since the last one (0: off), so every "
         "long run is resumable without choosing save_steps. SIGINT/SIGTERM write one too. Each checkpoint ends "
-        "with tunekit-manifest.json (its files' sizes); --resume skips a newer checkpoint that does not match it.",
+        "with tunekit-manifest.json (its files' sizes and sha256); --resume skips a newer checkpoint that does not match it.",
     )
     save_total_limit: int | None = Field(
         default=None, ge=1, description="Keep at most this many checkpoints (oldest removed first); null keeps all."
