@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -107,10 +108,23 @@ def test_kto_on_paired_data_mixes_both_labels_and_counts_dropped_rows(tmp_path: 
 
 @pytest.mark.full
 def test_orpo(tmp_path: Path) -> None:
-    # At max_length 64 some pairs keep no completion token and ORPO's mean log-prob is 0/0: the gradient is NaN from
-    # step 1 (the divergence guard stops that run); 128 keeps every completion.
     run = _run(tmp_path, {"kind": "orpo", "beta": 0.1}, data={"train": [PAIRS], "max_length": 128})
     _standard_outputs(run, {"loss", "rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"})
+
+
+@pytest.mark.parametrize("kind", ["orpo", "cpo"])
+def test_orpo_and_cpo_drop_and_count_pairs_without_completion_tokens(tmp_path: Path, kind: str) -> None:
+    """At max_length 64 some prompts fill the whole length. TRL's ORPO/CPO keep such a pair with no completion
+    token (only a warning): ORPO's mean log-prob is then 0/0 and the loss NaN from step 1, CPO trains on nothing.
+    tunekit drops them as DPO and KTO do, counts them in data.json and says so; the loss stays finite."""
+    recipe = tiny_recipe(tmp_path, data={"train": [PAIRS], "max_length": 64},
+                         trainer={"kind": kind, "max_steps": 2, "learning_rate": 1e-3, "logging_steps": 1})
+    proc = run_cli("train", recipe, check=True)
+    assert all(math.isfinite(m["loss"]) for m in read_metrics(tmp_path / "run") if "loss" in m)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]["train"]
+    (reason, n), = data["dropped_by_trainer"].items()
+    assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < n < data["rows_out"]
+    assert f"the {kind} trainer dropped {n} training rows" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.full

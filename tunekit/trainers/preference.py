@@ -87,9 +87,10 @@ def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
 
 
 def dropped_by_trainer(recipe: Recipe, train_ds: Any, trainer: Any) -> dict[str, int]:
-    """Rows TRL's DPO and KTO trainers filtered out: those whose prompt alone fills `max_length` (they would keep
-    no completion token). Counted so the run says so instead of training on fewer rows without a word."""
-    if recipe.trainer.kind not in ("dpo", "kto") or train_ds is None:
+    """Rows TRL's DPO and KTO trainers (and `without_empty_completions` for ORPO and CPO) filtered out: those whose
+    prompt alone fills `max_length` (they would keep no completion token). Counted so the run says so instead of
+    training on fewer rows without a word."""
+    if recipe.trainer.kind not in ("dpo", "kto", "orpo", "cpo") or train_ds is None:
         return {}
     offered = len(train_ds) * (2 if recipe.trainer.kind == "kto" and "chosen" in train_ds.column_names else 1)
     dropped = offered - len(trainer.train_dataset)
@@ -116,8 +117,8 @@ def build_orpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_d
 
     args = ORPOConfig(**training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
                       max_length=recipe.data.max_length, beta=recipe.trainer.beta)
-    return ORPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, callbacks=callbacks)
+    return without_empty_completions(ORPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                                 processing_class=tokenizer, callbacks=callbacks))
 
 
 def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
@@ -135,5 +136,20 @@ def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         simpo_gamma=t.simpo_gamma,
         alpha=t.alpha,
     )
-    return CPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, callbacks=callbacks)
+    return without_empty_completions(CPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                                processing_class=tokenizer, callbacks=callbacks))
+
+
+def without_empty_completions(trainer: Any) -> Any:
+    """Drop the rows TRL's ORPO and CPO trainers tokenized with no chosen or no rejected token left (the prompt
+    alone fills max_length; TRL only warns, keeps the whole prompt, and the loss of such a row is a mean over zero
+    tokens: NaN for ORPO, silently meaningless for CPO). DPO and KTO drop them themselves; counted alike
+    (`dropped_by_trainer`)."""
+    def has_completions(row: dict) -> bool:
+        return any(t != -100 for t in row["chosen_labels"]) and any(t != -100 for t in row["rejected_labels"])
+
+    for name in ("train_dataset", "eval_dataset"):
+        ds = getattr(trainer, name)
+        if ds is not None and not isinstance(ds, dict):
+            setattr(trainer, name, ds.filter(has_completions, desc="dropping rows without completion tokens"))
+    return trainer
