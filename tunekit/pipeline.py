@@ -26,6 +26,7 @@ from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.registry import stages as kind_stages
 from tunekit.trainers.stage import RunInputs, Stage
+from tunekit.trainers.training_args import check_trackers
 from tunekit.ui import console
 
 
@@ -59,6 +60,7 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     import transformers
 
     out = Path(recipe.output.dir)
+    check_trackers(list(getattr(recipe.trainer, "report_to", [])))  # before anything is written
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     if main:

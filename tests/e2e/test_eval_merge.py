@@ -151,3 +151,20 @@ def test_sampling_reports_pass_at_k_and_majority(run: Path) -> None:
     assert set(m) == {"numeric_match", "numeric_match_pass@3", "numeric_match_maj@3", "token_f1", "token_f1_pass@3",
                       "token_f1_maj@3"}
     assert m["token_f1_pass@3"] >= m["token_f1"] and m["numeric_match_pass@3"] >= m["numeric_match_maj@3"]
+
+
+def test_eval_of_a_run_with_an_eval_fraction_hold_out_scores_that_hold_out(tmp_path: Path) -> None:
+    """`tunekit eval RUN` with no tasks on a run whose eval split is a data.eval_fraction hold-out rebuilds that
+    hold-out (same seed, same rows) and reports its loss: equal to the eval_loss training logged on the same rows
+    with the same weights (packed there, unpacked here: the same per-document sums; fp32 reduction order only)."""
+    run = tmp_path / "run"
+    run_cli("train", RECIPES / "quickstart.yaml", "model.path=builtin:tiny-llama", "trainer.max_steps=6",
+            "data.eval=[]", "data.eval_fraction=0.05", "data.packing=true", "trainer.eval_steps=6",
+            f"output.dir={run}", check=True)
+    proc = run_cli("eval", run, check=True)
+    assert "the run's hold-out (data.eval_fraction 0.05" in " ".join(proc.stderr.split())
+    task = json.loads((run / "eval" / "report.json").read_text())["tasks"]["heldout-loss"]
+    trained = json.loads((run / "summary.json").read_text())["eval"]["eval_loss"]
+    assert task["n"] == 100  # 5% of the 2000 quickstart rows
+    assert task["tuned"]["loss"] == pytest.approx(trained, rel=1e-4)
+    assert task["base"]["loss"] > task["tuned"]["loss"]

@@ -110,3 +110,32 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:
     proc = run_cli("train", tiny_recipe(tmp_path), "--resume")
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+
+
+def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path: Path) -> None:
+    """`report_to: [tensorboard]` writes event files into <run>/tensorboard/ whose train/loss scalars are the losses
+    of metrics.jsonl, step by step (read back with TensorBoard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3, "report_to": ["tensorboard"]})
+    run_cli("train", recipe, check=True)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1, list((tmp_path / "run").rglob("events*"))
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    scalars = {e.step: e.value for e in acc.Scalars("train/loss")}
+    logged = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "run") if "loss" in m}
+    assert sorted(scalars) == sorted(logged) == [1, 2, 3]
+    assert [scalars[s] for s in (1, 2, 3)] == pytest.approx([logged[s] for s in (1, 2, 3)], rel=1e-6)  # float32 storage
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    recipe = tiny_recipe(tmp_path, trainer={"report_to": ["wandb"]})
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trainer.report_to: wandb is not installed: pip install wandb" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -54,9 +54,9 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
                          data=TaskData(path=s.path, format=s.format, columns=s.columns))
                 for i, s in enumerate(recipe.data.eval)]
     if recipe is not None and recipe.data.eval_fraction:
-        raise UserError(f"{target.label}: no eval tasks, and the run's eval split is a data.eval_fraction hold-out of "
-                        "the training rows, which `tunekit eval` cannot rebuild yet (its loss at the end of training "
-                        "is eval_loss in summary.json). Name tasks with --task or --task-file FILE --kind loss")
+        console.print(f"tasks: none given; loss and perplexity on the run's hold-out (data.eval_fraction "
+                      f"{recipe.data.eval_fraction:g} of the training rows, rebuilt by the data stage)")
+        return [EvalTask(name="heldout-loss", kind="heldout_loss")]
     raise UserError(f"{target.label}: no eval tasks: the recipe has no `eval.tasks` and no `data.eval`; name tasks "
                     "with --task (e.g. --task quickstart-arith), --task-file FILE --kind generation|choice|loss, "
                     "or add an eval: section")
@@ -92,6 +92,8 @@ def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> d
 def check_tasks(tasks: list[EvalTask]) -> None:
     """Check every task first: bad data or a missing lm-eval fails before any model loads."""
     for t in tasks:
+        if t.kind == "heldout_loss":
+            continue  # checked when it runs: it needs the run's recipe
         if t.kind != "lm_eval":
             read_examples(t)
         elif importlib.util.find_spec("lm_eval") is None:
@@ -137,7 +139,8 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
     compare = compare and (target.kind == "adapter" or target.run_dir is not None)
     ctx = {"max_length": target.recipe.data.max_length if target.recipe else 1024,
            "train_on": target.recipe.data.train_on if target.recipe else "assistant",
-           "batch_size": batch_size or (cfg.batch_size if cfg else 8)}
+           "batch_size": batch_size or (cfg.batch_size if cfg else 8), "recipe": target.recipe,
+           "cache": {}}
     out = report_dir(out or default_out(target), overwrite)
 
     tokenizer = load_tokenizer_for(target)

@@ -46,10 +46,11 @@ class GenerationSettings(Section):
 
 class EvalTask(Section):
     name: str = Field(description="Task name, shown in the report.")
-    kind: Literal["loss", "generate", "multiple_choice", "lm_eval"] = Field(
-        description="`loss`: loss and perplexity with the training mask. `generate`: generate answers and score "
-        "them. `multiple_choice`: pick the option with the highest log-likelihood. `lm_eval`: run an "
-        "lm-evaluation-harness task (needs `pip install lm-eval`)."
+    kind: Literal["loss", "heldout_loss", "generate", "multiple_choice", "lm_eval"] = Field(
+        description="`loss`: loss and perplexity with the training mask. `heldout_loss`: the same on the run's own "
+        "eval split as its data stage built it (data.eval, or the data.eval_fraction hold-out of the training rows; "
+        "SFT runs; no `data`). `generate`: generate answers and score them. `multiple_choice`: pick the option with "
+        "the highest log-likelihood. `lm_eval`: run an lm-evaluation-harness task (needs `pip install lm-eval`)."
     )
     data: TaskData | None = Field(default=None, description="The task's examples (not used by `lm_eval`).")
     metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
@@ -69,7 +70,7 @@ class EvalTask(Section):
     def _needs(self) -> EvalTask:
         if self.kind == "lm_eval" and not self.lm_eval_task:
             raise ValueError("kind lm_eval needs `lm_eval_task` (an lm-evaluation-harness task name)")
-        if self.kind != "lm_eval" and self.data is None:
+        if self.kind not in ("lm_eval", "heldout_loss") and self.data is None:
             raise ValueError(f"kind {self.kind} needs `data` (a path and format)")
         if self.kind == "multiple_choice" and self.data is not None and self.data.format != "choice":
             raise ValueError("kind multiple_choice needs data.format: choice")

@@ -166,6 +166,30 @@ def run_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
                                             "tokens": float(tokens)}}
 
 
+def run_heldout_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
+    """Loss and perplexity on the run's own eval split, rebuilt by its data stage (the same seed, so the same
+    hold-out rows; unpacked: per-document loss is what packed training computes too) and its training mask."""
+    recipe = ctx.get("recipe")
+    if recipe is None or recipe.trainer.kind != "sft" or not (recipe.data.eval or recipe.data.eval_fraction):
+        raise UserError(f"eval task `{task.name}`: kind heldout_loss needs an SFT run whose recipe has data.eval or "
+                        "data.eval_fraction; give the task data and kind `loss` instead")
+    cache = ctx.setdefault("cache", {})
+    if "heldout" not in cache:  # built once, for the tuned and the base model
+        from tunekit.data.build import build_datasets
+
+        data = recipe.data.model_copy(update={"packing": False, "padding_free": False})
+        _, cache["heldout"], _ = build_datasets(data, tokenizer, recipe.trainer.seed)
+    rows = cache["heldout"]
+    if task.max_examples:
+        rows = rows.select(range(min(task.max_examples, len(rows))))
+    encs = [{"input_ids": r["input_ids"][: ctx["max_length"]],
+             "mask": [lab != -100 for lab in r["labels"][: ctx["max_length"]]]} for r in rows]
+    res = sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})")
+    tokens = sum(c for _, c in res)
+    loss = -sum(s for s, _ in res) / max(tokens, 1)
+    return {"n": len(encs), "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(tokens)}}
+
+
 def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     examples = read_examples(task)
     encs = [encode(tokenizer, e.conversation(c), ctx["max_length"], task.name)
@@ -254,6 +278,7 @@ def run_lm_eval(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
 
 RUNNERS: dict[str, Callable[[EvalTask, Any, Any, dict], dict]] = {
     "loss": run_loss,
+    "heldout_loss": run_heldout_loss,
     "generate": run_generate,
     "multiple_choice": run_multiple_choice,
     "lm_eval": run_lm_eval,

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunekit.errors import UserError
 from tunekit.launch.engines import training_kwargs as launch_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
+
+
+# tracker -> (modules that provide it, pip package)
+TRACKER_PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "wandb": (("wandb",), "wandb"),
+            "mlflow": (("mlflow",), "mlflow"), "comet_ml": (("comet_ml",), "comet-ml"), "trackio": (("trackio",), "trackio")}
+USER_TENSORBOARD_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")  # the user's own choice wins over the run dir
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Every tracker in trainer.report_to is installed (else transformers fails with a traceback mid-setup)."""
+    missing = [t for t in report_to if not any(importlib.util.find_spec(m) for m in TRACKER_PACKAGES[t][0])]
+    if missing:
+        raise UserError(f"trainer.report_to: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                        f"installed: pip install {' '.join(TRACKER_PACKAGES[t][1] for t in missing)} (or remove "
+                        f"{'it' if len(missing) == 1 else 'them'} from trainer.report_to)")
+
+
+def tracker_dirs(report_to: list[str], stage_dir: Path) -> None:
+    """TensorBoard event files go to `<run or stage dir>/tensorboard/` (transformers 5 reads the directory from
+    TENSORBOARD_LOGGING_DIR; its default is a `runs/DATE_HOST` folder inside checkpoints/)."""
+    if "tensorboard" in report_to and USER_TENSORBOARD_DIR is None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage_dir / "tensorboard")
 
 
 def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict:
@@ -16,6 +42,7 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
     import torch
 
     t, o = recipe.trainer, recipe.output
+    tracker_dirs(list(t.report_to), Path(checkpoint_dir).parent)
 
     bf16 = recipe.model.dtype == "bfloat16" or (recipe.model.dtype == "auto" and torch.cuda.is_available()
                                                  and torch.cuda.is_bf16_supported())
