@@ -286,6 +286,33 @@ def explain_(key: str = typer.Argument(..., help="A dotted recipe key, e.g. trai
     typer.echo(explain(key), nl=False)
 
 
+@app.command("init")
+def init_(
+    out: Path = typer.Argument(..., help="The recipe file to write, e.g. my.yaml."),
+    model: str = typer.Option(..., "--model", help="Model: a hub id (Qwen/Qwen2.5-0.5B-Instruct), a local model "
+                              "directory, or builtin:small-llama to try things offline."),
+    data: str = typer.Option(..., "--data", help="Training data: a .jsonl/.json/.csv/.parquet file, a glob, "
+                             "builtin:NAME/FILE or hub:ORG/NAME."),
+    fmt: str = typer.Option(None, "--format", help="Data format (messages, sharegpt, alpaca, prompt_completion, "
+                            "text, preference, unpaired_preference, prompt_answer); default: read from the first row.",
+                            show_default=False),
+    method: str = typer.Option("lora", "--method", help="Training method (`tunekit methods` lists them)."),
+    kind: str = typer.Option(None, "--trainer", help="Trainer kind (sft, dpo, kto, orpo, cpo, reft); default: "
+                             "from the data format.", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Write a commented starter recipe, validated (data file included) before it is written.
+
+    Example: tunekit init my.yaml --model Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl
+    Then: tunekit validate my.yaml --explain (every key with its default) and tunekit train my.yaml.
+    """
+    from tunekit.starter import init_recipe
+
+    r = init_recipe(out, model, data, fmt, method, kind, force)
+    typer.echo(f"wrote {out}: {r.trainer.kind} with method {r.method.name} on {r.model.path}, data "
+               f"{r.data.train[0].path} ({r.data.train[0].format}). Next: tunekit train {out}", err=True)
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 

@@ -57,7 +57,7 @@ def test_explain_command_exit_codes() -> None:
 
 
 def test_validate_explain_is_yaml_with_descriptions() -> None:
-    recipe = load_recipe(RECIPES / "dpo.yaml", [])
+    recipe = load_recipe(RECIPES / "dpo.yaml", ["trainer.learning_rate=1e-5"])  # JSON writes 1e-05: a YAML string
     text = commented_yaml(recipe)
     assert yaml.safe_load(text) == recipe.model_dump(mode="json")
     assert "beta: 0.1  # Strength of the pull towards the reference model" in text

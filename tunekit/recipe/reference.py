@@ -17,6 +17,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -250,10 +251,16 @@ def render_markdown() -> str:
 
 def commented_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML with each key's description as a comment (`tunekit validate --explain`)."""
+    return commented(recipe.model_dump(mode="json"), recipe)
+
+
+def commented(data: dict, recipe: Recipe) -> str:
+    """`data` (the recipe's sections, or some of their keys) as YAML with each key's description as a comment;
+    `recipe` chooses the trainer kind's and method's descriptions."""
     chosen = {f"kind: {recipe.trainer.kind}", f"name: {recipe.method.name}", ""}
     descs = {o.key.replace("[]", ""): textwrap.shorten(o.description, 100) for o in options()
              if o.variant in chosen or o.key.split(".")[0] not in ("trainer", "method")}
-    return "".join(_emit(recipe.model_dump(mode="json"), "", 0, descs))
+    return "".join(_emit(data, "", 0, descs))
 
 
 def _emit(data: dict, prefix: str, depth: int, descs: dict) -> Iterator[str]:
@@ -270,7 +277,15 @@ def _emit(data: dict, prefix: str, depth: int, descs: dict) -> Iterator[str]:
                 body = "".join(_emit(item, key + ".", depth + 2, descs))
                 yield f"{pad}  - {body.lstrip()}"
         else:
-            yield f"{pad}{k}: {json.dumps(v)}{note}\n"
+            yield f"{pad}{k}: {_scalar(v)}{note}\n"
+
+
+def _scalar(v: object) -> str:
+    """A value as YAML reads it back: JSON, except floats in YAML's own form (`1.0e-05`: YAML 1.1 reads JSON's
+    `1e-05` as a string)."""
+    if isinstance(v, float):
+        return yaml.safe_dump(v).split("\n")[0]
+    return json.dumps(v)
 
 
 if __name__ == "__main__":
