@@ -45,6 +45,16 @@ def test_train_console_is_plain_and_quiet(trained: tuple[Path, subprocess.Comple
     assert re.search(r"final loss \d+\.\d{4},", proc.stderr), proc.stderr
 
 
+def test_verbose_shows_what_the_quiet_console_hides(tmp_path: Path) -> None:
+    """`--verbose` leaves the libraries at their own defaults: their warnings and progress bars come back (the
+    quiet console is a choice made at the source, not output swallowed for good)."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 1})
+    proc = run_cli("--verbose", "train", recipe, check=True)
+    noise = [ln for ln in (proc.stdout + proc.stderr).splitlines() if LIBRARY_NOISE.search(ln)]
+    assert any("Loading weights" in ln for ln in noise), noise  # transformers' own progress bar
+    assert any("Warning" in ln or "[WARNING]" in ln for ln in noise), noise
+
+
 def test_metrics_schema(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
     # one throughput number, elapsed time and peak memory on every training row
     train_rows = [m for m in read_metrics(trained[0]) if "loss" in m]
