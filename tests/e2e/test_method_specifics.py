@@ -15,6 +15,7 @@ from tests.conftest import run_cli, tiny_recipe
 from tests.e2e.test_methods import PROBE_IDS, ROWS, method_recipe
 from tunekit.methods.layerwise import lisa_layers
 from tunekit.model.builtin import materialize
+from tunekit.recipe.schema import Recipe
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,35 @@ def test_representation_methods_touch_only_interventions(name: str, data_file: P
     assert (changed - plain).abs().max() > 1e-4  # the interventions (and only they) change the outputs
     saved = load_file(final / "interventions.safetensors")
     assert saved and all(v.abs().sum() > 0 for k, v in saved.items() if "offset" in k or "learned" in k)
+
+
+def test_lofit_selects_the_top_heads_by_learned_scale(data_file: Path, tmp_path: Path) -> None:
+    """`select_heads: 3` (of tiny-llama's 2 x 4 heads): a first pass learns a scale per head on training batches and
+    keeps the 3 with the largest L1 norm; only those get offsets. The selection is recorded, is the top 3 of the
+    recorded scores, does not depend on the run (the same heads twice), and a reloaded run uses the same heads."""
+    from tunekit.methods.interventions import ATTR
+    from tunekit.methods.registry import load_trained
+    from tunekit.pipeline import train
+
+    def run(out: Path, **method: object) -> tuple[dict, Recipe]:
+        recipe = method_recipe("lofit", data_file, out, max_steps=2)
+        recipe = recipe.model_copy(update={"method": recipe.method.model_copy(update=method)})
+        final = train(recipe) / "final"
+        return json.loads((final / "interventions.json").read_text()), recipe
+
+    cfg, recipe = run(tmp_path / "a", heads="all", scale=False, select_heads=3, select_steps=4)
+    sel = cfg["selection"]
+    assert sel["candidates"] == 8 and sel["kept"] == 3 and sel["steps"] == 4 and len(cfg["heads"]) == 3
+    ranked = sorted(sel["scores"], key=lambda k: -sel["scores"][k])
+    assert {f"{i}.{h}" for i, h in cfg["heads"]} == set(ranked[:3])
+    assert sel["scores"][ranked[2]] > sel["scores"][ranked[3]] > 0  # a real ranking, not ties at zero
+    model = load_trained(tmp_path / "a" / "final", recipe)
+    offsets = {k: v.shape for k, v in getattr(model, ATTR).state_dict().items() if k.endswith("offset")}
+    assert sum(shape[0] for shape in offsets.values()) == 3  # offsets on the 3 chosen heads only
+    again, _ = run(tmp_path / "b", heads="all", scale=False, select_heads=3, select_steps=4)
+    assert again["heads"] == cfg["heads"]
+    fraction, _ = run(tmp_path / "c", heads="all", scale=False, select_heads=0.25, select_steps=2)
+    assert len(fraction["heads"]) == 2  # a quarter of 8 candidates
 
 
 PARAM_CASES = {

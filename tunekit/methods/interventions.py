@@ -8,8 +8,8 @@ change hidden states through hooks transformers' modules offer (forward hooks, n
   positions; tunekit's batches are right-padded, so "first N" is always the start of the prompt).
 - LoFiT (Yin et al. 2024): learned offset vectors v_h (and optionally scales) added to the outputs of chosen
   attention heads, i.e. to the input of `o_proj` split into heads. The paper picks the top ~3% heads by a first
-  training pass of per-head scales; tunekit takes the heads from the recipe (default: all) - run once with
-  `scale: true` and read the learned scales to choose heads (see docs/methods.md).
+  training pass of per-head scales: `select_heads: K` (or a fraction) does that step on the first training
+  batches before training (`select_heads` below); otherwise the heads come from the recipe (default: all).
 
 The interventions live in a submodule `tunekit_interventions` of the model, so Trainer checkpoints hold their
 weights and resume restores them. final/ gets `interventions.safetensors` + `interventions.json`; `load()`
@@ -102,17 +102,58 @@ def attach(model: Any, cfg: dict) -> Any:
     box = _modules(cfg, model)
     first_n = cfg.get("first_n") if cfg.get("positions") == "first" else None
     box.cfg = cfg
+    box.handles = []
     model.add_module(ATTR, box)
     layers = decoder_layers(model)
     for key, module in box.per_layer.items():
         layer = layers[int(key)]
         if cfg["method"] == "loreft":
-            layer.register_forward_hook(_loreft_hook(box, module, first_n))
+            box.handles.append(layer.register_forward_hook(_loreft_hook(box, module, first_n)))
         elif cfg["method"] == "bottleneck":
-            layer.mlp.register_forward_hook(bottleneck.hook(box, module, cfg["placement"]))
+            box.handles.append(layer.mlp.register_forward_hook(bottleneck.hook(box, module, cfg["placement"])))
         else:
-            layer.self_attn.o_proj.register_forward_pre_hook(_lofit_hook(box, module))
+            box.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(_lofit_hook(box, module)))
     return model
+
+
+def detach(model: Any) -> None:
+    """Remove the interventions and their hooks: the model is the plain base again."""
+    for handle in getattr(model, ATTR).handles:
+        handle.remove()
+    delattr(model, ATTR)
+
+
+def select_heads(model: Any, cfg: dict, calibration: list[dict] | None, lr: float) -> dict:
+    """LoFiT's first step: learn a scale per candidate head (offsets stay zero) on the calibration batches, then
+    keep the top K heads by the L1 norm of their scales. Returns `cfg` with the chosen `heads` and their scores.
+    Without batches (parameter counting on the meta device) the first K candidates stand in: same count."""
+    import torch
+
+    probe = attach(model, {**cfg, "scale": True})
+    box = getattr(probe, ATTR)
+    candidates = [[int(i), int(h)] for i, m in box.per_layer.items() for h in m.heads.tolist()]
+    k = cfg["select_heads"] if isinstance(cfg["select_heads"], int) else round(cfg["select_heads"] * len(candidates))
+    k = max(1, min(k, len(candidates)))
+    scores = torch.zeros(len(candidates))
+    if calibration:
+        scales = [m.scale for m in box.per_layer.values()]
+        for m in box.per_layer.values():
+            m.offset.requires_grad_(False)
+        opt = torch.optim.AdamW(scales, lr=lr, weight_decay=0.0)
+        device = next(model.parameters()).device
+        with torch.enable_grad():
+            for step in range(cfg["select_steps"]):
+                batch = {key: v.to(device) for key, v in calibration[step % len(calibration)].items()}
+                loss = model(**batch).loss + cfg["select_l1"] * sum(a.abs().sum() for a in scales)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        scores = torch.cat([a.detach().abs().sum(-1).float().cpu() for a in scales])
+    detach(model)
+    top = sorted(torch.argsort(-scores, stable=True)[:k].tolist())  # ties: the earlier head
+    return {**cfg, "heads": [candidates[j] for j in top], "select_heads": None,
+            "selection": {"candidates": len(candidates), "kept": k, "steps": cfg["select_steps"] if calibration else 0,
+                          "scores": {f"{i}.{h}": round(float(v), 6) for (i, h), v in zip(candidates, scores)}}}
 
 
 def _loreft_hook(box: Any, module: Any, first_n: int | None) -> Any:
@@ -144,10 +185,14 @@ def config_of(cfg: Any) -> dict:
     return cfg.model_dump(mode="json") | {"method": cfg.name}
 
 
-def build(model: Any, cfg: Any, recipe: Recipe) -> Any:
+def build(model: Any, cfg: Any, recipe: Recipe, calibration: list[dict] | None = None) -> Any:
+    """`calibration`: training batches for LoFiT's head selection (`select_heads`)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    attach(model, config_of(cfg))
+    config = config_of(cfg)
+    if config.get("select_heads"):
+        config = select_heads(model, config, calibration, recipe.trainer.learning_rate)
+    attach(model, config)
     return MethodPlan(model=model, save=save)
 
 

@@ -144,17 +144,17 @@ def _portable_save(model: Any, recipe: Recipe) -> Any:
     return save
 
 
-def calibration_batches(recipe: Recipe, train_ds: Any, tokenizer: Any) -> list[dict]:
-    """The first `method.calibration_batches` batches of training rows, collated as the SFT trainer does
-    (right-padded, labels -100 on padding). Packed rows are read as one sequence each: the statistics eva /
-    corda take are of layer inputs."""
+def calibration_batches(recipe: Recipe, train_ds: Any, tokenizer: Any, batches: int, field: str) -> list[dict]:
+    """The first `batches` batches of training rows (fewer if the data is shorter), collated as the SFT trainer
+    does (right-padded, labels -100 on padding). Packed rows are read as one sequence each: the statistics eva /
+    corda take are of layer inputs. `field`: the method option that asked for them (for the error)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     if len(train_ds) == 0 or "input_ids" not in train_ds[0]:
-        raise UserError(f"method.init_lora_weights: `{recipe.method.init_lora_weights}` calibrates on tokenized "
-                        f"training rows, which trainer.kind `{recipe.trainer.kind}` does not build; use another init")
+        raise UserError(f"method.{field}: `{getattr(recipe.method, field)}` trains or calibrates on tokenized "
+                        f"training rows, which trainer.kind `{recipe.trainer.kind}` does not build; turn it off")
     size = recipe.trainer.per_device_batch_size
-    n = min(len(train_ds), recipe.method.calibration_batches * size)
+    n = min(len(train_ds), batches * size)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collate = DataCollatorForLanguageModeling(pad_token_id=pad)
     rows = [{"input_ids": r["input_ids"], "labels": r.get("labels", r["input_ids"])} for r in train_ds.select(range(n))]

@@ -71,12 +71,20 @@ def build_for_training(recipe: Recipe, model_path: str, train_ds: Any = None, to
 
 def calibration_data(recipe: Recipe, train_ds: Any, tokenizer: Any) -> list[dict] | None:
     """The training batches the method reads when it is built, or None when it reads none."""
-    return lora.calibration_batches(recipe, train_ds, tokenizer) if needs_calibration(recipe) else None
+    if not needs_calibration(recipe):
+        return None
+    m = recipe.method
+    batches, field = (m.select_steps, "select_heads") if m.name == "lofit" else (m.calibration_batches,
+                                                                                  "init_lora_weights")
+    return lora.calibration_batches(recipe, train_ds, tokenizer, batches, field)
 
 
 def needs_calibration(recipe: Recipe) -> bool:
-    """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva, corda and lora_ga inits)."""
-    return recipe.method.name in ("lora", "qlora") and recipe.method.init_lora_weights in lora.CALIBRATED
+    """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva, corda and lora_ga
+    inits; LoFiT's head selection)."""
+    m = recipe.method
+    return (m.name in ("lora", "qlora") and m.init_lora_weights in lora.CALIBRATED) or (
+        m.name == "lofit" and m.select_heads is not None)
 
 
 def count_without_weights(recipe: Recipe) -> dict:

@@ -182,10 +182,24 @@ class LofitMethod(Section):
 
     name: Literal["lofit"] = Field(description="Localized fine-tuning: per-head offset vectors on chosen heads.")
     heads: list[list[int]] | Literal["all"] = Field(default="all", description="Heads to tune as [layer, head] "
-                                                    "pairs (0-based), or `all` (the paper selects ~3% by a "
-                                                    "first importance pass; see docs/methods.md).")
+                                                    "pairs (0-based), or `all`; with `select_heads`, the "
+                                                    "candidates the selection picks from.")
+    select_heads: int | float | None = Field(
+        default=None, gt=0, description="Pick the heads automatically, as LoFiT's first step: learn a per-head "
+        "scale on every candidate head for `select_steps` batches of the training data, then keep the top K heads "
+        "by the L1 norm of their scales (K: this number, or this fraction of the candidates when < 1; the paper "
+        "keeps ~3%). The chosen heads and their scores are recorded in final/interventions.json.")
+    select_steps: int = Field(default=50, ge=1, description="Batches the head-selection step trains on.")
+    select_l1: float = Field(default=0.0, ge=0.0, description="L1 penalty on the scales during head selection "
+                             "(sparser scores).")
     scale: bool = Field(default=False, description="Also learn a per-head scale (1 + a) on the chosen heads, as "
                         "in LoFiT's head-selection step.")
+
+    @model_validator(mode="after")
+    def _selection(self) -> LofitMethod:
+        if isinstance(self.select_heads, float) and self.select_heads >= 1:
+            raise ValueError("select_heads: give a whole number of heads, or a fraction below 1")
+        return self
 
 
 class BottleneckMethod(Section):
