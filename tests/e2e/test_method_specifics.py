@@ -148,6 +148,58 @@ def test_lofit_selects_the_top_heads_by_learned_scale(data_file: Path, tmp_path:
     assert len(fraction["heads"]) == 2  # a quarter of 8 candidates
 
 
+def test_loreft_last_positions_follow_the_prompt_boundary() -> None:
+    """positions: last intervenes on the `last_n` tokens before each trained span (from the labels; TRL's loss path
+    drops them, so the SFT trainer hands them over) and, without labels, on the last prompt tokens at prefill and
+    never on decoding steps. Checked on the model's outputs: positions before the first intervened one are
+    exactly the base's (causal attention), the intervened one is not."""
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.methods.interventions import attach, labels_for_positions, position_mask
+
+    cfg = {"last_n": 2, "first_n": 1, "positions": "last"}
+    labels = torch.tensor([[-100, -100, -100, 5, 6, -100, -100, -100, 7, 8, -100]])
+    assert position_mask(cfg, labels, None, (1, 11), False)[0].nonzero().flatten().tolist() == [1, 2, 6, 7]
+    padded = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])  # left and right padding
+    assert position_mask(cfg, None, padded, (2, 5), False).int().tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
+    assert not position_mask(cfg, None, None, (1, 1), True).any()  # a decoding step
+    both = position_mask({**cfg, "positions": "first_last"}, labels, None, (1, 11), False)
+    assert both[0].nonzero().flatten().tolist() == [0, 1, 2, 6, 7]
+    first = position_mask({**cfg, "positions": "first", "first_n": 2}, None, padded, (2, 5), False)
+    assert first.int().tolist() == [[0, 0, 1, 1, 0], [1, 1, 0, 0, 0]]  # left padding skipped
+    assert not position_mask({**cfg, "positions": "first"}, None, None, (2, 1), True).any()  # generated tokens
+
+    base_dir = materialize("builtin:tiny-llama", 0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    model = attach(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval(),
+                   {"method": "loreft", "rank": 2, "layers": "all", "dropout": 0.0, **cfg})
+    ids = torch.tensor([[3, 17, 42, 9, 11, 5, 8, 60]])
+    span = torch.tensor([[-100, -100, -100, -100, -100, 5, 8, -100]])  # the prompt's last 2 tokens: 3 and 4
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        with labels_for_positions(model, span):
+            trained = model(input_ids=ids).logits
+        prefill = model(input_ids=ids[:, :5]).logits  # no labels: the prompt's last 2 tokens are 3 and 4 again
+    assert torch.equal(trained[:, :3], plain[:, :3]) and not torch.allclose(trained[:, 3], plain[:, 3])
+    assert torch.allclose(prefill, trained[:, :5], atol=1e-6)  # inference intervenes where training did
+
+
+def test_loreft_last_positions_train_and_evaluate(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, method={"name": "loreft", "rank": 2, "positions": "last", "last_n": 3},
+                         trainer={"max_steps": 3, "learning_rate": 1e-2})
+    run_cli("train", recipe, check=True)
+    cfg = json.loads((tmp_path / "run" / "final" / "interventions.json").read_text())
+    assert cfg["positions"] == "last" and cfg["last_n"] == 3
+    proc = run_cli("eval", tmp_path / "run", "--task", "quickstart-arith", "--max-examples", "4", check=True)
+    assert "quickstart-arith:" in proc.stderr
+    refused = tiny_recipe(tmp_path, "dpo.yaml", method={"name": "loreft", "positions": "last"},
+                          data={"train": [{"path": "builtin:arith/pref_train.jsonl", "format": "preference"}]},
+                          trainer={"kind": "dpo"})
+    proc = run_cli("validate", refused)
+    assert proc.returncode == 2 and "method.positions: last finds the prompt's last tokens from the SFT labels" in \
+        " ".join(proc.stderr.split())
+
+
 PARAM_CASES = {
     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
     "ia3": {},

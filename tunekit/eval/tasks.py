@@ -139,7 +139,9 @@ def sequence_logprobs(model: Any, tokenizer: Any, encs: list[dict], batch_size: 
                 ids[i, :n] = torch.tensor(e["input_ids"])
                 attn[i, :n] = 1
                 mask[i, :n] = torch.tensor(e["mask"], dtype=torch.bool)
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            # the labels mark the scored tokens for methods that read them (LoReFT's `last` prompt positions)
+            labels = ids.masked_fill(~mask, -100).to(device)
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = ids[:, 1:].to(device)
             tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].to(device)

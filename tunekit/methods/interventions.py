@@ -4,8 +4,9 @@ change hidden states through hooks transformers' modules offer (forward hooks, n
 
 - LoReFT (Wu et al. 2024): at the output of chosen decoder layers and chosen positions,
   h <- h + Rᵀ(W h + b − R h), with R (r x d) kept row-orthonormal by torch's orthogonal parametrization.
-  Positions: all tokens, or the first N of each sequence (a simplification of the paper's first/last prompt
-  positions; tunekit's batches are right-padded, so "first N" is always the start of the prompt).
+  Positions: all tokens; the first N of each sequence; the last N prompt tokens before each trained span (the
+  labels mark the boundary in training; at inference, the last N tokens of the prompt); or both (the paper's
+  f+l). Generated tokens are never intervened on (`position_mask`).
 - LoFiT (Yin et al. 2024): learned offset vectors v_h (and optionally scales) added to the outputs of chosen
   attention heads, i.e. to the input of `o_proj` split into heads. The paper picks the top ~3% heads by a first
   training pass of per-head scales: `select_heads: K` (or a fraction) does that step on the first training
@@ -100,15 +101,17 @@ def _modules(cfg: dict, model: Any) -> Any:
 def attach(model: Any, cfg: dict) -> Any:
     """Add the interventions (new weights, seeded by the caller) to `model` and hook them in."""
     box = _modules(cfg, model)
-    first_n = cfg.get("first_n") if cfg.get("positions") == "first" else None
     box.cfg = cfg
     box.handles = []
+    box.mask = box.labels = None
     model.add_module(ATTR, box)
+    if cfg["method"] == "loreft" and cfg.get("positions", "all") != "all":
+        box.handles.append(model.register_forward_pre_hook(_positions_hook(box, cfg), with_kwargs=True))
     layers = decoder_layers(model)
     for key, module in box.per_layer.items():
         layer = layers[int(key)]
         if cfg["method"] == "loreft":
-            box.handles.append(layer.register_forward_hook(_loreft_hook(box, module, first_n)))
+            box.handles.append(layer.register_forward_hook(_loreft_hook(box, module)))
         elif cfg["method"] == "bottleneck":
             box.handles.append(layer.mlp.register_forward_hook(bottleneck.hook(box, module, cfg["placement"])))
         else:
@@ -156,20 +159,84 @@ def select_heads(model: Any, cfg: dict, calibration: list[dict] | None, lr: floa
                           "scores": {f"{i}.{h}": round(float(v), 6) for (i, h), v in zip(candidates, scores)}}}
 
 
-def _loreft_hook(box: Any, module: Any, first_n: int | None) -> Any:
+def _loreft_hook(box: Any, module: Any) -> Any:
     def hook(_mod: Any, _args: Any, output: Any) -> Any:
         if not box.enabled:
             return None
-        h = output[0] if isinstance(output, tuple) else output
-        if first_n is None:
-            new = module(h)
-        else:
-            import torch
+        import torch
 
-            new = torch.cat([module(h[:, :first_n]), h[:, first_n:]], dim=1)
+        h = output[0] if isinstance(output, tuple) else output
+        if box.mask is None:  # positions: all
+            new = module(h)
+        else:  # the positions computed for this forward (_positions_hook)
+            new = torch.where(box.mask.to(h.device).unsqueeze(-1), module(h), h)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook
+
+
+def position_mask(cfg: dict, labels: Any, attention_mask: Any, shape: tuple, decoding: bool) -> Any:
+    """Where LoReFT intervenes, [batch, seq] booleans, for positions first / last / first_last. `first`: each row's
+    first `first_n` tokens (padding skipped). `last` with labels (training, scoring): the `last_n` tokens before
+    each trained span (labels[t] != -100 marks token t as trained, so the prompt ends at t - 1); without labels
+    (prefill at inference): the last `last_n` tokens of each row's input. Decoding steps (a cache already holds
+    the prompt) intervene nowhere: generated tokens are never prompt positions."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = torch.zeros(shape, dtype=torch.bool)
+    if decoding:
+        return mask
+    seq = shape[1]
+    valid = torch.ones(shape, dtype=torch.bool) if attention_mask is None else \
+        attention_mask[:, -seq:].bool().cpu()  # the attention mask may also cover cached tokens
+    if cfg["positions"] in ("first", "first_last"):
+        mask |= valid & (valid.cumsum(1) <= cfg["first_n"])
+    if cfg["positions"] in ("last", "first_last"):
+        n = cfg["last_n"]
+        if labels is not None:
+            trained = labels != -100
+            starts = trained & ~F.pad(trained, (1, 0))[:, :-1]  # first token of each trained span
+            mask |= F.pad(starts, (0, n))[:, 1:].unfold(1, n, 1).any(-1) & ~trained  # a span starts within n
+        else:
+            mask |= valid & (valid.flip(1).cumsum(1).flip(1) <= n)  # valid tokens at or after each position
+    return mask
+
+
+def _positions_hook(box: Any, cfg: dict) -> Any:
+    def hook(_mod: Any, args: Any, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shape = tuple((ids if ids is not None else embeds).shape[:2])
+        labels = kwargs.get("labels") if kwargs.get("labels") is not None else box.labels
+        if labels is not None and tuple(labels.shape) != shape:
+            labels = None
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 calls it `cache`
+        decoding = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
+        box.mask = position_mask(cfg, labels.cpu() if labels is not None else None, kwargs.get("attention_mask"),
+                                 shape, decoding)
+
+    return hook
+
+
+def labels_for_positions(model: Any, labels: Any) -> Any:
+    """A context in which LoReFT's `last` positions come from these labels: for trainers whose loss code calls the
+    model without its labels (TRL's SFTTrainer computes the loss itself)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        box = getattr(model, ATTR, None) or getattr(getattr(model, "module", None), ATTR, None)
+        if box is None:
+            yield
+            return
+        box.labels = labels
+        try:
+            yield
+        finally:
+            box.labels = None
+
+    return ctx()
 
 
 def _lofit_hook(box: Any, module: Any) -> Any:

@@ -171,9 +171,15 @@ class LoreftMethod(Section):
     rank: int = Field(default=4, ge=1, description="Rank r of the subspace (R has r orthonormal rows).")
     layers: list[int] | Literal["all"] = Field(default="all", description="Decoder layers whose output is "
                                                "intervened on (0-based), or `all`.")
-    positions: Literal["all", "first"] = Field(default="all", description="Token positions: `all`, or `first` "
-                                               "(the first `first_n` tokens of each sequence, i.e. the prompt start).")
-    first_n: int = Field(default=4, ge=1, description="With positions: first, how many leading tokens.")
+    positions: Literal["all", "first", "last", "first_last"] = Field(
+        default="all", description="Token positions intervened on: `all`; `first`: the first `first_n` tokens of each "
+        "sequence (the prompt start); `last`: the last `last_n` prompt tokens before each trained span (at "
+        "inference: the last `last_n` tokens of the prompt, never the generated ones); `first_last`: both, as the "
+        "paper's f+l positions. `last` and `first_last` need trainer.kind sft (the prompt boundary comes from the "
+        "labels).")
+    first_n: int = Field(default=4, ge=1, description="With positions first / first_last: how many leading tokens.")
+    last_n: int = Field(default=4, ge=1, description="With positions last / first_last: how many prompt tokens "
+                        "before each trained span.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the intervention's input.")
 
 

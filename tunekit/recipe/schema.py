@@ -90,6 +90,9 @@ class Recipe(Section):
         if self.trainer.kind == "reft" and self.method.name in ("loreft", "lofit", "bottleneck"):
             raise ValueError(f"method.name: {self.method.name} (hooked interventions/adapters) cannot carry the reft "
                              "trainer's SFT warm-up into its RL stage; use lora, full or another weight method")
+        if getattr(self.method, "positions", "all") in ("last", "first_last") and self.trainer.kind != "sft":
+            raise ValueError(f"method.positions: {self.method.positions} finds the prompt's last tokens from the SFT "
+                             f"labels; trainer.kind `{self.trainer.kind}` has none (use positions all or first)")
         if self.trainer.kind == "reft" and self.launch.world_size > 1:
             raise ValueError("trainer.kind reft runs its two stages in one process so far; set launch.nproc and "
                              "launch.nnodes to 1 (multi-process ReFT is not supported yet)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
+from tunekit.methods import interventions
 from tunekit.trainers import mezo
 from tunekit.trainers.training_args import training_kwargs
 
@@ -31,6 +32,8 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
     if recipe.trainer.optim == "mezo":  # the update happens in training_step; the optimizer gets no gradients
         kwargs.update(optim="sgd", max_grad_norm=0.0, weight_decay=0.0)
         trainer_cls = mezo.trainer_class(SFTTrainer, recipe.trainer.mezo_eps)
+    if getattr(recipe.method, "positions", "all") in ("last", "first_last"):
+        trainer_cls = with_label_positions(trainer_cls)
     args = SFTConfig(
         **kwargs,
         max_length=None if padding_free else recipe.data.max_length,
@@ -49,6 +52,17 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def with_label_positions(base: type) -> type:
+    """The trainer class whose loss hands the batch's labels to LoReFT's `last` positions (TRL's SFTTrainer calls
+    the model without them)."""
+    class LabelPositions(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: dict, *args: Any, **kwargs: Any) -> Any:
+            with interventions.labels_for_positions(model, inputs.get("labels")):
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return LabelPositions
 
 
 def mask_token_id(tokenizer: Any) -> int:
