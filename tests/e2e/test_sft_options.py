@@ -113,3 +113,37 @@ def test_masked_thought_masks_training_inputs_only(tmp_path: Path) -> None:
     # n Bernoulli(0.2) draws (n = 322 trained tokens in 4 steps; 53 masked = 0.165 when written): within 4 sd
     n = stats[True][1]
     assert n > 200 and frac == pytest.approx(0.2, abs=4 * (0.16 / n) ** 0.5)
+
+
+def test_sft_loss_never_materialises_logits_and_equals_plain_cross_entropy(data_file: Path, tmp_path: Path) -> None:
+    """tunekit's SFT trainer computes the loss through TRL's fused LM head: the backbone's hidden states go through
+    the LM head in tiles, only at positions with a label, so the (tokens x vocab) logits are never materialised
+    (the chunked cross-entropy fast path, on by default). On the first real training batch its loss and every
+    trainable gradient equal plain cross-entropy on the full logits (transformers' own loss) to float32
+    rounding: 1e-5 relative (the two sum the same terms in a different order)."""
+    from transformers import TrainerCallback
+
+    from tunekit.pipeline import train
+
+    class Compare(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kw):  # noqa: ANN001
+            batch = {k: v for k, v in next(iter(train_dataloader)).items() if k != "seq_lengths"}
+            params = [p for p in model.parameters() if p.requires_grad]
+            results = []
+            for fused in (True, False):
+                model.zero_grad()
+                loss = model(**batch, fused_lm_head=fused).loss
+                loss.backward()
+                results.append((loss.detach().clone(), [p.grad.clone() for p in params]))
+            model.zero_grad()
+            self.results = results
+            with torch.no_grad():
+                self.fused_logits = getattr(model(**batch, fused_lm_head=True), "logits", None)
+
+    compare = Compare()
+    recipe = method_recipe("lora", data_file, tmp_path / "run", max_steps=1)
+    train(recipe, callbacks=[compare])
+    (fused_loss, fused_grads), (plain_loss, plain_grads) = compare.results
+    assert compare.fused_logits is None  # no (tokens x vocab) tensor came back: per-token log-probs only
+    assert torch.allclose(fused_loss, plain_loss, rtol=1e-5, atol=0), (fused_loss, plain_loss)
+    assert fused_grads and all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(fused_grads, plain_grads))
