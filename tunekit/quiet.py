@@ -26,6 +26,7 @@ ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",  # else: "the current process just got forked ... disabling parallelism"
+    "TRL_EXPERIMENTAL_SILENCE": "1",  # "You are importing from 'trl.experimental'" (ORPO, CPO, online DPO)
 }
 # loggers whose warnings are about optional kernels/backends, not about the user's run
 QUIET_LOGGERS = ("bitsandbytes", "trl", "torch.distributed.elastic.multiprocessing.redirects")

@@ -15,7 +15,8 @@ from tunekit.ui import console
 # metrics row key -> short label, in display order; kind-specific keys (DPO rewards, GRPO reward) when present
 TRAIN_COLUMNS = (("loss", "loss", "{:.4f}"), ("learning_rate", "lr", "{:.2e}"), ("grad_norm", "grad", "{:.3f}"),
                  ("rewards/accuracies", "reward_acc", "{:.3f}"), ("rewards/margins", "margin", "{:.3f}"),
-                 ("reward", "reward", "{:.3f}"), ("tokens_per_s", "tok/s", "{:,.0f}"),
+                 ("reward", "reward", "{:.3f}"), ("objective/scores", "reward", "{:.3f}"),
+                 ("tokens_per_s", "tok/s", "{:,.0f}"),
                  ("peak_mem_gb", "mem", "{:.2f} GB"))
 EVAL_COLUMNS = (("eval_loss", "eval_loss", "{:.4f}"), ("eval_rewards/accuracies", "eval_reward_acc", "{:.3f}"),
                 ("eval_mean_token_accuracy", "eval_token_acc", "{:.3f}"))

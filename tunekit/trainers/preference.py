@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunekit.model.load import load_model, resolve_model_path
+from tunekit.trainers.rewards import build_reward_funcs
 from tunekit.trainers.training_args import training_kwargs
 
 if TYPE_CHECKING:
@@ -153,3 +154,24 @@ def without_empty_completions(trainer: Any) -> Any:
         if ds is not None and not isinstance(ds, dict):
             setattr(trainer, name, ds.filter(has_completions, desc="dropping rows without completion tokens"))
     return trainer
+
+
+def build_online_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
+                     callbacks: list) -> Any:
+    """Online DPO (TRL's experimental OnlineDPOTrainer): two completions sampled per prompt, ranked by the reward
+    functions against the row's answer, a DPO step on the pair. The data stage's held-out split is not evaluated
+    by this trainer (its eval needs a reward per sample; `tunekit eval` generation tasks measure the result)."""
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    t = recipe.trainer
+    funcs, weights = build_reward_funcs(t.rewards)
+    args = OnlineDPOConfig(
+        **training_kwargs(recipe, checkpoint_dir, False),
+        max_new_tokens=t.max_new_tokens, max_length=recipe.data.max_length, temperature=t.temperature,
+        top_p=t.top_p, beta=[t.beta], loss_type=t.loss_type, missing_eos_penalty=t.missing_eos_penalty,
+        reward_weights=weights,
+    )
+    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
+    return _base_as_reference(OnlineDPOTrainer(model=model, ref_model=_ref_model(recipe), reward_funcs=funcs,
+                                               args=args, train_dataset=columns, processing_class=tokenizer,
+                                               callbacks=callbacks))

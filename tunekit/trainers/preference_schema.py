@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunekit.trainers.optim_schema import OptimSettings
+from tunekit.trainers.reft_schema import RewardSpec
 
 # Every loss TRL 1.16's DPOTrainer implements (trl/trainer/dpo_trainer.py, `loss_type == ...` branches).
 DPOLoss = Literal[
@@ -107,3 +108,24 @@ class CPOTrainerConfig(OptimSettings):
     cpo_alpha: float = Field(default=1.0, ge=0, description="Weight of the SFT (behaviour cloning) term on chosen.")
     simpo_gamma: float = Field(default=0.5, description="SimPO target reward margin (loss_type: simpo only).")
     alpha: float = Field(default=0.0, description="AlphaPO reward shape; 0 is the plain log-probability reward.")
+
+
+class OnlineDPOTrainerConfig(OptimSettings):
+    kind: Literal["online_dpo"] = Field(
+        description="Online DPO through TRL's experimental OnlineDPOTrainer: for each prompt two completions are "
+        "sampled from the current policy, ranked by the reward functions (from the ground-truth answer), and the "
+        "better one is preferred in a DPO update. Data: `prompt_answer` rows {question, answer, solution} "
+        "(solution is not used).")
+    learning_rate: float = Field(default=5.0e-7, gt=0, description="Peak learning rate (TRL's default).")
+    ref_model: str | None = Field(default=None, description=REF_HELP)
+    beta: float = Field(default=0.1, gt=0, description="Strength of the pull towards the reference model.")
+    loss_type: Literal["sigmoid", "ipo"] = Field(default="sigmoid", description="DPO loss on the sampled pairs.")
+    rewards: list[RewardSpec] = Field(
+        min_length=1, description="Reward functions ranking the two samples (as in ReFT's `rl.rewards`); their "
+        "weighted sum decides which is chosen.")
+    max_new_tokens: int = Field(default=64, ge=1, description="Maximum tokens per sampled completion.")
+    temperature: float = Field(default=0.9, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling: keep the top tokens up to this mass.")
+    missing_eos_penalty: float | None = Field(
+        default=None, ge=0, description="Subtracted from the reward of a completion that does not end with EOS "
+        "(pushes the policy to finish within max_new_tokens); null: no penalty.")

@@ -20,6 +20,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "kto": preference.build_kto,
     "orpo": preference.build_orpo,
     "cpo": preference.build_cpo,
+    "online_dpo": preference.build_online_dpo,
 }
 STAGED: dict[str, Callable[[RunInputs], StagedRun]] = {
     "reft": reft.stages,  # SFT warm-up, then online RL

@@ -12,6 +12,7 @@ from tunekit.trainers.preference_schema import (
     CPOTrainerConfig,
     DPOTrainerConfig,
     KTOTrainerConfig,
+    OnlineDPOTrainerConfig,
     ORPOTrainerConfig,
 )
 from tunekit.trainers.reft_schema import ReFTTrainerConfig
@@ -31,7 +32,8 @@ class SFTTrainerConfig(OptimSettings):
 
 
 TrainerConfig = Annotated[
-    SFTTrainerConfig | DPOTrainerConfig | KTOTrainerConfig | ORPOTrainerConfig | CPOTrainerConfig | ReFTTrainerConfig,
+    SFTTrainerConfig | DPOTrainerConfig | KTOTrainerConfig | ORPOTrainerConfig | CPOTrainerConfig | ReFTTrainerConfig
+    | OnlineDPOTrainerConfig,
     Field(discriminator="kind"),
 ]
 
@@ -42,6 +44,7 @@ DATA_FORMATS: dict[str, tuple[str, ...]] = {
     "cpo": ("preference",),
     "kto": ("unpaired_preference", "preference"),
     "reft": ("prompt_answer",),
+    "online_dpo": ("prompt_answer",),
 }
 
 
