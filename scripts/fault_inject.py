@@ -10,6 +10,8 @@ until the run finishes, and compares `final/adapter_model.safetensors` with the 
   sigint    SIGINT at a random moment: expect exit 130 and a checkpoint at a step boundary
   torn      a finished run's newest checkpoint gets one file truncated (trainer_state.json, the adapter, the
             optimizer or the RNG state), final/ and summary.json removed: resume must fall back
+  bitflip   as torn, but one byte of the file is flipped in place (same size: only the manifest's sha256
+            tells): resume must fall back
 
     python scripts/fault_inject.py --trials 8 --steps 12 [--seed 0] [--keep DIR]
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-FAULTS = ("kill9", "sigterm", "sigint", "torn")
+FAULTS = ("kill9", "sigterm", "sigint", "torn", "bitflip")
 TORN_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth")
 
 
@@ -72,12 +74,18 @@ def faulted_run(recipe: Path, run: Path, fault: str, rng: random.Random) -> tupl
     return delay, proc.wait()
 
 
-def tear(run: Path, rng: random.Random) -> str:
-    """Truncate one file of the newest checkpoint of a finished run; remove what marks it finished."""
+def tear(run: Path, rng: random.Random, flip: bool = False) -> str:
+    """Truncate (or flip one byte of) one file of the newest checkpoint of a finished run; remove what marks it
+    finished."""
     newest = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     name = rng.choice(TORN_FILES)
     path = newest / name
-    path.write_bytes(path.read_bytes()[: rng.randrange(path.stat().st_size)])
+    data = bytearray(path.read_bytes())
+    if flip:
+        data[rng.randrange(len(data))] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(bytes(data[: rng.randrange(len(data))]))
     shutil.rmtree(run / "final")
     (run / "summary.json").unlink()
     return f"{newest.name}/{name}"
@@ -108,9 +116,9 @@ def trial(i: int, fault: str, ref: Path, root: Path, steps: int, rng: random.Ran
     recipe = write_recipe(tmp, steps)
     run = tmp / "run"
     row = {"trial": i, "fault": fault}
-    if fault == "torn":
+    if fault in ("torn", "bitflip"):
         shutil.copytree(ref, run)
-        row.update(when=tear(run, rng), exit="-")
+        row.update(when=tear(run, rng, flip=fault == "bitflip"), exit="-")
     else:
         delay, code = faulted_run(recipe, run, fault, rng)
         row.update(when=f"+{delay:.2f}s", exit=code)
