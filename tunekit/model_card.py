@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunekit import __version__, run_dir
+from tunekit.data.select import summary_lines
 from tunekit.methods.registry import SAVED_AS
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ def _data_section(data: dict, recipe: Recipe) -> list[str]:
     lines.append(f"\nRows after preprocessing: {stats.get('train_rows', '?')} train, {stats.get('eval_rows', '?')} "
                  f"eval; max_length {recipe.data.max_length}, packing {str(recipe.data.packing).lower()}. "
                  "Full hashes and statistics: `data.json` in the run directory.")
+    selection = summary_lines(stats.get("train", {}).get("select"))
+    if selection:
+        lines += ["", "Data selection (`data.select`, steps in order):", "", *(f"- {line}" for line in selection)]
     return lines
 
 

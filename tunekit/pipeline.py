@@ -16,6 +16,7 @@ from typing import Any
 from tunekit import guards, model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
+from tunekit.data.select import summary_lines
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import load_tokenizer, resolve_model_path
@@ -77,12 +78,14 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     console.rule(f"[bold]tunekit train ({recipe.trainer.kind})[/] -> {out}")
     tokenizer = load_tokenizer(recipe.model, model_path)
     with runtime.main_process_first():
-        train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+        train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed, recipe.model)
     if main and write_data:
         run_dir.write_json(out / "data.json", {"files": files, "stats": stats})
     trained = stats.get("train", {}).get("trained_tokens")
     console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
                   + (f", {trained} trained tokens" if isinstance(trained, int) else ""))
+    for line in summary_lines(stats.get("train", {}).get("select")):
+        console.print(f"data: {line}", markup=False)
     return RunInputs(recipe, out, model_path, tokenizer, train_ds, eval_ds, resume)
 
 

@@ -133,6 +133,14 @@ class Encoded:
             pieces.append(os.pread(fds[k], (z - a) * 4, pos + a * 4))
         return np.frombuffer(b"".join(pieces), dtype=np.int32)
 
+    def gather(self, idx: Any, columns: Sequence[str] = COLUMNS) -> list[list[Any]]:
+        """Per column, the rows at `idx` (global indices) as numpy int32 arrays."""
+        import numpy as np
+
+        idx = np.asarray(idx, dtype=np.int64)
+        bounds = np.cumsum(self.lengths[idx])[:-1]
+        return [np.split(self._values(c, idx), bounds) if len(idx) else [] for c in columns]
+
     def write(self, order: Sequence[int], writer: RowWriter) -> None:
         """The rows at `order` (global indices), in that order."""
         import numpy as np

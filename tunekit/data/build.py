@@ -2,7 +2,8 @@
 plus `seq_lengths` per row when packed.
 
 sources -> mixture sampling -> format -> chat template + loss mask -> length policy -> shuffle / eval
-hold-out -> packing -> cache. Every row read ends up in the output or counted with its reason.
+hold-out -> selection (data.select) -> packing -> cache. Every row read ends up in the output or counted with
+its reason.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from tunekit.data.arrow_rows import COLUMNS, PACKED, Encoded, RowWriter
 from tunekit.data.encode import encode_split
 from tunekit.data.packing import bfd_bins, packing_stats
 from tunekit.data.preference import build_preference_datasets, is_preference_data
-from tunekit.data.schema import DataConfig, DatasetSpec
+from tunekit.data.schema import DataConfig, DatasetSpec, ScoreStep
+from tunekit.data.select_score import model_identity, scoring_model
+from tunekit.data.select_sft import Provenance, select_examples
 from tunekit.data.sources import read_rows
-from tunekit.data.stats import DataStats, split_summary
+from tunekit.data.stats import DataStats, check_accounting, split_summary
 from tunekit.data.templates import apply_chat_template_choice, renderer
 from tunekit.errors import UserError
+from tunekit.model.schema import ModelConfig
 
 NOT_SELECTED = "not selected by the dataset mixture (samples/weight)"
 
@@ -50,13 +54,17 @@ def sample_indices(n: int, count: int, rng: random.Random) -> list[int]:
 
 
 def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, render: Any, rng: random.Random,
-                 workdir: Path, name: str) -> tuple[Encoded, dict[str, DataStats]]:
-    """The split's examples (memory-mapped Arrow, in dataset order) and statistics per dataset path."""
+                 workdir: Path, name: str) -> tuple[Encoded, dict[str, DataStats], Provenance]:
+    """The split's examples (memory-mapped Arrow, in dataset order), statistics per dataset path, and each
+    example's dataset and source row."""
+    import numpy as np
+
     loaded = [read_rows(s) for s in specs]
     counts = mixture_counts(specs, [len(r) for r in loaded])
     indices = [sample_indices(len(rows), count, rng) for rows, count in zip(loaded, counts)]
     files, pieces = encode_split(specs, loaded, indices, cfg, tokenizer, render, workdir, name)
     per: dict[str, DataStats] = {}
+    origins = [np.asarray([o for part in parts for o in part.origins], dtype=np.int64) for parts in pieces]
     for spec, rows, idx, parts in zip(specs, loaded, indices, pieces):
         st = per.setdefault(spec.path, DataStats())
         st.rows_in += len(rows)
@@ -65,16 +73,19 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
             st.dropped[NOT_SELECTED] += len(rows) - len(set(idx))
         for part in parts:
             st.add(part)
-    for key, st in per.items():  # nothing lost: every row read is in the output or counted with a reason
-        if st.rows_in + st.repeated + st.expanded - sum(st.dropped.values()) != st.rows_out:
-            raise RuntimeError(f"tunekit bug: row accounting for {key} does not add up: {st.as_dict()}")
-    return Encoded(files), per
+    for st in per.values():
+        st.origins = []  # kept once, in the provenance
+    check_accounting(per)
+    owner = np.repeat(np.arange(len(specs), dtype=np.int64), [len(o) for o in origins])
+    prov = Provenance(owner, np.concatenate(origins) if origins else np.zeros(0, np.int64), [s.path for s in specs])
+    return Encoded(files), per, prov
 
 
-def _empty_error(split: str, per: dict[str, DataStats]) -> UserError:
+def _empty_error(split: str, per: dict[str, DataStats], selected: bool = False) -> UserError:
     reasons = "; ".join(f"{name}: {dict(s.dropped) or 'no rows'}" for name, s in per.items())
     return UserError(f"data: the {split} set is empty after filtering ({reasons}). "
-                     "Check data.max_length, data.length_policy and data.train_on.")
+                     f"Check data.max_length, data.length_policy{', data.select' if selected else ''} and "
+                     "data.train_on.")
 
 
 def _write(enc: Encoded, order: list[int], packing: bool, capacity: int, rng: random.Random | None,
@@ -95,27 +106,35 @@ def _write(enc: Encoded, order: list[int], packing: bool, capacity: int, rng: ra
     return writer.rows, stats
 
 
-def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, out: Path) -> dict:
-    """Write train.arrow (and eval.arrow) into `out` and return the statistics, without the cache."""
+def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, out: Path,
+            model: ModelConfig | None = None) -> dict:
+    """Write train.arrow (and eval.arrow) into `out` and return the statistics, without the cache. `model` is the
+    recipe's model section: the default scoring model of `data.select` score steps."""
     rng = random.Random(seed)
     render = renderer(tokenizer, template, cfg.chat_template) if template else None
     work = out / "work"
-    train, train_per = encode_specs(cfg.train, cfg, tokenizer, render, rng, work, "train")
+    train, train_per, prov = encode_specs(cfg.train, cfg, tokenizer, render, rng, work, "train")
     order = list(range(len(train)))
     rng.shuffle(order)
-    evals, eval_per = encode_specs(cfg.eval, cfg, tokenizer, render, rng, work, "eval") if cfg.eval else (None, {})
+    evals, eval_per, _ = (encode_specs(cfg.eval, cfg, tokenizer, render, rng, work, "eval") if cfg.eval
+                          else (None, {}, None))
     eval_order = list(range(len(evals))) if evals is not None else []
     held_out = 0
     if cfg.eval_fraction and order:
         held_out = max(1, int(len(order) * cfg.eval_fraction))
         evals, eval_order, order = train, order[:held_out], order[held_out:]
+    records = None
+    if cfg.select:  # after the hold-out: the eval rows are the same with and without a selection
+        order, records = select_examples(cfg, train, prov, order, train_per, tokenizer, seed, model)
     if not order:
-        raise _empty_error("training", train_per)
+        raise _empty_error("training", train_per, bool(cfg.select))
     if cfg.eval and not eval_order:
         raise _empty_error("eval", eval_per)
     stats: dict[str, Any] = {"train": split_summary(train_per, cfg.max_length),
                              "eval": split_summary(eval_per, cfg.max_length) if cfg.eval else None,
                              "held_out_for_eval": held_out}
+    if records is not None:
+        stats["train"]["select"] = records
     stats["train_rows"], packing = _write(train, order, cfg.packing, cfg.max_length, rng, out / "train.arrow")
     if packing is not None:
         stats["train"]["packing"] = packing
@@ -131,11 +150,13 @@ def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, ou
     return stats
 
 
-def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any | None, dict]:
+def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
+                   model: ModelConfig | None = None) -> tuple[Any, Any | None, dict]:
     """Returns (train Dataset, eval Dataset or None, stats dict), from the cache when nothing changed.
 
     Sets `tokenizer.chat_template` to the template actually used (the pipeline saves the tokenizer with it).
     Preference and RL formats hand off to `tunekit/data/preference.py` (conversational columns for TRL).
+    `model` (the recipe's model section) is the default scoring model of `data.select` score steps.
     """
 
     if is_preference_data(cfg):
@@ -143,13 +164,15 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any
     needs_template = any(s.format != "text" for s in [*cfg.train, *cfg.eval])
     template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
     seed = cfg.data_seed(seed)
-    fp = cache.fingerprint(cfg, tokenizer, template if needs_template else None, seed)
+    scorers = [model_identity(scoring_model(s, model, f"data.select[{i}]")) for i, s in enumerate(cfg.select)
+               if isinstance(s, ScoreStep)]
+    fp = cache.fingerprint(cfg, tokenizer, template if needs_template else None, seed, scorers)
     entry = cache.cache_root(cfg) / fp
     with cache.build_lock(entry):
         hit = cache.load(entry)
         if hit is None:
             with cache.building(entry) as tmp:
-                stats = prepare(cfg, tokenizer, template if needs_template else None, seed, tmp)
+                stats = prepare(cfg, tokenizer, template if needs_template else None, seed, tmp, model)
                 stats["fingerprint"] = fp
                 cache.write_stats(tmp, stats)
             hit = cache.load(entry)

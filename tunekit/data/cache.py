@@ -2,7 +2,9 @@
 
 The key covers: the content (sha256) of every local data file (and `tools:` file), hub dataset coordinates, the tokenizer (its
 full vocabulary/merges/normalizer serialisation and special tokens), the chat template text, every `data:`
-option except `cache_dir`, the effective shuffle seed and tunekit's cache format version. Changing any of
+option except `cache_dir`, `num_proc` and `masked_thought` (the `select` steps included), the identity of each
+`data.select` scoring model (its files' sha256, or hub id and revision, and dtype), the effective shuffle seed and
+tunekit's cache format version. Changing any of
 them builds a new entry; an unchanged rerun loads the old one.
 
 Entries are written to a temporary directory and renamed into place, so a crashed or concurrent build never
@@ -59,17 +61,22 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int) -> str:
-
+def fingerprint(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int,
+                scorers: list[dict] | None = None) -> str:
+    """`scorers`: the identity of each `data.select` score step's model (select_score.model_identity)."""
+    # An empty `select` is left out, so entries built before data selection existed keep their keys.
+    exclude = {"cache_dir", "masked_thought", "num_proc"} | (set() if cfg.select else {"select"})
     key = {
         "cache_version": CACHE_VERSION,
         "tunekit": __version__,
-        "data": cfg.model_dump(mode="json", exclude={"cache_dir", "masked_thought", "num_proc"}),
+        "data": cfg.model_dump(mode="json", exclude=exclude),
         "seed": seed,
         "sources": source_fingerprints(cfg),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "chat_template": template,
     }
+    if scorers:
+        key["scoring_models"] = scorers
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 

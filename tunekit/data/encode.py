@@ -73,7 +73,9 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
     """Encode the rows at `indices`, `CHUNK` at a time, appending the examples kept to `writer`."""
     fmt = FORMATS[spec.format]
     for start in range(0, len(indices), CHUNK):
-        raw, wheres = rows.fetch(indices[start : start + CHUNK])
+        chunk = indices[start : start + CHUNK]
+        raw, wheres = rows.fetch(chunk)
+        origins = [i << 16 for i in chunk]
         items = [fmt(row, spec, w) for row, w in zip(raw, wheres)]
         del raw
         if spec.format != "text" and cfg.system_role == "merge_into_first_user":
@@ -87,12 +89,14 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
             stats.split_rows += sum(len(e) > 1 for e in examples)
             stats.expanded += sum(len(e) - 1 for e in examples)
             wheres = [w for e, w in zip(examples, wheres) for _ in e]
+            origins = [o | min(k, 0xFFFF) for e, o in zip(examples, origins) for k in range(len(e))]
             flat = [x for e in examples for x in e]
             encs = tokenize_texts(tokenizer, [t for t, _ in flat], [s for _, s in flat])
-        for enc, where in zip(encs, wheres):
+        for enc, where, origin in zip(encs, wheres, origins):
             row = finish(enc["input_ids"], enc["spans"], cfg, stats, f"{where} (dataset {spec.path})")
             if row is not None:
                 writer.add(row)
+                stats.origins.append(origin)
 
 
 def shard_plans(counts: list[int], shards: int) -> list[list[tuple[int, int, int]]]:

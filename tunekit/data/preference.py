@@ -18,6 +18,7 @@ from typing import Any
 from tunekit.data.formats import RowError, _get
 from tunekit.data.messages import message
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
+from tunekit.data.select import Pool, check_records, reason, select
 from tunekit.data.sources import read_rows
 from tunekit.data.templates import TemplateFailure, apply_chat_template_choice, renderer
 from tunekit.errors import UserError
@@ -151,20 +152,75 @@ def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tup
         raise UserError(f"data: all datasets of one run must share a format; found {', '.join(sorted(kinds))}")
     per_train: dict = {}
     per_eval: dict = {}
-    train = [r for spec in cfg.train for r in read_spec(spec, cfg, render, per_train)]
+    rows = [(r, spec.path) for spec in cfg.train for r in read_spec(spec, cfg, render, per_train)]
+    order = list(range(len(rows)))
     rng = random.Random(cfg.data_seed(seed))
-    rng.shuffle(train)
+    rng.shuffle(order)
     evals = [r for spec in cfg.eval for r in read_spec(spec, cfg, render, per_eval)]
     held_out = 0
     if cfg.eval_fraction:
-        held_out = max(1, int(len(train) * cfg.eval_fraction))
-        evals, train = train[:held_out], train[held_out:]
+        held_out = max(1, int(len(order) * cfg.eval_fraction))
+        evals, order = [rows[i][0] for i in order[:held_out]], order[held_out:]
+    records = None
+    if cfg.select:  # after the hold-out, as for SFT data
+        order, records = select_rows(cfg, rows, order, per_train, render, tokenizer, cfg.data_seed(seed))
+    train = [rows[i][0] for i in order]
     if not train:
-        raise UserError("data: no training rows left after dropping invalid pairs (see the drop counts)")
+        raise UserError("data: no training rows left after dropping invalid pairs"
+                        f"{' and data.select' if cfg.select else ''} (see the drop counts)")
     stats = {"train": _split_stats(per_train, len(train)), "eval": _split_stats(per_eval, len(evals)) if cfg.eval
              else None, "train_rows": len(train), "eval_rows": len(evals), "held_out_for_eval": held_out,
              "chat_template": cfg.chat_template or "tokenizer", "format": kinds.pop()}
+    if records is not None:
+        stats["train"]["select"] = records
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
+
+
+def _answers(row: dict) -> list[list[dict]]:
+    if "solution" in row:
+        return [[{"role": "assistant", "content": row["solution"]}]]
+    return [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+
+
+def row_text(row: dict, render: Any) -> str:
+    """What dedup compares: the prompt rendered with each answer (chosen and rejected; the completion and its label;
+    the ReFT solution and its answer)."""
+    parts = [render([*row["prompt"], *answer]) for answer in _answers(row)]
+    parts += [f"label: {row['label']}"] if "label" in row else []
+    parts += [f"answer: {row['answer']}"] if "answer" in row and "solution" in row else []
+    return "\n".join(parts)
+
+
+def row_pool(rows: list[dict], render: Any, tokenizer: Any) -> Pool:
+    """Preference / ReFT rows as a selection pool: tokens = the longest prompt + answer as rendered, trained tokens
+    = the longest answer (its rendering after the prompt's generation prompt); no scorer."""
+    import numpy as np
+
+    def count(row: dict) -> tuple[int, int]:
+        prompt = len(tokenizer(render(row["prompt"], add_generation_prompt=True), add_special_tokens=False).input_ids)
+        full = [len(tokenizer(render([*row["prompt"], *a]), add_special_tokens=False).input_ids)
+                for a in _answers(row)]
+        return max(full), max(n - prompt for n in full)
+
+    def counts(idx: Any) -> tuple[Any, Any]:
+        pairs = [count(rows[i]) for i in idx.tolist()]
+        return np.asarray([t for t, _ in pairs], dtype=np.int64), np.asarray([a for _, a in pairs], dtype=np.int64)
+
+    return Pool(identity=int, texts=lambda idx: [row_text(rows[i], render) for i in idx.tolist()], counts=counts)
+
+
+def select_rows(cfg: DataConfig, rows: list[tuple[dict, str]], order: list[int], per: dict, render: Any,
+                tokenizer: Any, seed: int) -> tuple[list[int], list[dict]]:
+    """`data.select` over the training order (indices of (row, dataset) pairs in dataset order); the rows removed
+    are counted per dataset with their step."""
+    kept, records, removed = select(cfg.select, row_pool([r for r, _ in rows], render, tokenizer), order, seed)
+    check_records(records, len(order), len(kept))
+    for i, (step, gone) in enumerate(zip(cfg.select, removed)):
+        for j in gone.tolist():
+            d = per[rows[j][1]]
+            d["dropped"][reason(i, step)] = d["dropped"].get(reason(i, step), 0) + 1
+            d["rows_out"] -= 1
+    return kept.tolist(), records
 
 
 def is_preference_data(cfg: DataConfig) -> bool:

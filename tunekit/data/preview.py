@@ -12,6 +12,7 @@ from tunekit.data.build import build_datasets
 from tunekit.data.packing import unpack
 from tunekit.data.preview_rows import CLOSE, OPEN, marked, preference_table, show_rows
 from tunekit.data.schema import NON_SFT_FORMATS
+from tunekit.data.select import describe
 from tunekit.model.builtin import TOKENIZER_DIR, is_builtin
 from tunekit.model.load import load_tokenizer
 
@@ -67,20 +68,34 @@ def stats_tables(stats: dict) -> list[Table]:
     return out
 
 
+def select_table(records: list[dict]) -> Table:
+    """data.select, one line per step: rows in and out, and for score steps the scores and the cut."""
+    table = Table(title="data selection (train, steps in order)", title_justify="left")
+    for col in ("step", "kind", "options", "rows in", "rows out", "removed", "scores min / median / max", "cut"):
+        table.add_column(col, justify="right" if col.startswith(("rows", "removed", "cut")) else "left")
+    for r in records:
+        s = r.get("scores")
+        table.add_row(str(r["step"]), r["kind"], escape(describe(r).split(" ", 1)[-1]), str(r["rows_in"]), str(r["rows_out"]), str(r["removed"]),
+                      f"{s['min']:g} / {s['median']:g} / {s['max']:g}" if s else "", str(s["cut"]) if s else "")
+    return table
+
+
 def preprocess(recipe: Recipe, show: int = 0) -> dict:
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
     tokenizer = load_data_tokenizer(recipe)
-    train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+    train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed, recipe.model)
+    selection = [select_table(stats["train"]["select"])] if stats["train"].get("select") else []
     if stats.get("format") in NON_SFT_FORMATS:  # conversational rows for TRL: shown as TRL renders them
-        console.print(preference_table(stats))
+        for table in [preference_table(stats), *selection]:
+            console.print(table)
         console.print(f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, chat template "
                       f"{stats['chat_template']}")
         show_rows(console, tokenizer, train, show, recipe.data.train_on)
         return stats
-    for table in stats_tables(stats):
+    for table in [*stats_tables(stats)[:1], *selection, *stats_tables(stats)[1:]]:
         console.print(table)
     shown = 0
     for row in train:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tunekit.recipe.base import PathStr, Section
 
@@ -82,6 +82,148 @@ class DatasetSpec(Section):
         if self.weight is not None and self.samples is not None:
             raise ValueError("give either `weight` or `samples` for a dataset, not both")
         return self
+
+
+# ------------------------------------------------------------------------------------------------ data.select
+# The selection steps (docs/data.md, "Selecting data"): a discriminated union on `kind`; each step's own rules beside
+# it, and `check_select` for the rules that depend on the rest of the section (which formats a step can read).
+
+# Formats whose rows the score steps cannot read: preference and RL rows are not tokenized examples with one
+# trained answer (TRL tokenizes them), so there is no single "loss on the trained tokens" to score.
+UNSCORED_FORMATS = NON_SFT_FORMATS
+
+
+class LengthStep(Section):
+    kind: Literal["length"] = Field(
+        description="keep rows whose token counts lie within bounds (the rendered example after the length policy; "
+        "preference rows: the longest prompt + answer)")
+    min_tokens: int | None = Field(default=None, ge=1, description="Remove rows with fewer tokens than this.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Remove rows with more tokens than this.")
+    min_trained_tokens: int | None = Field(
+        default=None, ge=1, description="Remove rows with fewer trained (loss-carrying) tokens than this "
+        "(preference rows: the longest answer).")
+    max_trained_tokens: int | None = Field(
+        default=None, ge=1, description="Remove rows with more trained (loss-carrying) tokens than this.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthStep:
+        if {self.min_tokens, self.max_tokens, self.min_trained_tokens, self.max_trained_tokens} == {None}:
+            raise ValueError("a length step needs at least one of min_tokens, max_tokens, min_trained_tokens, "
+                             "max_trained_tokens")
+        for lo, hi, name in ((self.min_tokens, self.max_tokens, "tokens"),
+                             (self.min_trained_tokens, self.max_trained_tokens, "trained_tokens")):
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"min_{name} ({lo}) is larger than max_{name} ({hi}): no row could pass")
+        return self
+
+
+MINHASH_ONLY = ("threshold", "num_perm", "ngram", "seed")
+
+
+class DedupStep(Section):
+    kind: Literal["dedup"] = Field(
+        description="remove duplicate rows, keeping the first in dataset order (exact: same normalized text; "
+        "minhash: estimated Jaccard similarity of word n-grams at or above `threshold`)")
+    method: Literal["exact", "minhash"] = Field(
+        default="exact", description="`exact`: rows whose (normalized) rendered text is identical. `minhash`: near "
+        "duplicates found with MinHash signatures and locality-sensitive hashing.")
+    normalize: bool = Field(
+        default=True, description="Compare texts after Unicode NFKC normalization and case folding, as their runs of "
+        "word characters and single punctuation characters (so texts differing only in case or whitespace are "
+        "duplicates); false compares the rendered text as it is.")
+    threshold: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="minhash: rows whose estimated Jaccard similarity to an earlier kept "
+        "row is at least this are removed.")
+    num_perm: int = Field(default=128, ge=16, le=1024, description="minhash: hash functions per signature (the "
+                          "estimate's standard error is about sqrt(J(1-J)/num_perm)).")
+    ngram: int = Field(default=5, ge=1, le=64, description="minhash: words per shingle (texts shorter than this are "
+                       "one shingle).")
+    seed: int = Field(default=0, description="minhash: seed of the hash functions (the result is deterministic for "
+                      "a given seed).")
+
+    @model_validator(mode="after")
+    def _minhash_options(self) -> DedupStep:
+        given = [k for k in MINHASH_ONLY if k in self.model_fields_set]
+        if self.method == "exact" and given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} to `method: minhash` only; this step is `method: exact`")
+        return self
+
+
+class Keep(Section):
+    top_k: int | None = Field(default=None, ge=1, description="Keep this many rows (the best by `order`).")
+    fraction: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Keep this fraction of the rows entering the step (rounded half "
+        "up, at least one), the best by `order`.")
+    threshold: float | None = Field(
+        default=None, description="Keep rows scoring at least this (`order: high`) or at most this (`order: low`).")
+
+    @model_validator(mode="after")
+    def _one(self) -> Keep:
+        given = [k for k in ("top_k", "fraction", "threshold") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of top_k, fraction, threshold (found {', '.join(given) or 'none'})")
+        return self
+
+
+class ScoreStep(Section):
+    kind: Literal["score"] = Field(
+        description="score every row with a language model (perplexity or IFD) and keep the best (SFT formats)")
+    by: Literal["perplexity", "ifd"] = Field(
+        description="`perplexity`: exp(mean loss on the row's trained tokens). `ifd` (instruction-following "
+        "difficulty): mean loss on the trained tokens given the context divided by their mean loss alone (answer "
+        "after a start token); above 1 the context does not help predict the answer.")
+    model: PathStr | None = Field(
+        default=None, description="Scoring model: a local directory, hub id or `builtin:NAME`; it must use the "
+        "recipe's tokenizer (same vocabulary). null: the recipe's model. Its identity (weights' sha256, or hub id and "
+        "revision) is part of the data cache key.")
+    revision: str | None = Field(default=None, description="Hub revision of `model` (pin a commit for caching).")
+    keep: Keep = Field(description="How many rows to keep: {top_k: N}, {fraction: F} or {threshold: X}.")
+    order: Literal["low", "high"] = Field(
+        description="Which end of the scores is kept: `low` (lowest first) or `high` (highest first).")
+    min_score: float | None = Field(
+        default=None, description="Remove rows scoring below this before `keep` applies.")
+    max_score: float | None = Field(
+        default=None, description="Remove rows scoring above this before `keep` applies (the IFD paper drops "
+        "IFD > 1: `max_score: 1.0`).")
+    batch_size: int = Field(default=8, ge=1, description="Rows per forward pass while scoring.")
+
+
+class RandomStep(Section):
+    kind: Literal["random"] = Field(
+        description="keep a seeded random subset (the baseline every other selection should be compared with)")
+    fraction: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Keep this fraction of the rows entering the step (rounded half up, "
+        "at least one).")
+    count: int | None = Field(default=None, ge=1, description="Keep this many rows (all of them if fewer enter).")
+    seed: int | None = Field(
+        default=None, description="Seed of the draw; null: the data seed (data.shuffle_seed, else trainer.seed).")
+
+    @model_validator(mode="after")
+    def _one(self) -> RandomStep:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of fraction, count")
+        return self
+
+
+SelectStep = Annotated[LengthStep | DedupStep | ScoreStep | RandomStep, Field(discriminator="kind")]
+
+
+def check_select(steps: list, formats: list[str], train_on: str) -> None:
+    """Steps that cannot apply to the training data's formats are errors naming the step and field."""
+    for i, step in enumerate(steps):
+        if not isinstance(step, ScoreStep):
+            continue
+        unscored = sorted({f for f in formats if f in UNSCORED_FORMATS})
+        if unscored:
+            raise ValueError(f"select[{i}].kind: score steps read tokenized SFT examples; the training data is "
+                             f"{', '.join(unscored)} (length, dedup and random steps apply to it)")
+        if step.by == "ifd" and "text" in formats:
+            raise ValueError(f"select[{i}].by: ifd compares the answer's loss with and without its instruction; "
+                             "`text` rows have no instruction (use `by: perplexity`)")
+        if step.by == "ifd" and train_on == "all":
+            raise ValueError(f"select[{i}].by: ifd needs an untrained instruction before the trained answer; with "
+                             "data.train_on: all every token is trained (use `by: perplexity`)")
 
 
 class DataConfig(Section):
@@ -168,6 +310,20 @@ class DataConfig(Section):
     shuffle_seed: int | None = Field(
         default=None, description="Seed for mixing and shuffling training rows; null uses trainer.seed."
     )
+    select: list[SelectStep] = Field(
+        default_factory=list,
+        description="Data selection: steps applied in order to the training rows (after reading, mixing, "
+        "tokenizing and holding out `eval_fraction`; before packing), e.g. [{kind: length, max_tokens: 512}, {kind: "
+        "dedup, method: exact}, {kind: score, by: ifd, keep: {fraction: 0.5}, order: high}, {kind: random, "
+        "fraction: 0.5}]. Each step's rows in/out (and score summary) are recorded in data.json; see docs/data.md.",
+    )
+
+    @field_validator("select")
+    @classmethod
+    def _select_fits_the_data(cls, steps: list, info: ValidationInfo) -> list:
+        if "train" in info.data:  # else the datasets failed validation and are reported on their own
+            check_select(steps, [s.format for s in info.data["train"]], info.data.get("train_on", "assistant"))
+        return steps
 
     def data_seed(self, trainer_seed: int) -> int:
         """The seed rows are mixed and shuffled with: `shuffle_seed`, else the trainer's seed."""

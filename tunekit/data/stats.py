@@ -21,6 +21,9 @@ class DataStats:
     split_rows: int = 0  # conversations trained one assistant turn per example (data.multi_turn)
     expanded: int = 0  # the extra examples those splits added
     lengths: list[int] = field(default_factory=list, repr=False)
+    # Per kept example, its source: row index << 16 | its example number within the row (data.multi_turn), so the
+    # copies `samples`/`weight` upsampling adds share one origin (data.select dedup keeps or removes them together).
+    origins: list[int] = field(default_factory=list, repr=False)
 
     def add(self, other: DataStats) -> None:
         for name in ("rows_in", "rows_out", "tokens", "trained_tokens", "truncated", "repeated", "split_rows",
@@ -28,6 +31,7 @@ class DataStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dropped.update(other.dropped)
         self.lengths += other.lengths
+        self.origins += other.origins
 
     def as_dict(self) -> dict:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "tokens": self.tokens,
@@ -48,3 +52,10 @@ def split_summary(per_dataset: dict[str, DataStats], max_length: int) -> dict:
         total.add(s)
     return {**total.as_dict(), "datasets": {k: v.as_dict() for k, v in per_dataset.items()},
             "length_histogram": histogram(total.lengths, max_length)}
+
+
+def check_accounting(per_dataset: dict[str, DataStats]) -> None:
+    """Nothing lost: every row read is in the output or counted with a reason."""
+    for key, st in per_dataset.items():
+        if st.rows_in + st.repeated + st.expanded - sum(st.dropped.values()) != st.rows_out:
+            raise RuntimeError(f"tunekit bug: row accounting for {key} does not add up: {st.as_dict()}")

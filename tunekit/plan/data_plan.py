@@ -20,7 +20,7 @@ def data_plan(recipe: Recipe, world: int) -> dict:
 
     try:
         tokenizer = load_tokenizer(recipe.model)
-        train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed)
+        train, _, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed, recipe.model)
     except (UserError, OSError, ValueError) as e:
         return {"available": False, "reason": str(e).splitlines()[0][:300]}
     t = recipe.trainer
