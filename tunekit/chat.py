@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tunekit.data.formats import read_tools
 from tunekit.errors import UserError
 from tunekit.targets import load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
@@ -35,6 +36,7 @@ class Session:
     settings: Generation
     system: str | None = None
     history: list[dict] = field(default_factory=list)
+    tools: list[dict] | None = None  # tool schemas rendered by the chat template (`--tools`, or the run's data)
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -46,7 +48,8 @@ class Session:
 
         self.history.append({"role": "user", "content": text})
         try:
-            prompt = self.tokenizer.apply_chat_template(self.messages(), add_generation_prompt=True, tokenize=False)
+            prompt = self.tokenizer.apply_chat_template(self.messages(), tools=self.tools, add_generation_prompt=True,
+                                                        tokenize=False)
         except ValueError as e:  # e.g. a base tokenizer without a chat template
             self.history.pop()
             raise UserError(f"the tokenizer has no usable chat template ({e}); chat needs one") from None
@@ -77,11 +80,25 @@ def _Streamer(tokenizer: Any, out: TextIO) -> Any:  # noqa: N802 - a TextStreame
     return ToStream(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def load_session(target: str, settings: Generation, system: str | None) -> Session:
+def load_session(target: str, settings: Generation, system: str | None, tools: str | None = None) -> Session:
+    """`tools`: a JSON/YAML file of tool schemas; without it, a run whose training data had a `tools:` file chats
+    with those tools (the prompt the model trained with)."""
     t = resolve_target(target)
     tokenizer = load_tokenizer_for(t)
     console.print(f"chat: {t.label} ({t.kind}{', base ' + t.model_cfg.path if t.kind == 'adapter' else ''})")
-    return Session(load_tuned(t).eval(), tokenizer, settings, system)
+    trained_with = next((s.tools for s in t.recipe.data.train if s.tools), None) if t.recipe is not None else None
+    source = tools or trained_with
+    schemas = read_tools(source) if source else None
+    if schemas:
+        probe = [{"role": "user", "content": "hi"}]
+        if tokenizer.apply_chat_template(probe, tools=schemas, tokenize=False) == \
+                tokenizer.apply_chat_template(probe, tokenize=False):
+            raise UserError(f"--tools: the chat template of {t.label} ignores tool schemas, so the model would "
+                            "never see them; chat with a run trained with a tool-capable template (e.g. "
+                            "data.chat_template: qwen2.5)")
+        names = ", ".join(s["function"]["name"] for s in schemas)
+        console.print(f"tools: {names} (from {source}{'' if tools else ', the run’s training data'})")
+    return Session(load_tuned(t).eval(), tokenizer, settings, system, tools=schemas)
 
 
 def run(session: Session, prompt: str | None, lines: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:

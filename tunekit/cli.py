@@ -256,6 +256,9 @@ def chat(
     prompt: str = typer.Option(None, "--prompt", help="Answer this one message and exit (for scripts).",
                                show_default=False),
     system: str = typer.Option(None, "--system", help="System prompt.", show_default=False),
+    tools: str = typer.Option(None, "--tools", help="A JSON/YAML file of tool schemas for the chat template "
+                              "(default: a run's own training tools, if its data had a `tools:` file).",
+                              show_default=False),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per reply at most."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0: greedy decoding."),
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
@@ -271,7 +274,7 @@ def chat(
     from tunekit import chat as chat_mod
 
     settings = chat_mod.Generation(max_new_tokens, temperature, top_p, repetition_penalty, seed)
-    chat_mod.run(chat_mod.load_session(target, settings, system), prompt)
+    chat_mod.run(chat_mod.load_session(target, settings, system, tools), prompt)
 
 
 @app.command("explain")

@@ -20,6 +20,7 @@ from tunekit.recipe.load import load_recipe
 LIBRARY_NOISE = re.compile(r"Warning|warnings\.warn|\[WARNING\]|Failed to load|it/s\]|s/it\]|%\||Loading weights|"
                            r"Generating .* split|Tokenizing|Dropping fully truncated|Writing model shards")
 DICT_REPR = re.compile(r"\{'\w+': ")
+REPO_TOOLS = Path(__file__).resolve().parents[2] / "tunekit" / "assets" / "data" / "tools" / "tools.json"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,20 @@ def test_chat_loop_from_piped_stdin(trained: tuple[Path, subprocess.CompletedPro
     assert "(new conversation; system: Be brief.)" in proc.stderr and "unknown command /bogus" in proc.stderr
     assert proc.stderr.count("(new conversation; system: Be brief.)") == 2  # /system, then /reset keeps it
     assert proc.stdout.count("\n") >= 2  # two replies
+
+
+@pytest.mark.full  # a tool-data build and two chat processes: ~25 s on 2 cores
+def test_chat_uses_the_tools_the_run_trained_with(trained: tuple[Path, subprocess.CompletedProcess],
+                                                  tmp_path: Path) -> None:
+    """A run trained with a dataset `tools:` file chats with those tool schemas in its prompt (as in training);
+    `--tools` names a file; a template that ignores tools is refused rather than silently dropping them."""
+    recipe = tiny_recipe(tmp_path, data={"train": [{"path": "builtin:tools/train.jsonl", "format": "messages",
+                                                    "tools": "builtin:tools/tools.json"}],
+                                         "chat_template": "qwen2.5", "max_length": 1024},
+                         trainer={"max_steps": 1, "per_device_batch_size": 2})
+    run_cli("train", recipe, check=True)
+    proc = _chat(tmp_path / "run", "--prompt", "Weather in Oslo?")
+    assert proc.returncode == 0, proc.stderr
+    assert "tools: calc, weather (from builtin:tools/tools.json, the run’s training data)" in proc.stderr
+    refused = _chat(trained[0], "--tools", str(REPO_TOOLS), "--prompt", "hi")
+    assert refused.returncode == 2 and "ignores tool schemas" in refused.stderr and "Traceback" not in refused.stderr
