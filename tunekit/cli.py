@@ -464,19 +464,24 @@ def _run_app(debug: bool) -> int:
 
 
 def _exit(code: int) -> None:
-    """Exit with `code`. One rank of a multi-process run skips interpreter teardown once its work is done:
-    C++ threads that gloo, DeepSpeed or the launcher's store still hold at static destruction can abort the
-    process there ("terminate called without an active exception", SIGABRT), which turned finished
-    2-process runs into failed ones. Files the run wrote are closed by then; stdio and logging are flushed."""
+    """Exit with `code`. One rank of a multi-process run skips interpreter teardown once its work is done, after
+    the atexit handlers ran: C++ threads that gloo, DeepSpeed or the launcher's store still hold at static
+    destruction can abort the process there ("terminate called without an active exception", SIGABRT), which
+    turned finished 2-process runs into failed ones. Files the run wrote are closed by then; stdio and logging
+    are flushed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import atexit
         import logging
 
+        with contextlib.suppress(Exception):
+            atexit._run_exitfuncs()  # Python-level exit work still runs (trackers finishing their runs, ...)
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
     sys.exit(code)
+
 
 if __name__ == "__main__":
     main()
