@@ -305,7 +305,7 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
     with open(out / RESUMES, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
     if changes:
-        write_yaml(out / RESOLVED, new)
+        write_yaml(out / RESOLVED, recipe.model_dump(mode="json"))  # with its data paths (compared without them)
     return bool(data_changes)
 
 
