@@ -43,7 +43,7 @@ STAGES = "stages"
 MARKER = ".tunekit-run"  # written first in every run dir tunekit creates: only such a dir is ever deleted
 LOCK = ".tunekit-lock"  # flock'ed while a run uses the dir (released by the OS when the process dies)
 HEADER = ("recipe.resolved.yaml", "versions.json", "data.json")  # what a run writes before it trains
-WRITTEN = (*HEADER, METRICS, "summary.json", CHECKPOINTS, FINAL, STAGES, "initial_adapter", "eval")
+WRITTEN = (*HEADER, METRICS, "summary.json", CHECKPOINTS, FINAL, STAGES, "initial_adapter", "eval", "resumes.jsonl")
 LOCK_ENV = "TUNEKIT_RUN_DIR_LOCKED"  # set by the process holding the lock, so its workers do not take it again
 _held: list = []  # open lock files, kept for the life of the process
 
@@ -262,7 +262,7 @@ def has_progress(out: Path) -> bool:
 
 
 RESOLVED = "recipe.resolved.yaml"
-RESUMES = "resumes.jsonl"  # one line per --resume: step, time, what changed (the header files' history)
+RESUMES = "resumes.jsonl"  # (in WRITTEN) one line per --resume: step, time, what changed (the header files' history)
 # What may change between a run and its --resume without --allow-changes: how long, how often it logs, where and
 # on how many processes it runs, what is evaluated after; and the per-device batch / accumulation when the global
 # batch stays the same. Anything else changes what the checkpoint means.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import tiny_recipe
@@ -26,3 +27,14 @@ def test_a_resume_with_a_longer_run_keeps_the_data_paths_in_the_resolved_recipe(
     resolved = yaml.safe_load((out / run_dir.RESOLVED).read_text())
     assert resolved["trainer"]["max_steps"] == 20
     assert resolved["data"]["train"][0]["path"] == "builtin:quickstart/train.jsonl"
+
+
+def test_overwrite_deletes_a_resumed_runs_resumes_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resumes.jsonl is tunekit's (written by --resume): --overwrite of a resumed run deletes it, not refuse."""
+    monkeypatch.setenv(run_dir.LOCK_ENV, "")  # restored afterwards: the lock's env var is not left to later tests
+    out = tmp_path / "run"
+    run_dir.prepare_run_dir(out, resume=False, overwrite=False)
+    for name in ("summary.json", run_dir.RESUMES):
+        (out / name).write_text("{}\n")
+    run_dir.prepare_run_dir(out, resume=False, overwrite=True)
+    assert not (out / run_dir.RESUMES).exists() and (out / run_dir.MARKER).is_file()
