@@ -173,6 +173,37 @@ def plan(
 
 
 @app.command()
+def compare(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " (the same for every variant)",
+                                          show_default=False),
+    vary: list[str] = typer.Option(..., "--vary", help="KEY=V1,V2,...: values of one recipe key; repeat for a grid "
+                                   "(every combination). A value may carry more overrides after `+`, e.g. "
+                                   "method.name=lora,lora+method.use_dora=true,ia3.", show_default=False),
+    steps: int = typer.Option(None, "--steps", min=1, help="trainer.max_steps of every variant.", show_default=False),
+    out: Path = typer.Option(None, "--out", help="Parent dir of the variants' run dirs and the comparison "
+                             "(default: runs/compare-<recipe name>).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train a variant again when its dir holds a run of "
+                                   "another recipe (default: refuse)."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+) -> None:
+    """Train variants of a recipe on the same data, seed and steps; compare them in compare.md / .json / .png.
+
+    Each variant is a `tunekit train` process with its own run dir under --out (its output in train.log there).
+    Rerunning skips finished variants and resumes unfinished ones. See docs/plan.md (compare).
+    Example: tunekit compare recipes/quickstart.yaml --vary method.name=lora,ia3,loreft --steps 40
+    """
+    _state["debug"] |= debug
+    import shlex
+
+    from tunekit.compare.run import compare as run_compare
+
+    code = run_compare(recipe, vary, overrides or [], steps, out, overwrite, _state["debug"],
+                       shlex.join(["tunekit", *sys.argv[1:]]))
+    raise typer.Exit(code)
+
+
+@app.command()
 def preprocess(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),

@@ -12,6 +12,8 @@
       summary.json           parameter counts, steps, time, final loss
       .tunekit-run           marker: tunekit made this dir (only such a dir is reused or deleted by --overwrite)
       .tunekit-lock          locked while a run uses the dir
+      train.log              the run's console output, when `tunekit compare` ran it (never deleted by the run: the
+                             process writing it is the run itself)
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ STAGES = "stages"
 
 MARKER = ".tunekit-run"  # written first in every run dir tunekit creates: only such a dir is ever deleted
 LOCK = ".tunekit-lock"  # flock'ed while a run uses the dir (released by the OS when the process dies)
+LOG = "train.log"  # the console output of a run `tunekit compare` started: kept by --overwrite and by a reused dir
 HEADER = ("recipe.resolved.yaml", "versions.json", "data.json")  # what a run writes before it trains
-WRITTEN = (*HEADER, METRICS, "summary.json", CHECKPOINTS, FINAL, STAGES, "initial_adapter", "eval")
+WRITTEN = (*HEADER, METRICS, "summary.json", CHECKPOINTS, FINAL, STAGES, "initial_adapter", "eval", "resumes.jsonl")
 LOCK_ENV = "TUNEKIT_RUN_DIR_LOCKED"  # set by the process holding the lock, so its workers do not take it again
 _held: list = []  # open lock files, kept for the life of the process
 
@@ -71,7 +74,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
                         + (f" (incomplete ones: {torn})" if torn else " (set output.save_steps or save_minutes)"))
     out.mkdir(parents=True, exist_ok=True)
     if not ours:
-        write_json(out / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "tunekit"})
+        _write_marker(out)
     lock(out)
     if resume:
         return
@@ -89,7 +92,21 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _entries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK))
+    return sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK, LOG))
+
+
+def make_dir(out: Path) -> None:
+    """Create `out` as a tunekit run dir (with the marker) before a run starts in it; an existing tunekit dir is
+    left as it is, and a non-empty dir tunekit did not make is refused."""
+    if out.exists() and not (out / MARKER).is_file() and any(out.iterdir()):
+        raise UserError(f"`{out}` is not empty and was not made by tunekit (no {MARKER} file); choose another dir")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        _write_marker(out)
+
+
+def _write_marker(out: Path) -> None:
+    write_json(out / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "tunekit"})
 
 
 def _written_by_tunekit(name: str) -> bool:
@@ -262,7 +279,7 @@ def has_progress(out: Path) -> bool:
 
 
 RESOLVED = "recipe.resolved.yaml"
-RESUMES = "resumes.jsonl"  # one line per --resume: step, time, what changed (the header files' history)
+RESUMES = "resumes.jsonl"  # (in WRITTEN) one line per --resume: step, time, what changed (the header files' history)
 # What may change between a run and its --resume without --allow-changes: how long, how often it logs, where and
 # on how many processes it runs, what is evaluated after; and the per-device batch / accumulation when the global
 # batch stays the same. Anything else changes what the checkpoint means.
@@ -305,7 +322,7 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
     with open(out / RESUMES, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
     if changes:
-        write_yaml(out / RESOLVED, new)
+        write_yaml(out / RESOLVED, recipe.model_dump(mode="json"))  # with its data paths (compared without them)
     return bool(data_changes)
 
 

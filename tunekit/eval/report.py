@@ -85,20 +85,36 @@ def markdown(report: dict, shown: int) -> str:
     return "\n".join(lines)
 
 
-def plot_training(metrics_path: Path, out: Path) -> str | None:
+def read_metrics(metrics_path: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl ([] when it has none)."""
     if not metrics_path.is_file():
-        return None
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    if not loss:
-        return None
+        return []
+    return [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+
+
+def loss_points(rows: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """(step, train loss) and (step, eval loss) pairs of metrics rows."""
+    return ([(r["step"], r["loss"]) for r in rows if "loss" in r],
+            [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r])
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_training(metrics_path: Path, out: Path) -> str | None:
+    rows = read_metrics(metrics_path)
+    loss, ev = loss_points(rows)
+    if not loss:
+        return None
+    plt = pyplot()
     lr = [(r["step"], r["learning_rate"]) for r in rows if "learning_rate" in r]
-    ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
     a.plot(*zip(*loss), label="train loss")
     if ev:
@@ -121,10 +137,7 @@ def plot_metrics(report: dict, out: Path) -> str | None:
     tasks = {n: t for n, t in report["tasks"].items() if any(m not in SKIP_IN_BARS for m in t["tuned"])}
     if not tasks:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1, 3), squeeze=False)
     for ax, (name, t) in zip(axes[0], tasks.items()):

@@ -43,7 +43,7 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
         if tag_key and etype == "union_tag_invalid":
             keys = (*keys, tag_key)
     dotted = ".".join(str(k) for k in keys) or "(recipe)"
-    override = _matching_override(keys, overrides)
+    override = matching_override(keys, overrides)
     if override is not None:
         where = f"override `{override.text}`"
     else:
@@ -85,13 +85,24 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
     return f"  {where}: {dotted}: {msg}"
 
 
+def error_keys(err: ValidationError) -> list[tuple[str, tuple]]:
+    """(pydantic error type, key path as written in the YAML) of each error; a bad tag's path ends in its key
+    (`method.name`), as in the message."""
+    out = []
+    for e in err.errors():
+        keys = _data_keys(tuple(e["loc"]))
+        tag_key = e.get("ctx", {}).get("discriminator", "").strip("'")
+        out.append((e["type"], (*keys, tag_key) if e["type"] == "union_tag_invalid" and tag_key else keys))
+    return out
+
+
 def _short(v: Any) -> str:
     s = _REPR.repr(v)  # bounded: never the repr of a huge value
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _matching_override(keys: tuple, overrides: list[Override]) -> Override | None:
-    # The last override whose key is a prefix of (or equal to) the error's key path wins.
+def matching_override(keys: tuple, overrides: list[Override]) -> Override | None:
+    """The override an error at `keys` points at: the last one whose key is a prefix of (or equal to) the path."""
     for ov in reversed(overrides):
         n = min(len(ov.keys), len(keys))
         if tuple(str(k) for k in keys[:n]) == ov.keys[:n] and len(ov.keys) <= len(keys):
