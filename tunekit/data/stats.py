@@ -48,3 +48,18 @@ def split_summary(per_dataset: dict[str, DataStats], max_length: int) -> dict:
         total.add(s)
     return {**total.as_dict(), "datasets": {k: v.as_dict() for k, v in per_dataset.items()},
             "length_histogram": histogram(total.lengths, max_length)}
+
+
+def example_lengths(ds: object, limit: int = 10_000) -> list[int]:
+    """Token lengths of the examples in the first `limit` rows of a tokenized dataset: a packed row's `seq_lengths`,
+    else each row's `input_ids` (read as Arrow list lengths, no ids copied). Empty for datasets without
+    `input_ids` (preference pairs, RL prompts)."""
+    import pyarrow.compute as pc
+
+    columns = getattr(ds, "column_names", None) or []
+    if "input_ids" not in columns or not hasattr(ds, "select"):
+        return []
+    head = ds.select(range(min(limit, len(ds)))).with_format("arrow")  # type: ignore[attr-defined]
+    if "seq_lengths" in columns:
+        return pc.list_flatten(head["seq_lengths"]).to_pylist()
+    return pc.list_value_length(head["input_ids"]).to_pylist()
