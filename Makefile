@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-full test-all lint typecheck data tokenizer clean
+.PHONY: install quickstart test test-full test-all lint typecheck data tokenizer bench bench-tiny clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy tunekit
+
+# bench: training throughput / memory / MFU of tunekit vs TRL (and Unsloth) on a CUDA GPU (docs/performance.md);
+# bench-tiny: the same harness on builtin shapes on CPU (about a minute on 2 idle cores).
+bench: install
+	$(BIN)/python scripts/bench_train.py $(BENCH_ARGS)
+
+bench-tiny: install
+	$(BIN)/python scripts/bench_train.py --tiny $(BENCH_ARGS)
 
 data: install
 	$(BIN)/python scripts/make_quickstart_data.py

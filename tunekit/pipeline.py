@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import guards, model_card, run_dir
+from tunekit import guards, metrics, model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.data.select import summary_lines
+from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import load_tokenizer, resolve_model_path
-from tunekit.plan import measure
+from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
 from tunekit.trainers import display
@@ -121,10 +122,10 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
                   f"{scale['gradient_accumulation_steps']} accumulation x {scale['world_size']} processes")
     checkpoint = resume_point(stage, inputs)
     guard = guards.stop_callback(inputs.recipe.output.save_minutes)
-    metrics = run_dir.metrics_callback(inputs.out, stage.tags)
-    own = [metrics, guard, run_dir.checkpoint_callback()]
+    writer = metrics.metrics_callback(inputs.out, stage.tags, speed(stage, inputs, plan.model, params))
+    own = [writer, guard, run_dir.checkpoint_callback()]
     trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
-    display.attach(trainer, metrics, stage.title)
+    display.attach(trainer, writer, stage.title)
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)
@@ -136,7 +137,8 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
-            "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine}
+            "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine,
+            "throughput": writer.throughput()}
     save_final(stage, plan, trainer, inputs.tokenizer)
     info.update(stage.record(trainer, info) if stage.record else {})
     if inputs.eval_ds is not None and not staged:
@@ -144,6 +146,30 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     if staged:
         run_dir.write_json(stage.dir / "stage.json", info)
     return info
+
+
+def speed(stage: Stage, inputs: RunInputs, model: Any, params: dict) -> metrics.Speed:
+    """What turns the stage's tokens/s into per-device tokens/s and MFU: FLOPs per trained token
+    (plan/throughput.py, attention at the training examples' token-weighted mean length) and the device's peak
+    dense bf16 FLOP/s (plan/hardware.py). MFU is reported for SFT steps only (one forward + backward per token)."""
+    device, gpu = hardware.local_device()
+    peak, t = (gpu.bf16_tflops * 1e12 if gpu else None), stage.recipe.trainer
+    note = None if gpu else "no MFU on CPU" if device == "cpu" else f"{device}: peak FLOP/s not in plan/hardware.py"
+    kind = getattr(t, "kind", inputs.recipe.trainer.kind)  # reft's RL stage has its own settings model
+    if kind != "sft" or getattr(t, "optim", None) == "mezo":
+        what = "optim mezo" if kind == "sft" else f"trainer kind {kind}" + (f", stage {stage.name}" if stage.tags
+                                                                           else "")
+        note = f"MFU not defined for {what} (a step is not one forward + backward per token)"
+        return metrics.Speed(runtime.world_size(), None, peak, device, note=note)
+    lengths = example_lengths(stage.train_ds if stage.train_ds is not None else inputs.train_ds)
+    seq = throughput.attention_length(lengths) if lengths else float(stage.recipe.data.max_length)
+    try:
+        facts = throughput.training_flops(model.config, params, stage.recipe.method.name, t.gradient_checkpointing,
+                                          seq)
+    except (AttributeError, TypeError) as e:  # a config without the decoder shape fields
+        return metrics.Speed(runtime.world_size(), None, peak, device, note=f"FLOPs per token unknown: {e}")
+    flops = facts.pop("flops_per_token")
+    return metrics.Speed(runtime.world_size(), flops, peak, device, facts, note)
 
 
 def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
@@ -206,9 +232,10 @@ def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: 
     info = results[last.name]
     summary = {"params": info["params"], "method": recipe.method.name, "trainer": recipe.trainer.kind,
                "global_step": info["global_step"], "train_seconds": info["train_seconds"],
-               "train_loss_mean": info["train_loss_mean"], "final_loss": run_dir.final_train_loss(out),
+               "train_loss_mean": info["train_loss_mean"], "final_loss": metrics.final_train_loss(out),
                "resumed_from": info["resumed_from"],
                "launch": {**runtime.scale_summary(recipe.launch, last.recipe.trainer), "engine": info["engine"]}}
+    summary["throughput"] = info.get("throughput")
     summary.update({"eval": info["eval"]} if "eval" in info else {})
     summary.update({**extra, "stages": results} if len(stages) > 1 else {})
     summary.update({"memory": memory} if memory else {})

@@ -4,12 +4,11 @@
       recipe.resolved.yaml   the validated recipe with every default filled in
       versions.json          python and library versions
       data.json              data fingerprint (sha256 of each file) and preprocessing statistics
-      metrics.jsonl          one JSON object per logged step (schema in the README: loss, learning_rate, grad_norm,
-                             tokens_seen, tokens_per_s, elapsed_s, peak_mem_gb, eval_* ...)
+      metrics.jsonl          one JSON object per logged step (schema in the README, written by tunekit/metrics.py)
       checkpoints/checkpoint-N/   resumable state (weights, optimizer, scheduler, RNG, trainer state)
       final/                 the trained weights (adapter or full model) as safetensors + tokenizer + chat template
       stages/NAME/           a staged run's stages (reft: warmup, rl), each with checkpoints/, final/, stage.json
-      summary.json           parameter counts, steps, time, final loss
+      summary.json           parameter counts, steps, time, final loss, throughput (tokens/s, MFU), peak memory
       .tunekit-run           marker: tunekit made this dir (only such a dir is reused or deleted by --overwrite)
       .tunekit-lock          locked while a run uses the dir
       train.log              the run's console output, when `tunekit compare` ran it (never deleted by the run: the
@@ -21,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -409,63 +407,3 @@ def truncate_metrics(out: Path, step: int, stage: str | None = None) -> None:
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and
             (json.loads(ln).get("step", 0) <= step or (stage is not None and json.loads(ln).get("stage") != stage))]
     path.write_text("".join(k + "\n" for k in keep))
-
-
-# Logged by transformers/TRL but replaced by the schema's own keys (or kept in summary.json): one throughput number,
-# measured one way for every trainer kind.
-DROPPED_KEYS = {"train_runtime", "train_tokens_per_second", "num_input_tokens_seen", "num_tokens",
-                "train_samples_per_second", "train_steps_per_second", "total_flos", "eval_num_tokens"}
-
-
-def peak_memory_gb() -> float:
-    """Peak accelerator memory allocated by this process (CUDA), else its peak resident set size (CPU), in GB."""
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
-
-
-def metrics_callback(out: Path, tags: dict | None = None) -> Any:
-    """A TrainerCallback writing metrics.jsonl (the schema is in the README); `last_row` feeds the display."""
-    from transformers import TrainerCallback
-
-    class MetricsWriter(TrainerCallback):
-        def __init__(self) -> None:
-            self.last_row: dict | None = None
-            self._start = self._last_time = time.perf_counter()
-            self._last_seen = 0
-
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self._start = self._last_time = time.perf_counter()
-            self._last_seen = state.num_input_tokens_seen
-
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
-            if not state.is_world_process_zero or not logs or "train_runtime" in logs and "loss" not in logs:
-                return  # the end-of-training summary event: its numbers are in summary.json
-            row = {**(tags or {}), "step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float)) and k not in DROPPED_KEYS})
-            now, seen = time.perf_counter(), state.num_input_tokens_seen
-            if "loss" in logs:
-                row["tokens_seen"] = seen or None
-                row["tokens_per_s"] = (round((seen - self._last_seen) / (now - self._last_time), 1)
-                                       if seen and now > self._last_time else None)
-                self._last_time, self._last_seen = now, seen
-            row.update(elapsed_s=round(now - self._start, 2), peak_mem_gb=peak_memory_gb())
-            self.last_row = row
-            with open(out / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    return MetricsWriter()
-
-
-def final_train_loss(out: Path) -> float | None:
-    path = out / METRICS
-    if not path.exists():
-        return None
-    losses = [json.loads(ln)["loss"] for ln in path.read_text().splitlines() if '"loss"' in ln]
-    return losses[-1] if losses and math.isfinite(losses[-1]) else None  # never a loss that was not seen

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_metrics, run_cli, tiny_recipe
+from tests.conftest import REPO, read_metrics, run_cli, tiny_recipe
 from tunekit import __version__
 from tunekit.model_card import write_card
 from tunekit.recipe.load import load_recipe
@@ -56,13 +56,42 @@ def test_verbose_shows_what_the_quiet_console_hides(tmp_path: Path) -> None:
     assert any("Warning" in ln or "[WARNING]" in ln for ln in noise), noise
 
 
+def readme_metrics_keys() -> set[str]:
+    """The keys the README's metrics.jsonl table names (backticked, in its first and third columns)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("`metrics.jsonl` has one JSON object per log event"):text.index("transformers' own")]
+    return set(re.findall(r"`([\w/.*]+)`", table))
+
+
 def test_metrics_schema(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
-    # one throughput number, elapsed time and peak memory on every training row
-    train_rows = [m for m in read_metrics(trained[0]) if "loss" in m]
+    # one throughput number (total and per device, MFU), elapsed time and peak memory on every training row
+    rows = read_metrics(trained[0])
+    train_rows = [m for m in rows if "loss" in m]
     for row in train_rows:
-        assert {"step", "epoch", "learning_rate", "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s",
-                "peak_mem_gb"} <= set(row)
+        assert {"step", "epoch", "learning_rate", "grad_norm", "tokens_seen", "tokens_per_s", "tokens_per_s_per_device",
+                "mfu", "elapsed_s", "peak_mem_gb", "peak_mem_reserved_gb"} <= set(row)
         assert not {"train_tokens_per_second", "num_input_tokens_seen", "train_runtime", "num_tokens"} & set(row)
+        assert row["tokens_per_s_per_device"] == row["tokens_per_s"] > 0  # one process
+        assert row["mfu"] is None and row["peak_mem_reserved_gb"] is None and row["peak_mem_gb"] > 0  # CPU
+    assert all({"peak_mem_gb", "peak_mem_reserved_gb"} <= set(m) for m in rows)
+    # the README's table defines every key a row carries
+    documented = readme_metrics_keys()
+    prefixes = tuple(k.rstrip("*.") for k in documented if k.endswith(("*", "...")))  # `eval_*`, `logps/...`
+    undocumented = {k for m in rows for k in m if k not in documented and not k.startswith(prefixes)}
+    assert not undocumented, f"metrics.jsonl keys missing from the README's table: {sorted(undocumented)}"
+
+
+def test_summary_throughput(trained: tuple[Path, subprocess.CompletedProcess]) -> None:
+    summary = json.loads((trained[0] / "summary.json").read_text())
+    t = summary["throughput"]
+    assert t["timed_steps"] == 5 and t["warmup_steps"] == 1 and t["world_size"] == 1 and t["device"] == "cpu"
+    assert t["tokens_per_s"] > 0 and t["tokens_per_s_per_device"] == t["tokens_per_s"]
+    assert t["tokens"] > 0 and 0 < t["step_seconds"] < summary["train_seconds"]
+    assert t["mfu"] is None and t["mfu_note"] == "no MFU on CPU" and t["peak_tflops_per_device"] is None
+    assert t["flops_per_token"] > 0 and t["flops_formula"].startswith("4N_base + 6A")  # LoRA
+    seen = [m["tokens_seen"] for m in read_metrics(trained[0]) if "loss" in m]
+    assert t["tokens"] < seen[-1]  # the first step is left out
+    assert summary["memory"]["measured"]["peak_bytes"] > 0
 
 
 def test_model_card(trained: tuple[Path, subprocess.CompletedProcess]) -> None:

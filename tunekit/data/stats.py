@@ -59,3 +59,18 @@ def check_accounting(per_dataset: dict[str, DataStats]) -> None:
     for key, st in per_dataset.items():
         if st.rows_in + st.repeated + st.expanded - sum(st.dropped.values()) != st.rows_out:
             raise RuntimeError(f"tunekit bug: row accounting for {key} does not add up: {st.as_dict()}")
+
+
+def example_lengths(ds: object, limit: int = 10_000) -> list[int]:
+    """Token lengths of the examples in the first `limit` rows of a tokenized dataset: a packed row's `seq_lengths`,
+    else each row's `input_ids` (read as Arrow list lengths, no ids copied). Empty for datasets without
+    `input_ids` (preference pairs, RL prompts)."""
+    import pyarrow.compute as pc
+
+    columns = getattr(ds, "column_names", None) or []
+    if "input_ids" not in columns or not hasattr(ds, "select"):
+        return []
+    head = ds.select(range(min(limit, len(ds)))).with_format("arrow")  # type: ignore[attr-defined]
+    if "seq_lengths" in columns:
+        return pc.list_flatten(head["seq_lengths"]).to_pylist()
+    return pc.list_value_length(head["input_ids"]).to_pylist()

@@ -7,6 +7,7 @@ an MFU assumption (`throughput.MFU`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tunekit.errors import UserError, did_you_mean
@@ -51,3 +52,33 @@ def custom(memory_gib: float, like: Gpu | None = None) -> Gpu:
     """A GPU given by its memory (FLOP/s of `like`, else of the default GPU)."""
     base = like or GPUS[DEFAULT_GPU.lower()]
     return Gpu(f"{memory_gib:g} GiB", memory_gib, base.bf16_tflops, f"memory given; FLOP/s of {base.name}")
+
+
+# torch.cuda.get_device_name() -> the table's entry, first match wins ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB",
+# "NVIDIA GeForce RTX 4090", "AMD Instinct MI300X" ...). None: a GPU whose peak is not in the table (GH200 and H100 NVL
+# differ from the entries their names contain; L40 is not L40S), so its MFU is not reported rather than guessed.
+DEVICE_NAMES: tuple[tuple[str, str | None], ...] = (
+    (r"\bgh200\b", None), (r"\bh100 nvl\b", None), (r"\bh200\b", "H200"), (r"\bh100\b.*\bpcie\b", "H100-PCIE"),
+    (r"\bh100\b", "H100"), (r"\ba100\b.*\b40gb\b", "A100-40"), (r"\ba100\b", "A100-80"), (r"\bb200\b", "B200"),
+    (r"\bl40s\b", "L40S"), (r"\bl4\b", "L4"), (r"\ba10g\b", "A10G"), (r"\brtx 4090\b", "RTX-4090"),
+    (r"\brtx 3090\b", "RTX-3090"), (r"\bmi300x\b", "MI300X"),
+)
+
+
+def for_device_name(name: str) -> Gpu | None:
+    """The table's GPU for a CUDA device name, or None when its peak FLOP/s are not in the table."""
+    low = name.lower().replace("-", " ").replace("_", " ")
+    for pattern, key in DEVICE_NAMES:
+        if re.search(pattern, low):
+            return GPUS[key.lower()] if key else None
+    return None
+
+
+def local_device() -> tuple[str, Gpu | None]:
+    """This process's training device: ("cuda:NAME", its table entry or None) on a GPU, ("cpu", None) without."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", None
+    name = torch.cuda.get_device_name()
+    return f"cuda:{name}", for_device_name(name)

@@ -14,14 +14,16 @@ from typing import Any
 
 
 def run_peak() -> dict:
-    """The peak memory of this process so far: CUDA's max allocated on the current device, else peak RSS."""
+    """The peak memory of this process so far: CUDA's max allocated (and max reserved by the caching allocator) on
+    the current device, else peak RSS."""
     import resource
     import sys
 
     import torch
 
     if torch.cuda.is_available():
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated()), "source": "torch.cuda.max_memory_allocated"}
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated()), "source": "torch.cuda.max_memory_allocated",
+                "peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_bytes": int(rss if sys.platform == "darwin" else rss * 1024), "source": "process peak RSS (CPU)"}
 

@@ -62,7 +62,8 @@ def plan(recipe: Recipe, gpu: hardware.Gpu, device: str = "cuda", with_data: boo
 def _time(recipe: Recipe, est: Estimate, gpu: hardware.Gpu, data: dict) -> dict:
     s, full = est.shape, recipe.method.name in throughput.FULL_METHODS
     n = throughput.matmul_params(est.params["total"], s, s.tied)
-    flops = throughput.flops_per_token(n, s, est.micro.seq, full, est.micro.checkpointing)
+    adapter = 0 if full else min(est.params["trainable"], n)
+    flops = throughput.flops_per_token(n - adapter, s, est.micro.seq, full, est.micro.checkpointing, adapter)
     t = recipe.trainer
     tokens = data.get("tokens_total") if data.get("available") else (
         t.max_steps * t.per_device_batch_size * t.gradient_accumulation_steps * est.layout.world * est.micro.seq
@@ -71,7 +72,7 @@ def _time(recipe: Recipe, est: Estimate, gpu: hardware.Gpu, data: dict) -> dict:
                             recipe.method.name == "qlora")
     out["basis"] = ("data plan tokens" if data.get("available") else
                     "max_steps x global batch x max_length (no data plan)" if tokens else "no step count")
-    out["flops_formula"] = "6N + attention" if full else "4N + attention (frozen base)"
+    out["flops_formula"] = throughput.formula(full, est.micro.checkpointing)
     return out
 
 

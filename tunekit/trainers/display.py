@@ -1,7 +1,7 @@
 """The one training display: a progress bar with ETA on a terminal, and one aligned line per logging step.
 
 It replaces transformers' ProgressCallback/PrinterCallback (tqdm bars and `{'loss': '6.298', ...}` dict lines).
-Lines are built from the metrics.jsonl row (`run_dir.metrics_callback`), so the console and the file agree.
+Lines are built from the metrics.jsonl row (`metrics.metrics_callback`), so the console and the file agree.
 On a terminal, rich draws the bar below the lines; redirected to a file or pipe, there is no bar and the lines
 are plain text (no carriage returns or cursor codes).
 """
