@@ -168,3 +168,18 @@ def test_tool_eval_rows_keep_their_tools_and_reference_call() -> None:
     enc = tokenize_with_mask(tok, examples[0].conversation(), "assistant", "t")
     scored = tok.decode([i for i, k in zip(enc["input_ids"], enc["mask"]) if k])
     assert scored == examples[0].answer + "<|im_end|>\n"
+
+
+def test_default_task_on_each_eval_format() -> None:
+    """`tunekit eval RUN` without tasks: loss on SFT eval data, the numeric answer on reft's `prompt_answer` questions
+    (renamed columns followed), and a clear refusal for a format no eval task reads."""
+    from tunekit.data.schema import DatasetSpec
+    from tunekit.eval.run import heldout_task
+
+    loss = heldout_task(DatasetSpec(path="builtin:quickstart/eval.jsonl", format="messages"), "")
+    assert (loss.name, loss.kind, loss.data.format) == ("heldout-loss", "loss", "messages")
+    qa = heldout_task(DatasetSpec(path="q.jsonl", format="prompt_answer", columns={"question": "q"}), "-2")
+    assert (qa.name, qa.kind, qa.metrics, qa.data.format) == ("heldout-answers-2", "generate", ["numeric_match"], "qa")
+    assert qa.data.columns == {"prompt": "q", "answer": "answer"}
+    with pytest.raises(UserError, match="data.eval: format preference has no default eval task"):
+        heldout_task(DatasetSpec(path="p.jsonl", format="preference"), "")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import time
+import typing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,10 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
         console.print(f"tasks: the recipe's eval.tasks ({', '.join(t.name for t in recipe.eval.tasks)})")
         return list(recipe.eval.tasks)
     if recipe is not None and recipe.data.eval:
-        console.print("tasks: none given; loss and perplexity on the run's eval split (data.eval: "
-                      f"{', '.join(s.path for s in recipe.data.eval)})")
-        return [EvalTask(name="heldout-loss" if len(recipe.data.eval) == 1 else f"heldout-loss-{i + 1}", kind="loss",
-                         data=TaskData(path=s.path, format=s.format, columns=s.columns))
-                for i, s in enumerate(recipe.data.eval)]
+        answers = all(s.format == "prompt_answer" for s in recipe.data.eval)
+        console.print(f"tasks: none given; {'answers (numeric match)' if answers else 'loss and perplexity'} on the "
+                      f"run's eval split (data.eval: {', '.join(s.path for s in recipe.data.eval)})")
+        return [heldout_task(s, "" if len(recipe.data.eval) == 1 else f"-{i + 1}") for i, s in enumerate(recipe.data.eval)]
     if recipe is not None and recipe.data.eval_fraction:
         console.print(f"tasks: none given; loss and perplexity on the run's hold-out (data.eval_fraction "
                       f"{recipe.data.eval_fraction:g} of the training rows, rebuilt by the data stage)")
@@ -60,6 +60,20 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
     raise UserError(f"{target.label}: no eval tasks: the recipe has no `eval.tasks` and no `data.eval`; name tasks "
                     "with --task (e.g. --task quickstart-arith), --task-file FILE --kind generation|choice|loss, "
                     "or add an eval: section")
+
+
+def heldout_task(source: Any, suffix: str) -> EvalTask:
+    """The default task on one data.eval source: loss and perplexity; for `prompt_answer` (reft) questions, the
+    generated answer scored by numeric match (what the RL stage's reward checks)."""
+    if source.format == "prompt_answer":
+        columns = {"prompt": source.columns.get("question", "question"), "answer": source.columns.get("answer", "answer")}
+        return EvalTask(name=f"heldout-answers{suffix}", kind="generate", metrics=["numeric_match"],
+                        data=TaskData(path=source.path, format="qa", columns=columns))
+    if source.format not in typing.get_args(TaskData.model_fields["format"].annotation):
+        raise UserError(f"data.eval: format {source.format} has no default eval task; name tasks with --task, "
+                        "--task-file FILE --kind generation|choice|loss, or add an eval: section")
+    return EvalTask(name=f"heldout-loss{suffix}", kind="loss",
+                    data=TaskData(path=source.path, format=source.format, columns=source.columns))
 
 
 def report_dir(out: Path, overwrite: bool) -> Path:

@@ -80,7 +80,8 @@ class EvalTask(Section):
 class EvalConfig(Section):
     tasks: list[EvalTask] = Field(
         default_factory=list,
-        description="Tasks to run. Empty: a `loss` task on `data.eval` (when the recipe has eval data).",
+        description="Tasks to run. Empty: a `loss` task on `data.eval` (when the recipe has eval data); on "
+        "`prompt_answer` eval data (reft) a `generate` task scored by numeric_match.",
     )
     run_after_train: bool = Field(default=False, description="Run the eval at the end of `tunekit train`.")
     compare_base: bool = Field(

@@ -2,15 +2,17 @@
 
     RUN/
       stages/warmup/{checkpoints/, final/, stage.json}   SFT on question -> solution (reasoning path)
-      stages/rl/{checkpoints/, final/, stage.json}       GRPO or RLOO from the warm-up's final weights;
+      stages/rl/{checkpoints/, final/, stage.json}       GRPO, RLOO or PPO from the warm-up's final weights;
                                                          reward derived from the ground-truth answer
+                                                         (PPO: final/ and checkpoints also hold value_head.safetensors)
       final/            the RL stage's final weights (copy), the run's result
       metrics.jsonl     every logged step, each row tagged with "stage"
       summary.json      per-stage steps, time, loss, mean held-out reward
 
 `--resume`: while the warm-up has no final/, resume it from its latest checkpoint; after that, resume
-the RL stage from its latest checkpoint (or start it). The paper used PPO with a value head; TRL 1.16
-ships no PPO, so the RL stage uses its critic-free GRPO or RLOO (same sampling + answer rewards).
+the RL stage from its latest checkpoint (or start it). The paper used PPO with a value head: `algorithm: ppo`
+is tunekit's own PPO trainer (`trainers/ppo.py`; TRL 1.16 ships none); `grpo` and `rloo` are TRL's critic-free
+trainers (same sampling and answer rewards).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tunekit.launch.runtime import world_size
 from tunekit.methods.plan import MethodPlan
 from tunekit.methods.registry import apply_method, build_for_training, load_kwargs
 from tunekit.model.load import load_model
-from tunekit.trainers import sft
+from tunekit.trainers import ppo, sft
 from tunekit.trainers.rewards import build_reward_funcs, score
 from tunekit.trainers.schema import SFTTrainerConfig
 from tunekit.trainers.stage import RunInputs, Stage, StagedRun
@@ -40,7 +42,7 @@ HELDOUT_FALLBACK = 64  # questions taken from the training data when no eval dat
 
 
 def stages(inputs: RunInputs) -> StagedRun:
-    """Stage 1: SFT on question -> solution; stage 2: GRPO / RLOO from the warm-up's final weights."""
+    """Stage 1: SFT on question -> solution; stage 2: GRPO / RLOO / PPO from the warm-up's final weights."""
     recipe, out = inputs.recipe, inputs.out
     if world_size() > 1:  # started by the user's own torchrun: the recipe check could not see it
         raise UserError(f"trainer.kind reft runs its two stages in one process so far, but this process is one "
@@ -114,6 +116,9 @@ def _rl_model(recipe: Recipe, model_path: str, warm_final: Path) -> Any:
 def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, funcs: list, weights: list,
                      checkpoint_dir: str, callbacks: list) -> Any:
     rl = recipe.trainer.rl
+    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
+    if rl.algorithm == "ppo":
+        return ppo.build(recipe, model, tokenizer, columns, funcs, weights, checkpoint_dir, callbacks)
     if rl.use_vllm:
         _check_vllm()
     kwargs = training_kwargs(recipe.model_copy(update={"trainer": rl}), checkpoint_dir, False)
@@ -123,7 +128,6 @@ def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, 
                   use_vllm=rl.use_vllm, log_completions=False)
     if rl.use_vllm:
         kwargs["vllm_mode"] = "colocate"
-    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
     if rl.algorithm == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
@@ -147,7 +151,8 @@ def _check_vllm() -> None:
 
 
 def _drop_reference_adapter(trainer: Any) -> None:
-    """TRL's frozen copy of the warm-up adapter (the KL reference) is not part of the result."""
+    """The frozen copy of the warm-up adapter (the KL reference of TRL's trainers and of ppo) is not part of the
+    result."""
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(unwrapped, "peft_config", {}):
         unwrapped.delete_adapter("ref")

@@ -1,4 +1,4 @@
-"""`trainer: {kind: reft}`: Reinforced Fine-Tuning = an SFT warm-up stage, then online RL (GRPO or RLOO)."""
+"""`trainer: {kind: reft}`: Reinforced Fine-Tuning = an SFT warm-up stage, then online RL (GRPO, RLOO or PPO)."""
 
 from __future__ import annotations
 
@@ -110,37 +110,95 @@ class WarmupStage(OptimSettings):
     learning_rate: float = Field(default=2.0e-4, gt=0, description="Peak learning rate of the warm-up.")
 
 
+class PPOSettings(Section):
+    """PPO's own settings (`trainer.rl.algorithm: ppo`); defaults are those of the ReFT paper's code, but vf_coef."""
+
+    epochs: int = Field(
+        default=2, ge=1, description="PPO epochs: optimisation passes over each rollout batch (the ReFT code: 2; TRL's "
+        "old PPOTrainer: 4).")
+    num_mini_batches: int = Field(
+        default=1, ge=1, description="Minibatches per pass, each one optimizer step: a rollout batch holds "
+        "per_device_batch_size x gradient_accumulation_steps x num_mini_batches completions (ReFT code, TRL: 1).")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="Discount factor of GAE (ReFT code, TRL: 1.0).")
+    lam: float = Field(default=0.95, ge=0, le=1, description="Lambda of GAE (ReFT code, TRL: 0.95).")
+    vf_coef: float = Field(
+        default=0.1, ge=0, description="Weight of the value loss in the total loss (TRL's old PPOTrainer: 0.1; the "
+        "ReFT code: 5, which drowned the policy gradient in the shared body of the tiny test model).")
+    cliprange_value: float = Field(
+        default=0.2, gt=0, description="Clipping range of the new value prediction around the rollout's (ReFT "
+        "code, TRL: 0.2).")
+    whiten_advantages: bool = Field(
+        default=True, description="Normalise the advantages to mean 0, std 1 over the rollout batch (ReFT code, TRL).")
+
+
 class RLStage(OptimSettings):
     """Online RL on the same questions: sample several reasoning paths, score them against the answer."""
 
     learning_rate: float = Field(default=1.0e-5, gt=0, description="Peak learning rate of the RL stage.")
-    algorithm: Literal["grpo", "rloo"] = Field(
-        default="grpo", description="Critic-free policy-gradient algorithm (TRL's GRPOTrainer or RLOOTrainer)."
-    )
+    algorithm: Literal["grpo", "rloo", "ppo"] = Field(
+        default="grpo", description="`grpo` or `rloo`: critic-free (TRL's GRPOTrainer, RLOOTrainer); `ppo`: PPO "
+        "with a value head, as in the ReFT paper (tunekit's own trainer; settings in `ppo`).")
     rewards: list[RewardSpec] = Field(
         min_length=1, description="Reward functions; the training reward is their weighted sum."
     )
-    num_generations: int = Field(default=8, ge=2, description="Reasoning paths sampled per question.")
+    num_generations: int = Field(
+        default=8, ge=1, description="Reasoning paths sampled per question (grpo/rloo: at least 2).")
     max_completion_length: int = Field(default=256, ge=1, description="Maximum tokens per sampled completion.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling: keep the top tokens up to this mass.")
     top_k: int = Field(default=0, ge=0, description="Keep only the k most likely tokens (0: no limit).")
     beta: float = Field(
-        default=0.05, ge=0, description="KL coefficient towards the warm-up model (0: no reference model is kept)."
+        default=0.05, ge=0, description="KL coefficient towards the warm-up model (0: no reference model is kept). "
+        "ppo: a per-token penalty in the reward, as in the paper."
     )
     epsilon: float = Field(default=0.2, gt=0, description="Clipping range of the policy ratio.")
-    num_iterations: int = Field(default=1, ge=1, description="Optimisation passes over each batch of samples.")
+    num_iterations: int = Field(
+        default=1, ge=1, description="grpo/rloo: optimisation passes over each batch of samples (ppo: `ppo.epochs`)."
+    )
     use_vllm: bool = Field(
-        default=False, description="Generate with vLLM (needs vllm installed and a GPU); otherwise plain generate()."
+        default=False, description="grpo/rloo: generate with vLLM (needs vllm installed and a GPU); otherwise plain "
+        "generate()."
     )
     eval_samples: int = Field(
         default=4, ge=1, description="Completions sampled per held-out question to measure the mean held-out reward."
     )
+    ppo: PPOSettings | None = Field(
+        default=None, description="algorithm ppo only: PPO's settings (filled with their defaults when omitted)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ppo_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("algorithm") == "ppo" and data.get("ppo") is None:
+            return {**data, "ppo": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _algorithm_fields(self) -> RLStage:
+        if self.algorithm != "ppo":
+            if self.ppo is not None:
+                raise ValueError(f"ppo: PPO's settings apply to algorithm ppo only (this is {self.algorithm}); "
+                                 "remove them or set algorithm: ppo")
+            if self.num_generations < 2:
+                raise ValueError(f"num_generations: {self.algorithm} compares samples of the same question, so it "
+                                 f"needs at least 2 (got {self.num_generations})")
+            return self
+        if self.num_iterations != 1:
+            raise ValueError("num_iterations: grpo/rloo only; for ppo set ppo.epochs (passes over each rollout)")
+        if self.use_vllm:
+            raise ValueError("use_vllm: grpo/rloo only; the ppo trainer samples with generate()")
+        return self
 
     @model_validator(mode="after")
     def _batch(self) -> RLStage:
         per_step = self.per_device_batch_size * self.gradient_accumulation_steps
-        if per_step % self.num_generations:
+        if self.algorithm == "ppo":
+            rollout = per_step * (self.ppo.num_mini_batches if self.ppo else 1)
+            if rollout % self.num_generations:
+                raise ValueError(f"per_device_batch_size x gradient_accumulation_steps x ppo.num_mini_batches "
+                                 f"({rollout}) counts the completions of a rollout and must be a multiple of "
+                                 f"num_generations ({self.num_generations})")
+        elif per_step % self.num_generations:
             raise ValueError(f"per_device_batch_size x gradient_accumulation_steps ({per_step}) counts completions "
                              f"and must be a multiple of num_generations ({self.num_generations})")
         return self
