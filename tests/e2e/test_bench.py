@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, cli_env
 
-pytestmark = pytest.mark.full  # ~1-2 minutes on 2 cores: six training processes
+pytestmark = pytest.mark.slow  # 2-4 minutes on 2 cores: six training processes (by hand: make test-all)
 
 
 def test_bench_train_tiny(tmp_path: Path) -> None:

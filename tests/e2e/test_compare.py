@@ -63,7 +63,7 @@ def test_compare_two_variants_table_plot_listing_and_rerun(tmp_path: Path) -> No
     assert "finished (earlier run)" in (parent / "compare.md").read_text()
 
 
-@pytest.mark.full
+@pytest.mark.slow  # ~110 s on 2 cores (by hand: make test-all); the default test covers the common path
 def test_compare_train_failure_method_switch_resume_and_changed_recipe(tmp_path: Path) -> None:
     """A variant failing in training is listed with its `error:` line; ia3 leaves out LoRA's r/alpha and trains;
     more --steps resumes each finished variant from its checkpoint; a changed recipe is refused unless
