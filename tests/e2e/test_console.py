@@ -159,7 +159,7 @@ def test_chat_loop_from_piped_stdin(trained: tuple[Path, subprocess.CompletedPro
     assert proc.stdout.count("\n") >= 2  # two replies
 
 
-@pytest.mark.full  # a tool-data build and two chat processes: ~25 s on 2 cores
+@pytest.mark.slow  # ~30 s on 2 cores (by hand: make test-all): a tool-data build and two chat processes
 def test_chat_uses_the_tools_the_run_trained_with(trained: tuple[Path, subprocess.CompletedProcess],
                                                   tmp_path: Path) -> None:
     """A run trained with a dataset `tools:` file chats with those tool schemas in its prompt (as in training);

@@ -161,7 +161,7 @@ ONLINE = {"kind": "online_dpo", "max_new_tokens": 8, "per_device_batch_size": 4,
           "rewards": [{"type": "numeric_match"}, {"type": "format", "weight": 0.1}]}
 
 
-@pytest.mark.full  # ~50 s on 2 cores: three runs that sample completions, and an eval
+@pytest.mark.slow  # ~50-60 s on 2 cores (by hand: make test-all): three runs that sample completions, and an eval
 def test_online_dpo_trains_saves_resumes_and_reloads(tmp_path: Path) -> None:
     """Online DPO (two samples per prompt ranked by the answer rewards) through the real CLI: the standard outputs,
     the sampled rewards logged; a run stopped after checkpoint-2 and resumed ends where the uninterrupted run ends

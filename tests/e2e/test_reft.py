@@ -134,7 +134,7 @@ def _ppo(tmp: Path, method: str) -> Path:
     return recipe
 
 
-@pytest.mark.parametrize("method", ["lora", pytest.param("full", marks=pytest.mark.full)])
+@pytest.mark.parametrize("method", ["lora", pytest.param("full", marks=pytest.mark.slow)])
 def test_ppo_trains_saves_and_reloads(tmp_path: Path, method: str) -> None:
     run_cli("train", _ppo(tmp_path, method), "output.save_steps=1", check=True)
     run, weights = tmp_path / "run", "adapter_model.safetensors" if method == "lora" else "model.safetensors"
@@ -161,7 +161,7 @@ def test_ppo_trains_saves_and_reloads(tmp_path: Path, method: str) -> None:
     assert "numeric_match" in report["tasks"]["heldout-answers"]["tuned"], proc.stderr[-2000:]
 
 
-@pytest.mark.full
+@pytest.mark.slow  # ~45 s on 2 cores (by hand: make test-all)
 def test_ppo_resume_ends_like_the_uninterrupted_run(tmp_path: Path) -> None:
     """Stopped inside a rollout (after step 1: the checkpoint keeps the rollout) or between rollouts (after step 2),
     `--resume` ends where the uninterrupted run ended.

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import RECIPES, run_cli
 
 
-@pytest.mark.full  # about 100 s on 2 cores: the recipe as shipped (120 steps on ~900-token rows) plus its eval
+@pytest.mark.slow  # ~100-175 s on 2 cores (by hand: make test-all): the recipe as shipped (120 steps on ~900-token rows) + eval
 def test_tools_recipe_learns_the_call_format(tmp_path: Path) -> None:
     run_cli("train", RECIPES / "tools.yaml", f"output.dir={tmp_path / 'run'}", check=True)
     task = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["tasks"]["tool-call"]
