@@ -22,6 +22,7 @@ from tunekit.data.sources import read_rows
 from tunekit.errors import UserError, did_you_mean
 from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
+from tunekit.methods.interventions import labels_for_positions
 from tunekit.ui import console
 
 QA_METRICS = ["numeric_match", "exact_match", "contains", "regex", "token_f1", "rouge_l"]
@@ -139,9 +140,10 @@ def sequence_logprobs(model: Any, tokenizer: Any, encs: list[dict], batch_size: 
                 ids[i, :n] = torch.tensor(e["input_ids"])
                 attn[i, :n] = 1
                 mask[i, :n] = torch.tensor(e["mask"], dtype=torch.bool)
-            # the labels mark the scored tokens for methods that read them (LoReFT's `last` prompt positions)
-            labels = ids.masked_fill(~mask, -100).to(device)
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels).logits.float()
+            # the scored tokens, for methods that place themselves by them (LoReFT's `last` prompt positions);
+            # handed over beside the call, so the model computes no loss of its own
+            with labels_for_positions(model, ids.masked_fill(~mask, -100)):
+                logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = ids[:, 1:].to(device)
             tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].to(device)
