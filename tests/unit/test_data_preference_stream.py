@@ -1,0 +1,91 @@
+"""Preference, KTO and ReFT data build in bounded memory on `data.num_proc` processes with the output of the
+in-memory build that preceded it: rows (every column, as the trainers read them), row order and statistics are
+compared with digests recorded from that build (tests/fixtures/data_reference_preference.json), for 1 and 2
+processes (sharded even on these small files).
+
+Regenerate only when a change is meant to alter the output:  python -m tests.unit.test_data_preference_stream
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_data_reference import FIX, _digest, build, summary
+from tunekit.data import encode
+
+REFERENCE = FIX.parent / "data_reference_preference.json"
+PREF, PREF_EVAL, KTO, REFT = ("builtin:arith/pref_train.jsonl", "builtin:arith/pref_eval.jsonl",
+                              "builtin:arith/kto_train.jsonl", "builtin:arith/train.jsonl")
+
+
+def _spec(path: str, fmt: str, **kw: object) -> dict:
+    return {"path": path, "format": fmt, **kw}
+
+
+DEDUP_LENGTH = [{"kind": "dedup", "method": "exact"}, {"kind": "length", "max_tokens": 60},
+                {"kind": "random", "fraction": 0.8}]
+CASES: dict[str, dict] = {
+    "dpo": {"train": [_spec(PREF, "preference")], "eval": [_spec(PREF_EVAL, "preference")]},
+    "dpo-holdout": {"train": [_spec(PREF, "preference")], "eval_fraction": 0.1, "shuffle_seed": 3},
+    "dpo-tools-drop": {"train": [_spec(str(FIX / "pref_tools.jsonl"), "preference")], "drop_invalid_pairs": True,
+                       "chat_template": "qwen2.5"},
+    "dpo-tools-error": {"train": [_spec(str(FIX / "pref_tools.jsonl"), "preference")], "chat_template": "qwen2.5"},
+    "dpo-parquet-two": {"train": [_spec(str(FIX / "pref.parquet"), "preference"), _spec(PREF, "preference")],
+                        "eval_fraction": 0.05},
+    "dpo-select": {"train": [_spec(PREF, "preference"), _spec(PREF_EVAL, "preference")], "select": DEDUP_LENGTH},
+    "kto": {"train": [_spec(KTO, "unpaired_preference")], "eval_fraction": 0.1},
+    "kto-tools": {"train": [_spec(str(FIX / "kto_tools.jsonl"), "unpaired_preference")], "chat_template": "qwen2.5",
+                  "eval": [_spec(KTO, "unpaired_preference")]},
+    "kto-select": {"train": [_spec(KTO, "unpaired_preference")], "select": DEDUP_LENGTH},
+    "reft": {"train": [_spec(REFT, "prompt_answer")]},
+    "reft-eval": {"train": [_spec(REFT, "prompt_answer")], "eval": [_spec("builtin:arith/eval.jsonl",
+                                                                         "prompt_answer")], "shuffle_seed": 11},
+    "reft-holdout-select": {"train": [_spec(REFT, "prompt_answer")], "eval_fraction": 0.2,
+                            "select": [{"kind": "dedup", "method": "minhash"}, {"kind": "random", "count": 100}]},
+}
+
+
+def outcome(data: dict, cache_dir: Path, **extra: object) -> dict:
+    """The reference summary plus the column types the trainers see (Arrow schema of both splits)."""
+    from datasets import Dataset
+
+    from tunekit.errors import UserError
+
+    seen: list[str] = []
+    real = Dataset.to_list
+
+    def to_list(ds: Dataset) -> list:
+        seen.append(str(ds.features))
+        return real(ds)
+
+    Dataset.to_list = to_list  # type: ignore[method-assign]
+    try:
+        return {**summary(*build(data, cache_dir, **extra)), "features": _digest(seen)}
+    except UserError as e:
+        return {"error": f"{type(e).__name__}: {e}".replace(str(FIX.parent.parent.parent), "<repo>")}
+    finally:
+        Dataset.to_list = real  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_build_matches_the_in_memory_build(case: str, num_proc: int, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encode, "MIN_SHARD", 1)  # shard even these small files
+    expected = json.loads(REFERENCE.read_text())[case]
+    assert outcome(CASES[case], tmp_path, num_proc=num_proc) == expected
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        for case, data in sorted(CASES.items()):
+            results[case] = outcome(data, Path(d))
+            print(case, results[case], file=sys.stderr)
+    REFERENCE.write_text(json.dumps(results, indent=1) + "\n")
