@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_data_reference import FIX, _digest, build, summary
+from tests.unit.test_data_reference import FIX, REPO, _digest, build_splits, summary
 from tunekit.data import encode
 
 REFERENCE = FIX.parent / "data_reference_preference.json"
@@ -50,25 +50,16 @@ CASES: dict[str, dict] = {
 
 
 def outcome(data: dict, cache_dir: Path, **extra: object) -> dict:
-    """The reference summary plus the column types the trainers see (Arrow schema of both splits)."""
-    from datasets import Dataset
-
+    """The reference summary plus the column types the trainers see (both splits' features)."""
     from tunekit.errors import UserError
 
-    seen: list[str] = []
-    real = Dataset.to_list
-
-    def to_list(ds: Dataset) -> list:
-        seen.append(str(ds.features))
-        return real(ds)
-
-    Dataset.to_list = to_list  # type: ignore[method-assign]
     try:
-        return {**summary(*build(data, cache_dir, **extra)), "features": _digest(seen)}
+        train, evals, stats = build_splits(data, cache_dir, **extra)
     except UserError as e:
-        return {"error": f"{type(e).__name__}: {e}".replace(str(FIX.parent.parent.parent), "<repo>")}
-    finally:
-        Dataset.to_list = real  # type: ignore[method-assign]
+        return {"error": f"{type(e).__name__}: {e}".replace(str(REPO), "<repo>")}
+    features = [str(train.features), str(evals.features) if evals is not None else None]
+    return {**summary(train.to_list(), evals.to_list() if evals is not None else [], stats),
+            "features": _digest(features)}
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])

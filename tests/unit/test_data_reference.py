@@ -70,7 +70,8 @@ def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=False).encode()).hexdigest()
 
 
-def build(data: dict, cache_dir: Path, **extra: Any) -> tuple[list, list, dict]:
+def build_splits(data: dict, cache_dir: Path, **extra: Any) -> tuple[Any, Any, dict]:
+    """(train Dataset, eval Dataset or None, statistics without the volatile keys)."""
     from transformers import AutoTokenizer
 
     from tunekit.data.build import build_datasets
@@ -81,6 +82,11 @@ def build(data: dict, cache_dir: Path, **extra: Any) -> tuple[list, list, dict]:
     train, evals, stats = build_datasets(DataConfig(**data, **extra, cache_dir=str(cache_dir)), tok, seed=0)
     stats = {k: v for k, v in stats.items() if k not in VOLATILE}
     stats = json.loads(json.dumps(stats).replace(str(REPO), "<repo>"))  # data files are named by path: any checkout
+    return train, evals, stats
+
+
+def build(data: dict, cache_dir: Path, **extra: Any) -> tuple[list, list, dict]:
+    train, evals, stats = build_splits(data, cache_dir, **extra)
     return train.to_list(), (evals.to_list() if evals is not None else []), stats
 
 
