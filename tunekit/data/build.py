@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunekit.data import cache
-from tunekit.data.arrow_rows import COLUMNS, PACKED, Encoded, RowWriter
-from tunekit.data.encode import encode_split
+from tunekit.data.arrow_rows import COLUMNS, JSON_ROW, PACKED, Encoded, RowWriter, write_json_rows
+from tunekit.data.encode import Encoder, encode_rows, encode_split
 from tunekit.data.packing import bfd_bins, packing_stats
-from tunekit.data.preference import build_preference_datasets, is_preference_data
+from tunekit.data.preference import (
+    check_one_format,
+    empty_error,
+    encode_pairs,
+    is_preference_data,
+    select_rows,
+    split_stats,
+)
 from tunekit.data.schema import DataConfig, DatasetSpec, ScoreStep
 from tunekit.data.select_score import model_identity, scoring_model
 from tunekit.data.select_sft import Provenance, select_examples
@@ -54,15 +63,16 @@ def sample_indices(n: int, count: int, rng: random.Random) -> list[int]:
 
 
 def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, render: Any, rng: random.Random,
-                 workdir: Path, name: str) -> tuple[Encoded, dict[str, DataStats], Provenance]:
+                 workdir: Path, name: str, encode: Encoder = encode_rows,
+                 columns: Sequence[str] = COLUMNS) -> tuple[Encoded, dict[str, DataStats], Provenance]:
     """The split's examples (memory-mapped Arrow, in dataset order), statistics per dataset path, and each
-    example's dataset and source row."""
+    example's dataset and source row. `encode`/`columns`: what a row becomes (see encode.encode_split)."""
     import numpy as np
 
     loaded = [read_rows(s) for s in specs]
     counts = mixture_counts(specs, [len(r) for r in loaded])
     indices = [sample_indices(len(rows), count, rng) for rows, count in zip(loaded, counts)]
-    files, pieces = encode_split(specs, loaded, indices, cfg, tokenizer, render, workdir, name)
+    files, pieces = encode_split(specs, loaded, indices, cfg, tokenizer, render, workdir, name, encode, columns)
     per: dict[str, DataStats] = {}
     origins = [np.asarray([o for part in parts for o in part.origins], dtype=np.int64) for parts in pieces]
     for spec, rows, idx, parts in zip(specs, loaded, indices, pieces):
@@ -78,7 +88,7 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
     check_accounting(per)
     owner = np.repeat(np.arange(len(specs), dtype=np.int64), [len(o) for o in origins])
     prov = Provenance(owner, np.concatenate(origins) if origins else np.zeros(0, np.int64), [s.path for s in specs])
-    return Encoded(files), per, prov
+    return Encoded(files, columns), per, prov
 
 
 def _empty_error(split: str, per: dict[str, DataStats], selected: bool = False) -> UserError:
@@ -106,18 +116,60 @@ def _write(enc: Encoded, order: list[int], packing: bool, capacity: int, rng: ra
     return writer.rows, stats
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a build makes of the rows: SFT examples (token ids and labels, packed or not) or preference / RL rows
+    (the conversational columns TRL reads). The steps between (mixture, shards, shuffle, hold-out) are shared."""
+
+    encode: Encoder
+    columns: tuple[str, ...]
+    # (cfg, encoded, provenance, order, per-dataset stats, tokenizer, render, seed, model) -> (order, step records)
+    select: Callable[..., tuple[list[int], list[dict]]]
+    summary: Callable[[dict, DataConfig, int], dict]  # (per-dataset stats, cfg, rows in the split) -> split stats
+    write: Callable[..., tuple[int, dict | None]]  # (encoded, order, cfg, rng or None, path) -> (rows, packing)
+    empty: Callable[[str, dict, bool], UserError | None]  # (split, per-dataset stats, selected) -> error, if any
+
+
+def _sft_select(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int], per: dict, tokenizer: Any,
+                render: Any, seed: int, model: ModelConfig | None) -> tuple[list[int], list[dict]]:
+    return select_examples(cfg, enc, prov, order, per, tokenizer, seed, model)
+
+
+def _pairs_select(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int], per: dict, tokenizer: Any,
+                  render: Any, seed: int, model: ModelConfig | None) -> tuple[list[int], list[dict]]:
+    return select_rows(cfg, enc, prov, order, per, tokenizer, render, seed)
+
+
+SFT = Shape(encode_rows, COLUMNS, _sft_select, lambda per, cfg, rows: split_summary(per, cfg.max_length),
+            lambda enc, order, cfg, rng, path: _write(enc, order, cfg.packing, cfg.max_length, rng, path),
+            _empty_error)
+PAIRS = Shape(encode_pairs, JSON_ROW, _pairs_select, lambda per, cfg, rows: split_stats(per, rows),
+              lambda enc, order, cfg, rng, path: (write_json_rows(enc, order, path), None),
+              lambda split, per, selected: empty_error(split, selected))
+
+
+def _check_not_empty(shape: Shape, cfg: DataConfig, order: list[int], eval_order: list[int], train_per: dict,
+                     eval_per: dict) -> None:
+    for split, rows, per, selected, given in (("training", order, train_per, bool(cfg.select), True),
+                                              ("eval", eval_order, eval_per, False, bool(cfg.eval))):
+        err = shape.empty(split, per, selected) if given and not rows else None
+        if err is not None:
+            raise err
+
+
 def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, out: Path,
-            model: ModelConfig | None = None) -> dict:
+            model: ModelConfig | None = None, shape: Shape = SFT) -> dict:
     """Write train.arrow (and eval.arrow) into `out` and return the statistics, without the cache. `model` is the
     recipe's model section: the default scoring model of `data.select` score steps."""
     rng = random.Random(seed)
     render = renderer(tokenizer, template, cfg.chat_template) if template else None
     work = out / "work"
-    train, train_per, prov = encode_specs(cfg.train, cfg, tokenizer, render, rng, work, "train")
+    train, train_per, prov = encode_specs(cfg.train, cfg, tokenizer, render, rng, work, "train", shape.encode,
+                                          shape.columns)
     order = list(range(len(train)))
     rng.shuffle(order)
-    evals, eval_per, _ = (encode_specs(cfg.eval, cfg, tokenizer, render, rng, work, "eval") if cfg.eval
-                          else (None, {}, None))
+    evals, eval_per, _ = (encode_specs(cfg.eval, cfg, tokenizer, render, rng, work, "eval", shape.encode,
+                                       shape.columns) if cfg.eval else (None, {}, None))
     eval_order = list(range(len(evals))) if evals is not None else []
     held_out = 0
     if cfg.eval_fraction and order:
@@ -125,22 +177,19 @@ def prepare(cfg: DataConfig, tokenizer: Any, template: str | None, seed: int, ou
         evals, eval_order, order = train, order[:held_out], order[held_out:]
     records = None
     if cfg.select:  # after the hold-out: the eval rows are the same with and without a selection
-        order, records = select_examples(cfg, train, prov, order, train_per, tokenizer, seed, model)
-    if not order:
-        raise _empty_error("training", train_per, bool(cfg.select))
-    if cfg.eval and not eval_order:
-        raise _empty_error("eval", eval_per)
-    stats: dict[str, Any] = {"train": split_summary(train_per, cfg.max_length),
-                             "eval": split_summary(eval_per, cfg.max_length) if cfg.eval else None,
+        order, records = shape.select(cfg, train, prov, order, train_per, tokenizer, render, seed, model)
+    _check_not_empty(shape, cfg, order, eval_order, train_per, eval_per)
+    stats: dict[str, Any] = {"train": shape.summary(train_per, cfg, len(order)),
+                             "eval": shape.summary(eval_per, cfg, len(eval_order)) if cfg.eval else None,
                              "held_out_for_eval": held_out}
     if records is not None:
         stats["train"]["select"] = records
-    stats["train_rows"], packing = _write(train, order, cfg.packing, cfg.max_length, rng, out / "train.arrow")
+    stats["train_rows"], packing = shape.write(train, order, cfg, rng, out / "train.arrow")
     if packing is not None:
         stats["train"]["packing"] = packing
     stats["eval_rows"] = 0
     if eval_order and evals is not None:
-        stats["eval_rows"], packing = _write(evals, eval_order, cfg.packing, cfg.max_length, None, out / "eval.arrow")
+        stats["eval_rows"], packing = shape.write(evals, eval_order, cfg, None, out / "eval.arrow")
         if packing is not None and stats["eval"] is not None:
             stats["eval"]["packing"] = packing
     for enc in (train, evals):
@@ -155,13 +204,11 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
     """Returns (train Dataset, eval Dataset or None, stats dict), from the cache when nothing changed.
 
     Sets `tokenizer.chat_template` to the template actually used (the pipeline saves the tokenizer with it).
-    Preference and RL formats hand off to `tunekit/data/preference.py` (conversational columns for TRL).
+    Preference and RL formats build the conversational columns TRL reads (`tunekit/data/preference.py`).
     `model` (the recipe's model section) is the default scoring model of `data.select` score steps.
     """
-
-    if is_preference_data(cfg):
-        return build_preference_datasets(cfg, tokenizer, seed)
-    needs_template = any(s.format != "text" for s in [*cfg.train, *cfg.eval])
+    pairs = check_one_format(cfg) if is_preference_data(cfg) else None
+    needs_template = pairs is not None or any(s.format != "text" for s in [*cfg.train, *cfg.eval])
     template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
     seed = cfg.data_seed(seed)
     scorers = [model_identity(scoring_model(s, model, f"data.select[{i}]")) for i, s in enumerate(cfg.select)
@@ -172,7 +219,8 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
         hit = cache.load(entry)
         if hit is None:
             with cache.building(entry) as tmp:
-                stats = prepare(cfg, tokenizer, template if needs_template else None, seed, tmp, model)
+                stats = prepare(cfg, tokenizer, template if needs_template else None, seed, tmp, model,
+                                SFT if pairs is None else PAIRS)
                 stats["fingerprint"] = fp
                 cache.write_stats(tmp, stats)
             hit = cache.load(entry)
@@ -183,4 +231,8 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
     train_ds, eval_ds, stats = hit
     stats["cache_dir"] = str(Path(entry))
     stats["chat_template"] = cfg.chat_template or ("tokenizer" if needs_template else None)
+    if pairs is not None:  # the statistics' keys in the order preference runs have always written them
+        for key in ("held_out_for_eval", "chat_template"):
+            stats[key] = stats.pop(key)
+        stats["format"] = pairs
     return train_ds, eval_ds, stats

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tunekit.data.arrow_rows import RowWriter
+from tunekit.data.arrow_rows import COLUMNS, RowWriter
 from tunekit.data.formats import FORMATS
 from tunekit.data.masking import conversation_examples, tokenize_plain, tokenize_texts
 from tunekit.data.messages import merge_system_into_first_user
@@ -31,7 +32,7 @@ CHUNK = 2048  # rows tokenized per batch call
 MIN_SHARD = 256  # rows; fewer per process and the build stays in one process
 
 # One job per split build, set before forking so that workers inherit it: (specs, rows, indices, cfg, tokenizer,
-# render, shard plans, output files).
+# render, shard plans, output files, the encoder and its columns).
 _JOB: dict[str, Any] = {}
 
 
@@ -119,12 +120,12 @@ def shard_plans(counts: list[int], shards: int) -> list[list[tuple[int, int, int
 def _run_shard(k: int) -> tuple[str, Any]:
     """Encode shard k into its file; ("ok", [DataStats per piece]) or ("error", the exception)."""
     j = _JOB
-    writer = RowWriter(j["files"][k])
+    writer = RowWriter(j["files"][k], j["columns"])
     out = []
     try:
         for d, a, b in j["plans"][k]:
             st = DataStats()
-            encode_rows(j["specs"][d], j["rows"][d], j["indices"][d][a:b], j["cfg"], j["tokenizer"], j["render"],
+            j["encode"](j["specs"][d], j["rows"][d], j["indices"][d][a:b], j["cfg"], j["tokenizer"], j["render"],
                         st, writer)
             out.append(st)
     except Exception as e:  # returned, so the parent raises the first error in row order
@@ -138,9 +139,15 @@ def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+Encoder = Callable[[DatasetSpec, Rows, list[int], DataConfig, Any, Any, DataStats, RowWriter], None]
+
+
 def encode_split(specs: list[DatasetSpec], loaded: list[Rows], indices: list[list[int]], cfg: DataConfig,
-                 tokenizer: Any, render: Any, workdir: Path, name: str) -> tuple[list[Path], list[list[DataStats]]]:
-    """The split's examples in Arrow files (in order) and, per dataset, the statistics of its pieces in order."""
+                 tokenizer: Any, render: Any, workdir: Path, name: str, encode: Encoder = encode_rows,
+                 columns: Sequence[str] = COLUMNS) -> tuple[list[Path], list[list[DataStats]]]:
+    """The split's examples in Arrow files (in order) and, per dataset, the statistics of its pieces in order.
+    `encode` writes the rows at some indices of one dataset (SFT examples by default; preference.encode_pairs
+    writes preference / RL rows) into files of `columns`."""
     counts = [len(i) for i in indices]
     procs = cfg.num_proc or default_num_proc()
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -150,7 +157,7 @@ def encode_split(specs: list[DatasetSpec], loaded: list[Rows], indices: list[lis
     workdir.mkdir(parents=True, exist_ok=True)
     files = [workdir / f"{name}-{k:05d}.arrow" for k in range(shards)]
     _JOB.update(specs=specs, rows=loaded, indices=indices, cfg=cfg, tokenizer=tokenizer, render=render, plans=plans,
-                files=files)
+                files=files, encode=encode, columns=columns)
     try:
         if shards == 1:
             results = [_run_shard(0)]

@@ -1,7 +1,11 @@
 """Data formats for preference and RL trainers: `preference`, `unpaired_preference`, `prompt_answer`.
 
 Rows are validated one by one (errors name the file and row) and converted to the conversational
-columns TRL's trainers read; TRL applies the chat template itself:
+columns TRL's trainers read; TRL applies the chat template and tokenizes itself (its DPO, KTO, ORPO and CPO
+trainers tokenize every row whatever columns they are given, so tokenizing here would be done twice). The build
+(build.prepare with `PAIRS`) is the SFT one: rows read on demand, converted and render-checked in batches on
+`data.num_proc` processes (`encode_pairs`), kept as JSON text in Arrow work files, then written in the shuffled
+order as typed Arrow columns into the cache entry, which the trainers read memory-mapped:
 
     preference          {prompt, chosen, rejected}   -> DPO / ORPO / CPO (KTO splits each pair in two)
     unpaired_preference {prompt, completion, label}  -> KTO
@@ -11,16 +15,20 @@ columns TRL's trainers read; TRL applies the chat template itself:
 
 from __future__ import annotations
 
-import random
+import json
 from collections import Counter
 from typing import Any
 
+from tunekit.data.arrow_rows import Encoded, RowWriter
+from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get
 from tunekit.data.messages import message
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
-from tunekit.data.sources import read_rows
-from tunekit.data.templates import TemplateFailure, apply_chat_template_choice, renderer
+from tunekit.data.select_sft import Provenance
+from tunekit.data.sources import Rows
+from tunekit.data.stats import DataStats
+from tunekit.data.templates import TemplateFailure
 from tunekit.errors import UserError
 
 
@@ -114,66 +122,53 @@ def check_renders(render: Any, row: dict, where: str) -> None:
         raise UserError(f"{where}: {e}") from None
 
 
-def read_spec(spec: DatasetSpec, cfg: DataConfig, render: Any, per: dict) -> list[dict]:
-    loaded = read_rows(spec)
+def encode_pairs(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConfig, tokenizer: Any, render: Any,
+                 stats: DataStats, writer: RowWriter) -> None:
+    """Convert, check and write (as JSON text) the rows at `indices`, `CHUNK` at a time: encode.encode_split's
+    encoder for preference / RL rows. With data.drop_invalid_pairs a bad pair is dropped and counted."""
     convert = ROW_CONVERTERS[spec.format]
-    out, dropped = [], Counter()
-    for row, where in zip(loaded.rows, loaded.where):
-        try:
-            out.append(convert(row, spec, where))
-        except RowError as e:
-            if not (cfg.drop_invalid_pairs and spec.format != "prompt_answer"):
-                raise
-            dropped["chosen identical to rejected" if "identical" in str(e) else "invalid row"] += 1
-            continue
-        check_renders(render, out[-1], where)
-    per[spec.path] = {"rows_in": len(loaded.rows), "rows_out": len(out), "dropped": dict(dropped)}
-    return out
+    drop = cfg.drop_invalid_pairs and spec.format != "prompt_answer"
+    for start in range(0, len(indices), CHUNK):
+        chunk = indices[start : start + CHUNK]
+        raw, wheres = rows.fetch(chunk)
+        for i, row, where in zip(chunk, raw, wheres):
+            try:
+                out = convert(row, spec, where)
+            except RowError as e:
+                if not drop:
+                    raise
+                stats.dropped["chosen identical to rejected" if "identical" in str(e) else "invalid row"] += 1
+                continue
+            check_renders(render, out, where)
+            writer.add({"row": json.dumps(out).encode()})
+            stats.rows_out += 1
+            stats.origins.append(i << 16)
 
 
-def _split_stats(per: dict, rows: int) -> dict:
+def split_stats(per: dict[str, DataStats], rows: int) -> dict:
+    """A split's statistics: rows read, kept (after the eval hold-out) and dropped, per dataset and in total."""
+    datasets = {path: {"rows_in": st.rows_in, "rows_out": st.rows_out, "dropped": dict(st.dropped),
+                       **({"repeated": st.repeated} if st.repeated else {})} for path, st in per.items()}
     dropped: Counter = Counter()
-    for d in per.values():
-        dropped.update(d["dropped"])
-    return {"rows_in": sum(d["rows_in"] for d in per.values()), "rows_out": rows, "dropped": dict(dropped),
-            "datasets": per, "trained_tokens": "n/a"}
+    for st in per.values():
+        dropped.update(st.dropped)
+    return {"rows_in": sum(st.rows_in for st in per.values()), "rows_out": rows, "dropped": dict(dropped),
+            "datasets": datasets, "trained_tokens": "n/a"}
 
 
-def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any | None, dict]:
-    """Returns (train Dataset, eval Dataset or None, stats) with the conversational columns TRL reads.
+def empty_error(split: str, selected: bool) -> UserError | None:
+    """Preference data: an empty training set is an error; an eval set emptied by dropped pairs is left out."""
+    if split != "training":
+        return None
+    return UserError(f"data: no training rows left after dropping invalid pairs{' and data.select' if selected else ''}"
+                     " (see the drop counts)")
 
-    Sets `tokenizer.chat_template` to the recipe's choice, which TRL then renders with (and the run saves)."""
-    from datasets import Dataset
 
-    template = apply_chat_template_choice(tokenizer, cfg.chat_template)
-    render = renderer(tokenizer, template, cfg.chat_template)  # type: ignore[arg-type]
+def check_one_format(cfg: DataConfig) -> str:
     kinds = {s.format for s in [*cfg.train, *cfg.eval]}
     if len(kinds) > 1:
         raise UserError(f"data: all datasets of one run must share a format; found {', '.join(sorted(kinds))}")
-    per_train: dict = {}
-    per_eval: dict = {}
-    rows = [(r, spec.path) for spec in cfg.train for r in read_spec(spec, cfg, render, per_train)]
-    order = list(range(len(rows)))
-    rng = random.Random(cfg.data_seed(seed))
-    rng.shuffle(order)
-    evals = [r for spec in cfg.eval for r in read_spec(spec, cfg, render, per_eval)]
-    held_out = 0
-    if cfg.eval_fraction:
-        held_out = max(1, int(len(order) * cfg.eval_fraction))
-        evals, order = [rows[i][0] for i in order[:held_out]], order[held_out:]
-    records = None
-    if cfg.select:  # after the hold-out, as for SFT data
-        order, records = select_rows(cfg, rows, order, per_train, render, tokenizer, cfg.data_seed(seed))
-    train = [rows[i][0] for i in order]
-    if not train:
-        raise UserError("data: no training rows left after dropping invalid pairs"
-                        f"{' and data.select' if cfg.select else ''} (see the drop counts)")
-    stats = {"train": _split_stats(per_train, len(train)), "eval": _split_stats(per_eval, len(evals)) if cfg.eval
-             else None, "train_rows": len(train), "eval_rows": len(evals), "held_out_for_eval": held_out,
-             "chat_template": cfg.chat_template or "tokenizer", "format": kinds.pop()}
-    if records is not None:
-        stats["train"]["select"] = records
-    return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
+    return kinds.pop()
 
 
 def _answers(row: dict) -> list[list[dict]]:
@@ -191,9 +186,9 @@ def row_text(row: dict, render: Any) -> str:
     return "\n".join(parts)
 
 
-def row_pool(rows: list[dict], render: Any, tokenizer: Any) -> Pool:
-    """Preference / ReFT rows as a selection pool: tokens = the longest prompt + answer as rendered, trained tokens
-    = the longest answer (its rendering after the prompt's generation prompt); no scorer."""
+def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any) -> Pool:
+    """Preference / ReFT rows as a selection pool (`fetch`: indices -> rows): tokens = the longest prompt + answer as
+    rendered, trained tokens = the longest answer (its rendering after the prompt's generation prompt); no scorer."""
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
@@ -203,23 +198,24 @@ def row_pool(rows: list[dict], render: Any, tokenizer: Any) -> Pool:
         return max(full), max(n - prompt for n in full)
 
     def counts(idx: Any) -> tuple[Any, Any]:
-        pairs = [count(rows[i]) for i in idx.tolist()]
+        pairs = [count(r) for r in fetch(idx)]
         return np.asarray([t for t, _ in pairs], dtype=np.int64), np.asarray([a for _, a in pairs], dtype=np.int64)
 
-    return Pool(identity=int, texts=lambda idx: [row_text(rows[i], render) for i in idx.tolist()], counts=counts)
+    return Pool(identity=identity, texts=lambda idx: [row_text(r, render) for r in fetch(idx)], counts=counts)
 
 
-def select_rows(cfg: DataConfig, rows: list[tuple[dict, str]], order: list[int], per: dict, render: Any,
-                tokenizer: Any, seed: int) -> tuple[list[int], list[dict]]:
-    """`data.select` over the training order (indices of (row, dataset) pairs in dataset order); the rows removed
-    are counted per dataset with their step."""
-    kept, records, removed = select(cfg.select, row_pool([r for r, _ in rows], render, tokenizer), order, seed)
+def select_rows(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int], per: dict[str, DataStats],
+                tokenizer: Any, render: Any, seed: int) -> tuple[list[int], list[dict]]:
+    """`data.select` over the training order (indices of the encoded rows, in dataset order); the rows removed are
+    counted per dataset with their step."""
+    kept, records, removed = select(cfg.select, row_pool(enc.json_rows, prov.identity, render, tokenizer), order,
+                                    seed)
     check_records(records, len(order), len(kept))
     for i, (step, gone) in enumerate(zip(cfg.select, removed)):
         for j in gone.tolist():
-            d = per[rows[j][1]]
-            d["dropped"][reason(i, step)] = d["dropped"].get(reason(i, step), 0) + 1
-            d["rows_out"] -= 1
+            st = per[prov.paths[int(prov.owner[j])]]
+            st.dropped[reason(i, step)] += 1
+            st.rows_out -= 1
     return kept.tolist(), records
 
 
