@@ -80,3 +80,17 @@ if __name__ == "__main__":
             results[case] = outcome(data, Path(d))
             print(case, results[case], file=sys.stderr)
     REFERENCE.write_text(json.dumps(results, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_streamed_parquet_source_builds_the_same_rows(num_proc: int, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Parquet file read with load_dataset("parquet", streaming=True) (as a large file would be), three rows
+    per batch, instead of loaded whole."""
+    from tunekit.data import sources
+
+    monkeypatch.setattr(sources, "STREAM_BYTES", 0)
+    monkeypatch.setattr(sources, "STREAM_BATCH", 3)
+    monkeypatch.setattr(encode, "MIN_SHARD", 1)
+    expected = json.loads(REFERENCE.read_text())["dpo-parquet-two"]
+    assert outcome(CASES["dpo-parquet-two"], tmp_path, num_proc=num_proc) == expected

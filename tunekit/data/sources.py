@@ -1,7 +1,9 @@
 """Read dataset rows from files, globs, saved datasets or the hub, naming the file and line of anything malformed.
 
 JSON Lines and JSON are parsed here (so a bad line is reported with its line number); CSV, Parquet and Arrow
-files, `save_to_disk` directories and hub datasets go through the real `datasets` loaders.
+files, `save_to_disk` directories and hub datasets go through the real `datasets` loaders. Hub datasets (with a
+network) and CSV/Parquet/Arrow files of `STREAM_BYTES` or more are read with `load_dataset(..., streaming=True)`
+(`read_stream`: one call, the hub passing its name, a local file the builder of its type), in batches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import glob
 import json
 import os
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -23,6 +26,9 @@ from tunekit.paths import asset, decode_utf8
 ASSETS_DATA = asset("data")
 HUB = "hub:"
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+STREAM_BYTES = 256 * 2**20  # local CSV/Parquet/Arrow files from this size on are streamed, not loaded whole
+BUILDERS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # the `datasets` builder of each file type
+STREAM_BATCH = 1024  # rows per batch read from a stream
 
 
 class Rows:
@@ -117,6 +123,45 @@ class DatasetPart:
             return [], []
         cols = self.ds[local]
         rows = [dict(zip(cols, values)) for values in zip(*cols.values())] if cols else [{} for _ in local]
+        return rows, [f"{self.name}: row {i + 1}" for i in local]
+
+
+@dataclass
+class StreamPart:
+    """The rows of a `load_dataset(..., streaming=True)` dataset, read in order a batch at a time: counted by one
+    pass (the mixture and the shards need the length), then fetched by moving a cursor forward, which restarts
+    from the first row when an earlier row is asked for (upsampled copies) or in another (forked) process."""
+
+    open: Callable[[], Any]  # -> IterableDataset
+    name: str
+    _rows: int | None = None
+    _cursor: tuple | None = None  # (pid, batch iterator, index of the batch's first row, the batch as rows)
+
+    def __len__(self) -> int:
+        if self._rows is None:
+            self._rows = sum(t.num_rows for t in self.open().with_format("arrow").iter(batch_size=STREAM_BATCH))
+        return self._rows
+
+    def _batch_with(self, i: int) -> tuple[list[dict], int]:
+        """The batch holding row i, and the index of its first row."""
+        pid, it, start, batch = self._cursor or (None, None, 0, [])
+        if pid != os.getpid() or i < start:
+            pid, it, start, batch = os.getpid(), iter(self.open().iter(batch_size=STREAM_BATCH)), 0, []
+        while i >= start + len(batch):
+            start += len(batch)
+            cols = next(it, None)
+            if cols is None:
+                raise UserError(f"{self.name}: row {i + 1} is gone: the stream ended after {start} rows (it had "
+                                f"{self._rows} when counted; did the source change during the build?)")
+            batch = [dict(zip(cols, values)) for values in zip(*cols.values())] if cols else []
+        self._cursor = (pid, it, start, batch)
+        return batch, start
+
+    def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
+        rows = []
+        for i in local:
+            batch, start = self._batch_with(i)
+            rows.append(batch[i - start])
         return rows, [f"{self.name}: row {i + 1}" for i in local]
 
 
@@ -256,6 +301,10 @@ def read_file(path: Path, field: str | None = None, row_keys: frozenset[str] = f
         return read_jsonl(path)
     if suffix == ".json":
         return read_json(path, field, row_keys)
+    if suffix in BUILDERS and path.stat().st_size >= STREAM_BYTES:
+        extra = {"features": _csv_string_features(path)} if suffix == ".csv" else {}
+        return read_stream(BUILDERS[suffix], str(path), f"{path}: could not read it as {suffix[1:]}",
+                           data_files=[str(path)], split="train", **extra)
     from datasets import Dataset
 
     try:
@@ -289,17 +338,39 @@ def read_saved(path: Path, split: str) -> Rows:
     return _from_dataset(ds, f"{path}[{split}]")
 
 
+def read_stream(path: str, label: str, failure: str, **kwargs: Any) -> Rows:
+    """The rows of `load_dataset(path, streaming=True, **kwargs)`, counted now (a read error names `failure`) and
+    fetched a batch at a time when the build asks for them. `label` names the rows in messages."""
+    from datasets import load_dataset
+
+    def open_stream() -> Any:
+        return load_dataset(path, streaming=True, **kwargs)
+
+    part = StreamPart(open_stream, label)
+    try:
+        len(part)
+    except Exception as e:  # the loaders raise many types; name the source and the reason
+        raise UserError(f"{failure}: {e.__class__.__name__}: {e}") from None
+    out = Rows(label)
+    out.parts.append(part)
+    return out
+
+
 def read_hub(name: str, subset: str | None, split: str, revision: str | None) -> Rows:
+    """Streamed from the hub; without a network (hub.check_dataset went offline), the copy `datasets` prepared in
+    its cache, memory-mapped (streaming needs the hub), and an uncached dataset fails at once."""
     from tunekit import hub
 
     hub.check_dataset(name)
+    failure = f"data: could not load hub dataset `{name}` (subset={subset}, split={split}, revision={revision})"
+    if not hub.offline_by_choice():
+        return read_stream(name, f"hub:{name}[{split}]", failure, name=subset, split=split, revision=revision)
     from datasets import load_dataset
 
     try:
         ds = load_dataset(name, subset, split=split, revision=revision)
     except Exception as e:
-        raise UserError(f"data: could not load hub dataset `{name}` (subset={subset}, split={split}, "
-                        f"revision={revision}): {e.__class__.__name__}: {e}") from None
+        raise UserError(f"{failure}: {e.__class__.__name__}: {e}") from None
     return _from_dataset(ds, f"hub:{name}[{split}]")
 
 
