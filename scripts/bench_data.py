@@ -20,6 +20,10 @@ Two modes:
         `load_dataset("json")`, counted in its wall time); reports wall, CPU, tokens/s and the peak RSS of the
         child (`ru_maxrss`) and of its largest worker process
 
+    python scripts/bench_data.py --scale 1000000 --format preference [--procs 1 2]
+        the same for preference pairs ({prompt, chosen, rejected}; a third of the prompts are conversations):
+        tunekit only (TRL tokenizes preference rows inside its trainer), rows/s instead of tokens/s
+
 Prints markdown tables (tokens/s, ratios, packing efficiency: non-pad tokens / token slots).
 """
 
@@ -66,13 +70,26 @@ def chat_rows(n: int, seed: int = 0) -> Iterator[dict]:
         yield {"messages": msgs}
 
 
+def preference_rows(n: int, seed: int = 0) -> Iterator[dict]:
+    """Preference pairs: a prompt (a string, or a conversation ending with the user turn in a third of the rows)
+    and two answers of random length."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        prompt: object = sentence(rng, 2, 30)
+        if rng.random() < 0.33:
+            prompt = [{"role": "system", "content": sentence(rng, 3, 12)}, {"role": "user", "content": prompt},
+                      {"role": "assistant", "content": sentence(rng, 1, 40)},
+                      {"role": "user", "content": sentence(rng, 2, 20)}]
+        yield {"prompt": prompt, "chosen": sentence(rng, 1, 60), "rejected": sentence(rng, 1, 60)}
+
+
 def generate(n: int, seed: int = 0) -> list[dict]:
     return list(chat_rows(n, seed))
 
 
-def write_jsonl(path: Path, n: int) -> None:
+def write_jsonl(path: Path, n: int, fmt: str = "messages") -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for row in chat_rows(n):
+        for row in (preference_rows if fmt == "preference" else chat_rows)(n):
             f.write(json.dumps(row) + "\n")
 
 
@@ -87,17 +104,21 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_tunekit(path: Path, tok: object, max_length: int, num_proc: int = 1) -> dict:
+def run_tunekit(path: Path, tok: object, max_length: int, num_proc: int = 1, fmt: str = "messages") -> dict:
+    """`fmt` preference: the rows count as the unit ("tokens" holds the rows written; TRL tokenizes them later)."""
     from tunekit.data.build import build_datasets
     from tunekit.data.schema import DataConfig
 
+    pairs = fmt == "preference"
     with tempfile.TemporaryDirectory() as cache:
-        cfg = DataConfig(train=[{"path": str(path), "format": "messages"}], max_length=max_length, packing=True,
+        cfg = DataConfig(train=[{"path": str(path), "format": fmt}], max_length=max_length, packing=not pairs,
                          num_proc=num_proc, cache_dir=cache)
         start, cpu = time.perf_counter(), _cpu()
         train, _, stats = build_datasets(cfg, tok, seed=0)
         seconds, cpu = time.perf_counter() - start, _cpu() - cpu
         rows = len(train)
+    if pairs:
+        return {"seconds": seconds, "cpu": cpu, "tokens": rows, "rows": rows, "trained": 0, "efficiency": 0.0}
     return {"seconds": seconds, "cpu": cpu, "tokens": stats["train"]["tokens"], "rows": rows,
             "trained": stats["train"]["trained_tokens"], "efficiency": stats["train"]["packing"]["efficiency"]}
 
@@ -141,29 +162,33 @@ def child(a: argparse.Namespace) -> None:
 
     disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    run = run_tunekit if a.child == "tunekit" else run_trl
-    r = run(Path(a.path), tok, a.max_length, a.num_proc)  # type: ignore[operator]
+    if a.child == "tunekit":
+        r = run_tunekit(Path(a.path), tok, a.max_length, a.num_proc, a.format)
+    else:
+        r = run_trl(Path(a.path), tok, a.max_length, a.num_proc)
     r["rss_main_mb"], r["rss_worker_mb"] = _rss_mb()
     print(json.dumps(r))
 
 
 def scale(a: argparse.Namespace) -> None:
-    print(f"\nscaling: packed BFD, max_length {a.max_length}, fresh cache and child process per run; "
-          f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
-    header = (f"| {'rows':>9} | {'pipeline':<16} | {'procs':>5} | {'wall s':>8} | {'CPU s':>8} | {'tokens':>12} | "
-              f"{'tokens/s':>9} | {'peak RSS main':>13} | {'peak RSS worker':>15} | {'vs TRL':>6} |")
+    pairs = a.format == "preference"
+    unit = "rows" if pairs else "tokens"
+    print(f"\nscaling: {'preference pairs' if pairs else 'packed BFD'}, max_length {a.max_length}, fresh cache and "
+          f"child process per run; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
+    header = (f"| {'rows':>9} | {'pipeline':<16} | {'procs':>5} | {'wall s':>8} | {'CPU s':>8} | {unit:>12} | "
+              f"{unit + '/s':>9} | {'peak RSS main':>13} | {'peak RSS worker':>15} | {'vs TRL':>6} |")
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     with tempfile.TemporaryDirectory() as d:
         for n in a.scale:
             path = Path(d) / f"chat-{n}.jsonl"
-            write_jsonl(path, n)
+            write_jsonl(path, n, a.format)
             runs = [("tunekit", p) for p in a.procs]
-            runs += [("TRL", p) for p in a.procs if n <= a.trl_upto and p in a.trl_procs]
+            runs += [("TRL", p) for p in a.procs if n <= a.trl_upto and p in a.trl_procs and not pairs]
             results = {}
             for side, procs in runs:
                 cmd = [sys.executable, __file__, "--child", side.lower(), "--path", str(path), "--num-proc",
-                       str(procs), "--max-length", str(a.max_length)]
+                       str(procs), "--max-length", str(a.max_length), "--format", a.format]
                 env = {**os.environ, "HF_DATASETS_CACHE": str(Path(d) / "hf"), "HF_HUB_OFFLINE": "1"}
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if out.returncode:
@@ -221,6 +246,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, nargs="*", default=[1, 2], help="scaling mode: num_proc values to run")
     ap.add_argument("--trl-upto", type=int, default=100_000, help="scaling mode: run TRL up to this many rows")
     ap.add_argument("--trl-procs", type=int, nargs="*", default=[1], help="scaling mode: TRL dataset_num_proc")
+    ap.add_argument("--format", choices=("messages", "preference"), default="messages",
+                    help="scaling mode: chat rows (SFT) or preference pairs")
     ap.add_argument("--child", choices=("tunekit", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     a = ap.parse_args()
