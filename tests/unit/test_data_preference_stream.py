@@ -94,3 +94,20 @@ def test_a_streamed_parquet_source_builds_the_same_rows(num_proc: int, tmp_path:
     monkeypatch.setattr(encode, "MIN_SHARD", 1)
     expected = json.loads(REFERENCE.read_text())["dpo-parquet-two"]
     assert outcome(CASES["dpo-parquet-two"], tmp_path, num_proc=num_proc) == expected
+
+
+def test_samples_and_weight_mix_preference_datasets(tmp_path: Path) -> None:
+    """Before the streaming build `samples`/`weight` were ignored for these formats; now they mix as for SFT data."""
+    from tests.unit.test_data_reference import build
+
+    pref_rows = [json.loads(line) for line in (FIX.parent.parent.parent / "tunekit" / "assets" / "data" / "arith" /
+                                                "pref_train.jsonl").read_text().splitlines()]
+    train, _, stats = build({"train": [_spec(PREF, "preference", samples=600),
+                                       _spec(PREF_EVAL, "preference", samples=10)]}, tmp_path)
+    assert len(train) == 610 and stats["train_rows"] == 610
+    per = stats["train"]["datasets"]
+    assert per[PREF] == {"rows_in": 512, "rows_out": 600, "dropped": {}, "repeated": 88}
+    assert per[PREF_EVAL]["dropped"] == {"not selected by the dataset mixture (samples/weight)": 54}
+    assert per[PREF_EVAL]["rows_out"] == 10
+    prompts = {r["prompt"] for r in pref_rows}
+    assert sum(r["prompt"][0]["content"] in prompts for r in train) >= 600

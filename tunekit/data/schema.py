@@ -288,9 +288,10 @@ class DataConfig(Section):
     )
     num_proc: int | None = Field(
         default=None, ge=1,
-        description="Processes that tokenize the data (SFT formats): the rows are cut into this many contiguous "
-        "shards, each written to disk as it goes; the output is the same for any value. null: the machine's cores "
-        "(those this process may use). Not part of the cache key.",
+        description="Processes that build the data (SFT rows rendered, tokenized and masked; preference and RL rows "
+        "converted and checked against the chat template): the rows are cut into this many contiguous shards, each "
+        "written to disk as it goes; the output is the same for any value. null: the machine's cores (those this "
+        "process may use). Not part of the cache key.",
     )
     cache_dir: PathStr | None = Field(
         default=None,
