@@ -72,7 +72,7 @@ def chat_rows(n: int, seed: int = 0) -> Iterator[dict]:
 
 def preference_rows(n: int, seed: int = 0) -> Iterator[dict]:
     """Preference pairs: a prompt (a string, or a conversation ending with the user turn in a third of the rows)
-    and two answers of random length."""
+    and two answers of random length (the rejected one starts with "No.", so the two always differ)."""
     rng = random.Random(seed)
     for _ in range(n):
         prompt: object = sentence(rng, 2, 30)
@@ -80,7 +80,7 @@ def preference_rows(n: int, seed: int = 0) -> Iterator[dict]:
             prompt = [{"role": "system", "content": sentence(rng, 3, 12)}, {"role": "user", "content": prompt},
                       {"role": "assistant", "content": sentence(rng, 1, 40)},
                       {"role": "user", "content": sentence(rng, 2, 20)}]
-        yield {"prompt": prompt, "chosen": sentence(rng, 1, 60), "rejected": sentence(rng, 1, 60)}
+        yield {"prompt": prompt, "chosen": sentence(rng, 1, 60), "rejected": "No. " + sentence(rng, 1, 60)}
 
 
 def generate(n: int, seed: int = 0) -> list[dict]:
