@@ -286,6 +286,15 @@ class DataConfig(Section):
         description="Without packing: concatenate each batch into one padding-free row (position ids restart per "
         "example). Implied by `packing`.",
     )
+    tokens_per_batch: int | None = Field(
+        default=None, ge=8,
+        description="Token budget of one micro-batch per device (trainer.kind sft), instead of a fixed number of "
+        "rows; it sets trainer.per_device_batch_size (leave that unset). Packed data: tokens_per_batch // max_length "
+        "packed rows per batch. Unpacked data: a length-aware batch sampler fills each batch up to the budget, "
+        "counting the tokens the model processes (with padding: rows x the longest row; with padding_free: the sum "
+        "of the rows' lengths); batches are formed once per run from the data seed and reshuffled every epoch; every "
+        "row is seen once per epoch. Must be at least max_length. null: per_device_batch_size rows per batch.",
+    )
     num_proc: int | None = Field(
         default=None, ge=1,
         description="Processes that tokenize the data (SFT formats): the rows are cut into this many contiguous "
