@@ -103,3 +103,40 @@ def test_qlora_trains_in_4bit_on_cuda_and_evaluates(tmp_path: Path) -> None:
     curve = losses(run)
     assert curve[-1] < curve[0]
     run_cli("eval", run, "--task", "quickstart-loss", check=True, timeout=600)
+
+
+def _first_losses(run: Path, n: int = 4) -> list[float]:
+    return losses(run)[:n]
+
+
+@pytest.mark.skipif(not _installed("liger_kernel"), reason="liger-kernel is not installed (pip install tunekit[gpu])")
+def test_liger_kernels_match_the_plain_model(tmp_path: Path) -> None:
+    """Liger's RMSNorm/SwiGLU/RoPE kernels in float32 compute the same functions as transformers' modules:
+    the first steps' losses agree to 1e-4 relative (float32 rounding in a different summation order, compounded
+    over 4 steps of updates), and the run records that Liger was on."""
+    plain = _train(tmp_path, "plain", trainer={"kernels": "none"})
+    liger = _train(tmp_path, "liger", trainer={"kernels": "liger"})
+    assert json.loads((liger / "summary.json").read_text())["fast_paths"]["kernels"] == "liger"
+    for a, b in zip(_first_losses(plain), _first_losses(liger), strict=True):
+        assert abs(a - b) / a < 1e-4, (a, b)
+
+
+def test_compile_and_activation_offload_on_cuda_match_eager(tmp_path: Path) -> None:
+    """`trainer.compile` (inductor on CUDA) and checkpointing with activations offloaded to pinned CPU memory
+    change how the step runs, not what it computes: first losses agree with the eager run to 1e-4 relative
+    (inductor may fuse and reorder float32 reductions; offload copies tensors bit for bit)."""
+    eager = _train(tmp_path, "eager")
+    compiled = _train(tmp_path, "compiled", trainer={"compile": True})
+    offload = _train(tmp_path, "offload", trainer={"gradient_checkpointing": True, "activation_offload": True})
+    for run in (compiled, offload):
+        for a, b in zip(_first_losses(eager), _first_losses(run), strict=True):
+            assert abs(a - b) / a < 1e-4, (run.name, a, b)
+
+
+def test_token_budget_and_fused_adamw_are_the_cuda_defaults_in_a_run(tmp_path: Path) -> None:
+    """On CUDA `optim: auto` resolves to fused AdamW, and a token-budget run trains with it."""
+    run = _train(tmp_path, "budget", data={"tokens_per_batch": 256})
+    paths = json.loads((run / "summary.json").read_text())["fast_paths"]
+    assert paths["optim"] == "adamw_torch_fused" and paths["tokens_per_batch"] == 256
+    curve = losses(run)
+    assert curve[-1] < curve[0]
