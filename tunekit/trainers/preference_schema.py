@@ -129,3 +129,10 @@ class OnlineDPOTrainerConfig(OptimSettings):
     missing_eos_penalty: float | None = Field(
         default=None, ge=0, description="Subtracted from the reward of a completion that does not end with EOS "
         "(pushes the policy to finish within max_new_tokens); null: no penalty.")
+    num_generations: int = Field(
+        default=2, ge=2, multiple_of=2, description="Completions sampled per prompt (even); the best and the worst "
+        "by reward form the DPO pair (TRL samples 2 and keeps both).")
+    ties: Literal["skip", "keep"] = Field(
+        default="skip", description="When every sample of a prompt has the same reward: `skip` pairs a sample with "
+        "itself (zero gradient: the prompt teaches nothing), `keep` trains on an arbitrary order of two (TRL's "
+        "behaviour: noise).")
