@@ -164,7 +164,8 @@ class Keep(Section):
 
 class ScoreStep(Section):
     kind: Literal["score"] = Field(
-        description="score every row with a language model (perplexity or IFD) and keep the best (SFT formats)")
+        description="score every row with a language model (perplexity or IFD) and keep the best (preference, KTO and "
+        "ReFT rows: the chosen answer / completion / solution given the prompt)")
     by: Literal["perplexity", "ifd"] = Field(
         description="`perplexity`: exp(mean loss on the row's trained tokens). `ifd` (instruction-following "
         "difficulty): mean loss on the trained tokens given the context divided by their mean loss alone (answer "

@@ -6,8 +6,10 @@ a DPO step on a tie pushes the policy towards one arbitrary sample and away from
 drowns the signal of the few informative pairs. tunekit samples `num_generations` completions per prompt, scores them
 with the same reward functions, and hands TRL the best and the worst (the first of equal scores). When every sample
 of a prompt ties, `ties: skip` (the default) hands the best sample as both chosen and rejected: its DPO logit is
-exactly zero, so that prompt adds a constant to the loss and nothing to the gradient; `ties: keep` is TRL's
-behaviour (an arbitrary order). `objective/tied_pairs` logs the fraction of prompts whose samples all tied.
+exactly zero, so that prompt adds a constant (log 2 for `sigmoid`) to the loss and nothing but float rounding to the
+gradient (tests/unit/test_online_dpo.py); `ties: keep` is TRL's behaviour (an arbitrary order of two samples).
+`objective/tied_pairs` logs the fraction of prompts whose samples all tied; TRL's `rewards/accuracies` counts a
+self-pair as a miss (margin 0).
 """
 
 from __future__ import annotations

@@ -112,10 +112,10 @@ class CPOTrainerConfig(OptimSettings):
 
 class OnlineDPOTrainerConfig(OptimSettings):
     kind: Literal["online_dpo"] = Field(
-        description="Online DPO through TRL's experimental OnlineDPOTrainer: for each prompt two completions are "
-        "sampled from the current policy, ranked by the reward functions (from the ground-truth answer), and the "
-        "better one is preferred in a DPO update. Data: `prompt_answer` rows {question, answer, solution} "
-        "(solution is not used).")
+        description="Online DPO through TRL's experimental OnlineDPOTrainer: for each prompt `num_generations` "
+        "completions are sampled from the current policy and scored by the reward functions (from the ground-truth "
+        "answer); the best is preferred to the worst in a DPO update (prompts whose samples all tie: see `ties`). "
+        "Data: `prompt_answer` rows {question, answer, solution} (solution is not used).")
     learning_rate: float = Field(default=5.0e-7, gt=0, description="Peak learning rate (TRL's default).")
     ref_model: str | None = Field(default=None, description=REF_HELP)
     beta: float = Field(default=0.1, gt=0, description="Strength of the pull towards the reference model.")
