@@ -137,7 +137,7 @@ def _sft_select(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int
 
 def _pairs_select(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int], per: dict, tokenizer: Any,
                   render: Any, seed: int, model: ModelConfig | None) -> tuple[list[int], list[dict]]:
-    return select_rows(cfg, enc, prov, order, per, tokenizer, render, seed)
+    return select_rows(cfg, enc, prov, order, per, tokenizer, render, seed, model)
 
 
 SFT = Shape(encode_rows, COLUMNS, _sft_select, lambda per, cfg, rows: split_summary(per, cfg.max_length),

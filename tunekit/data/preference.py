@@ -25,11 +25,13 @@ from tunekit.data.formats import RowError, _get
 from tunekit.data.messages import message
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
+from tunekit.data.select_rows import row_scorer
 from tunekit.data.select_sft import Provenance
 from tunekit.data.sources import Rows
 from tunekit.data.stats import DataStats
 from tunekit.data.templates import TemplateFailure
 from tunekit.errors import UserError
+from tunekit.model.schema import ModelConfig
 
 
 def _prompt(value: object, where: str) -> list[dict]:
@@ -186,9 +188,10 @@ def row_text(row: dict, render: Any) -> str:
     return "\n".join(parts)
 
 
-def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any) -> Pool:
+def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any, score: Any = None) -> Pool:
     """Preference / ReFT rows as a selection pool (`fetch`: indices -> rows): tokens = the longest prompt + answer as
-    rendered, trained tokens = the longest answer (its rendering after the prompt's generation prompt); no scorer."""
+    rendered, trained tokens = the longest answer (its rendering after the prompt's generation prompt); `score`: see
+    select_rows.py."""
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
@@ -201,15 +204,17 @@ def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any) -> Pool:
         pairs = [count(r) for r in fetch(idx)]
         return np.asarray([t for t, _ in pairs], dtype=np.int64), np.asarray([a for _, a in pairs], dtype=np.int64)
 
-    return Pool(identity=identity, texts=lambda idx: [row_text(r, render) for r in fetch(idx)], counts=counts)
+    return Pool(identity=identity, texts=lambda idx: [row_text(r, render) for r in fetch(idx)], counts=counts,
+                score=score)
 
 
 def select_rows(cfg: DataConfig, enc: Encoded, prov: Provenance, order: list[int], per: dict[str, DataStats],
-                tokenizer: Any, render: Any, seed: int) -> tuple[list[int], list[dict]]:
+                tokenizer: Any, render: Any, seed: int, model: ModelConfig | None = None) -> tuple[list[int], list[dict]]:
     """`data.select` over the training order (indices of the encoded rows, in dataset order); the rows removed are
-    counted per dataset with their step."""
-    kept, records, removed = select(cfg.select, row_pool(enc.json_rows, prov.identity, render, tokenizer), order,
-                                    seed)
+    counted per dataset with their step. `model`: the default scoring model of score steps."""
+    scorer = row_scorer(enc.json_rows, render, tokenizer, model, cfg.max_length)
+    kept, records, removed = select(cfg.select, row_pool(enc.json_rows, prov.identity, render, tokenizer, scorer),
+                                    order, seed)
     check_records(records, len(order), len(kept))
     for i, (step, gone) in enumerate(zip(cfg.select, removed)):
         for j in gone.tolist():
