@@ -32,7 +32,8 @@ What is the same for every stack (fairness):
   table shows the median over repetitions.
 
 Stacks: `tunekit` (recipe defaults for everything the setting does not fix); `tunekit-fast` (every fast path tunekit
-has: fused AdamW, flash-attention 2 when installed on a GPU; packing and padding-free are on in every stack); `trl`
+has: fused AdamW, the batch as a token budget, and on a GPU flash-attention 2 and Liger when installed and
+torch.compile; packing and padding-free are on in every stack); `trl`
 (plain `trl.SFTTrainer` with the same settings, sdpa attention, `adamw_torch`); `unsloth` (when installed, on a GPU).
 
 Gates, checked before the table is trusted: initial loss within --init-margin nats of the value a random init gives
@@ -68,8 +69,8 @@ TOKENS_PER_WORD = 3.7  # the shipped tokenizer on bench_data's words (measured),
 STACKS = ("tunekit", "tunekit-fast", "trl", "unsloth")
 LABELS = {"tunekit": "tunekit (defaults)", "tunekit-fast": "tunekit (fast paths)", "trl": "TRL SFTTrainer",
           "unsloth": "Unsloth"}
-NOT_AVAILABLE = ("torch.compile", "Liger kernels (fused RMSNorm / SwiGLU / RoPE, fused linear + cross-entropy)",
-                 "chunked cross-entropy (TRL's loss_type=chunked_nll)", "FP8 matmuls")
+NOT_AVAILABLE = ("Liger's fused linear + cross-entropy (TRL keeps its own fused LM head, on in every stack)",
+                 "FP8 matmuls")
 LORA16 = {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 
@@ -242,15 +243,28 @@ def step_timer(record: dict) -> object:
     return StepTimer()
 
 
-def fast_paths(cuda: bool) -> tuple[dict, list[str]]:
+def fast_paths(cuda: bool, s: Setting | None = None) -> tuple[dict, list[str]]:
     """tunekit's fast-path recipe keys (dotted) and those left out on this machine, with why."""
     on: dict = {"trainer.optim": "adamw_torch_fused"}
     off = []
+    if s is not None:  # packed rows: the budget sets the same rows per batch as the setting's batch
+        on["data.tokens_per_batch"] = s.batch * s.seq
     if cuda and importlib.util.find_spec("flash_attn"):
         on["model.attn_implementation"] = "flash_attention_2"
     else:
         off.append("model.attn_implementation: flash_attention_2 (" + ("flash-attn not installed" if cuda else
                                                                       "needs CUDA") + ")")
+    if cuda and importlib.util.find_spec("liger_kernel"):
+        on["trainer.kernels"] = "liger"
+    else:
+        off.append("trainer.kernels: liger (" + ("liger-kernel not installed: pip install 'tunekit[gpu]'" if cuda
+                                                 else "needs CUDA") + ")")
+    if cuda:
+        on["trainer.compile"] = True
+    else:
+        off.append("trainer.compile (on CPU inductor's compile and recompiles for each new packed-batch shape take "
+                   "minutes, longer than the --tiny run; the compiled losses are checked in tests/e2e/test_fast_paths.py)")
+    off.append("trainer.activation_offload (a memory path, slower; the settings fit without checkpointing)")
     return on, off
 
 
@@ -265,7 +279,7 @@ def tunekit_recipe(spec: dict, fast: bool) -> dict:
                     "seed": SEED, "gradient_checkpointing": s.checkpointing},
         "output": {"dir": spec["run_dir"], "save_minutes": 0},
     }
-    for key, value in (fast_paths(spec["cuda"])[0] if fast else {}).items():
+    for key, value in (fast_paths(spec["cuda"], s)[0] if fast else {}).items():
         section, name = key.split(".")
         recipe[section][name] = value
     return recipe
@@ -277,7 +291,7 @@ def run_tunekit(spec: dict, record: dict) -> None:
 
     fast = spec["stack"] == "tunekit-fast"
     recipe = Recipe.model_validate(tunekit_recipe(spec, fast))
-    on, off = fast_paths(spec["cuda"]) if fast else ({}, [])
+    on, off = fast_paths(spec["cuda"], Setting(**spec["setting"])) if fast else ({}, [])
     record["features"] = ["data.packing: true (BFD; padding-free batches, position ids restart per example)",
                           *(f"{k}: {v}" for k, v in on.items()), *(f"not used: {x}" for x in off)]
     pipeline.train(recipe, overwrite=True, callbacks=[step_timer(record)])

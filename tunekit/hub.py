@@ -27,7 +27,7 @@ def offline_by_choice() -> bool:
 @functools.lru_cache(maxsize=1)
 def reachable() -> bool:
     """Whether one TCP connection to the hub endpoint (HF_ENDPOINT, default huggingface.co) opens in 3 s."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    url = urlparse(_endpoint())
     port = url.port or (80 if url.scheme == "http" else 443)
     try:
         with socket.create_connection((url.hostname or "huggingface.co", port), timeout=PROBE_TIMEOUT_S):

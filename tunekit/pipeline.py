@@ -28,7 +28,7 @@ from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.registry import stages as kind_stages
 from tunekit.trainers.stage import RunInputs, Stage
-from tunekit.trainers.training_args import check_trackers
+from tunekit.trainers.training_args import check_fast_paths, check_trackers, fast_paths
 from tunekit.ui import console
 
 
@@ -63,6 +63,7 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
 
     out = Path(recipe.output.dir)
     check_trackers(list(getattr(recipe.trainer, "report_to", [])))  # before anything is written
+    check_fast_paths(recipe.trainer)
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     if main:
@@ -138,7 +139,8 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
             "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine,
-            "throughput": writer.throughput()}
+            "throughput": writer.throughput(),
+            "fast_paths": fast_paths(stage.recipe, getattr(getattr(plan.model, "config", None), "model_type", None))}
     save_final(stage, plan, trainer, inputs.tokenizer)
     info.update(stage.record(trainer, info) if stage.record else {})
     if inputs.eval_ds is not None and not staged:
@@ -236,6 +238,7 @@ def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: 
                "resumed_from": info["resumed_from"],
                "launch": {**runtime.scale_summary(recipe.launch, last.recipe.trainer), "engine": info["engine"]}}
     summary["throughput"] = info.get("throughput")
+    summary["fast_paths"] = info.get("fast_paths")
     summary.update({"eval": info["eval"]} if "eval" in info else {})
     summary.update({**extra, "stages": results} if len(stages) > 1 else {})
     summary.update({"memory": memory} if memory else {})

@@ -368,6 +368,67 @@ def test_reft_rows_take_dedup_and_random(tok, tmp_path: Path) -> None:
     assert [r["removed"] for r in stats["train"]["select"]] == [3, 6] and len(train) == 4
 
 
+def _scored_rows(kind: str, easy: list[str], hard: list[str]) -> list[dict]:
+    """Rows of format `kind` whose scored answer is each text in turn; the other answer (rejected, the ReFT `answer`)
+    is the opposite kind of text, so scoring the wrong field would reverse the selection."""
+    rows = []
+    for text in [*hard[:2], *easy, *hard[2:]]:
+        other = hard[0] if text in easy else easy[0]
+        rows.append({"preference": {"prompt": "Q", "chosen": text, "rejected": other},
+                     "unpaired_preference": {"prompt": "Q", "completion": text, "label": text in hard},
+                     "prompt_answer": {"question": "Q", "answer": other, "solution": text}}[kind])
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["preference", "unpaired_preference", "prompt_answer"])
+def test_perplexity_scores_the_chosen_answer_of_preference_kto_and_reft_rows(tok, tmp_path: Path, copy_model: Path,
+                                                                             kind: str) -> None:
+    easy = ["x" * 16, "y" * 16, "z" * 20]  # predicted by the copy model (see the module doc)
+    hard = ["the quick brown fox", "jumps over a dog", "pack my box with jugs", "zq vk pw jr"]
+    spec = {"path": str(_write(tmp_path / "d.jsonl", _scored_rows(kind, easy, hard))), "format": kind}
+    step = {"kind": "score", "by": "perplexity", "model": str(copy_model), "keep": {"top_k": 3}, "order": "low"}
+    train, _, stats = _build(tok, [spec], [{"kind": "dedup"}, step], chat_template="chatml")
+    field = {"preference": "chosen", "unpaired_preference": "completion", "prompt_answer": "solution"}[kind]
+    kept = [r[field] if kind == "prompt_answer" else r[field][0]["content"] for r in train]
+    assert sorted(kept) == sorted(easy)
+    rec = stats["train"]["select"][1]
+    assert rec["model"] == str(copy_model) and (rec["rows_in"], rec["rows_out"], rec["removed"]) == (7, 3, 4)
+    assert rec["scores"]["max"] > 1000 * rec["scores"]["cut"]
+    d = stats["train"]["datasets"][spec["path"]]
+    assert d["dropped"] == {"select[1] score perplexity": 4} and d["rows_out"] == stats["train"]["rows_out"] == 3
+
+
+def test_ifd_scores_preference_rows_by_the_chosen_answer_given_the_prompt(tok, tmp_path: Path,
+                                                                         copy_model: Path) -> None:
+    # The prompt ends with the template's "assistant\n". Chosen "\n" * 6 + "a": given the prompt the newlines cost ~0
+    # and "a", <|im_end|>, "\n" ~30 each (3 misses in 9 tokens); alone (after the start token) the first newline is a
+    # miss too: IFD ~ 3/4. Chosen "xxxxxx": a miss at the first x in both: IFD ~ 1. Rejected is the other kind.
+    rows = [{"prompt": "Q", "chosen": c, "rejected": r} for c, r in (
+        ("\n" * 6 + "a", "xxxxxx"), ("xxxxxx", "\n" * 6 + "a"), ("\n" * 8 + "b", "yy"), ("yyyyyyyy", "\n" * 8 + "b"))]
+    spec = {"path": str(_write(tmp_path / "p.jsonl", rows)), "format": "preference"}
+    step = {"kind": "score", "by": "ifd", "model": str(copy_model), "keep": {"threshold": 0.85}, "order": "low"}
+    train, _, stats = _build(tok, [spec], [step], chat_template="chatml")
+    assert sorted(r["chosen"][0]["content"] for r in train) == sorted(["\n" * 6 + "a", "\n" * 8 + "b"])
+    s = stats["train"]["select"][0]["scores"]
+    assert 0.7 < s["min"] < 0.8 and 0.9 < s["max"] < 1.1
+
+
+def test_answer_example_masks_the_prompt_and_keeps_an_answer_token_when_truncated(tok) -> None:
+    from tunekit.data.select_rows import answer_example
+    from tunekit.data.templates import apply_chat_template_choice, renderer
+
+    template = apply_chat_template_choice(tok, "chatml")
+    render = renderer(tok, template, "chatml")
+    row = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "yes"}],
+           "rejected": [{"role": "assistant", "content": "no"}]}
+    ids, labels = answer_example(row, render, tok, 512)
+    head = tok(render(row["prompt"], add_generation_prompt=True), add_special_tokens=False).input_ids
+    assert ids[: len(head)].tolist() == head and (labels[: len(head)] == -100).all()
+    assert tok.decode(ids[labels != -100]).startswith("yes")
+    ids, labels = answer_example(row, render, tok, 8)  # 8 < the prompt's tokens: the first answer token stays
+    assert len(ids) == len(head) + 1 and (labels != -100).sum() == 1
+
+
 def _recipe_error(tmp_path: Path, data: dict, kind: str = "sft") -> str:
     from tunekit.recipe.load import load_recipe
 
@@ -382,14 +443,11 @@ def _recipe_error(tmp_path: Path, data: dict, kind: str = "sft") -> str:
 
 def test_steps_that_cannot_apply_are_recipe_errors_naming_the_field(tmp_path: Path) -> None:
     score = {"kind": "score", "by": "perplexity", "keep": {"top_k": 5}, "order": "low"}
-    pref = {"train": [{"path": "builtin:arith/pref_train.jsonl", "format": "preference"}], "select": [score]}
-    msg = _recipe_error(tmp_path, pref, "dpo")
-    line = next(i for i, t in enumerate((tmp_path / "r.yaml").read_text().splitlines(), 1) if t.startswith("  select:"))
-    assert f"r.yaml:{line + 1}:" in msg  # the position of the select list
-    assert "data.select: select[0].kind: score steps read tokenized SFT examples; the training data is preference" in msg
     text = {"train": [{"path": "x.jsonl", "format": "text"}], "select": [{**score, "by": "ifd"}]}
     msg = _recipe_error(tmp_path, text)
-    assert "select[0].by: ifd" in msg and "`text` rows have no instruction" in msg
+    line = next(i for i, t in enumerate((tmp_path / "r.yaml").read_text().splitlines(), 1) if t.startswith("  select:"))
+    assert f"r.yaml:{line + 1}:" in msg  # the position of the select list
+    assert "data.select: select[0].by: ifd" in msg and "`text` rows have no instruction" in msg
     qs = {"train": [{"path": "builtin:quickstart/train.jsonl", "format": "messages"}]}
     assert "train_on: all" in _recipe_error(tmp_path, {**qs, "train_on": "all", "select": [{**score, "by": "ifd"}]})
     msg = _recipe_error(tmp_path, {**qs, "select": [{"kind": "dedup", "threshold": 0.5}]})

@@ -160,7 +160,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
     """
 
     if is_preference_data(cfg):
-        return build_preference_datasets(cfg, tokenizer, seed)
+        return build_preference_datasets(cfg, tokenizer, seed, model)
     needs_template = any(s.format != "text" for s in [*cfg.train, *cfg.eval])
     template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
     seed = cfg.data_seed(seed)

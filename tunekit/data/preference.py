@@ -19,9 +19,11 @@ from tunekit.data.formats import RowError, _get
 from tunekit.data.messages import message
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
+from tunekit.data.select_rows import row_scorer
 from tunekit.data.sources import read_rows
 from tunekit.data.templates import TemplateFailure, apply_chat_template_choice, renderer
 from tunekit.errors import UserError
+from tunekit.model.schema import ModelConfig
 
 
 def _prompt(value: object, where: str) -> list[dict]:
@@ -139,10 +141,12 @@ def _split_stats(per: dict, rows: int) -> dict:
             "datasets": per, "trained_tokens": "n/a"}
 
 
-def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[Any, Any | None, dict]:
+def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
+                              model: ModelConfig | None = None) -> tuple[Any, Any | None, dict]:
     """Returns (train Dataset, eval Dataset or None, stats) with the conversational columns TRL reads.
 
-    Sets `tokenizer.chat_template` to the recipe's choice, which TRL then renders with (and the run saves)."""
+    Sets `tokenizer.chat_template` to the recipe's choice, which TRL then renders with (and the run saves). `model`
+    (the recipe's model section) is the default scoring model of `data.select` score steps."""
     from datasets import Dataset
 
     template = apply_chat_template_choice(tokenizer, cfg.chat_template)
@@ -163,7 +167,7 @@ def build_preference_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> tup
         evals, order = [rows[i][0] for i in order[:held_out]], order[held_out:]
     records = None
     if cfg.select:  # after the hold-out, as for SFT data
-        order, records = select_rows(cfg, rows, order, per_train, render, tokenizer, cfg.data_seed(seed))
+        order, records = select_rows(cfg, rows, order, per_train, render, tokenizer, cfg.data_seed(seed), model)
     train = [rows[i][0] for i in order]
     if not train:
         raise UserError("data: no training rows left after dropping invalid pairs"
@@ -191,9 +195,9 @@ def row_text(row: dict, render: Any) -> str:
     return "\n".join(parts)
 
 
-def row_pool(rows: list[dict], render: Any, tokenizer: Any) -> Pool:
+def row_pool(rows: list[dict], render: Any, tokenizer: Any, score: Any = None) -> Pool:
     """Preference / ReFT rows as a selection pool: tokens = the longest prompt + answer as rendered, trained tokens
-    = the longest answer (its rendering after the prompt's generation prompt); no scorer."""
+    = the longest answer (its rendering after the prompt's generation prompt); `score`: see select_rows.py."""
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
@@ -206,14 +210,17 @@ def row_pool(rows: list[dict], render: Any, tokenizer: Any) -> Pool:
         pairs = [count(rows[i]) for i in idx.tolist()]
         return np.asarray([t for t, _ in pairs], dtype=np.int64), np.asarray([a for _, a in pairs], dtype=np.int64)
 
-    return Pool(identity=int, texts=lambda idx: [row_text(rows[i], render) for i in idx.tolist()], counts=counts)
+    return Pool(identity=int, texts=lambda idx: [row_text(rows[i], render) for i in idx.tolist()], counts=counts,
+                score=score)
 
 
 def select_rows(cfg: DataConfig, rows: list[tuple[dict, str]], order: list[int], per: dict, render: Any,
-                tokenizer: Any, seed: int) -> tuple[list[int], list[dict]]:
+                tokenizer: Any, seed: int, model: ModelConfig | None = None) -> tuple[list[int], list[dict]]:
     """`data.select` over the training order (indices of (row, dataset) pairs in dataset order); the rows removed
     are counted per dataset with their step."""
-    kept, records, removed = select(cfg.select, row_pool([r for r, _ in rows], render, tokenizer), order, seed)
+    plain = [r for r, _ in rows]
+    scorer = row_scorer(plain, render, tokenizer, model, cfg.max_length)
+    kept, records, removed = select(cfg.select, row_pool(plain, render, tokenizer, scorer), order, seed)
     check_records(records, len(order), len(kept))
     for i, (step, gone) in enumerate(zip(cfg.select, removed)):
         for j in gone.tolist():

@@ -88,10 +88,6 @@ class DatasetSpec(Section):
 # The selection steps (docs/data.md, "Selecting data"): a discriminated union on `kind`; each step's own rules beside
 # it, and `check_select` for the rules that depend on the rest of the section (which formats a step can read).
 
-# Formats whose rows the score steps cannot read: preference and RL rows are not tokenized examples with one
-# trained answer (TRL tokenizes them), so there is no single "loss on the trained tokens" to score.
-UNSCORED_FORMATS = NON_SFT_FORMATS
-
 
 class LengthStep(Section):
     kind: Literal["length"] = Field(
@@ -168,7 +164,8 @@ class Keep(Section):
 
 class ScoreStep(Section):
     kind: Literal["score"] = Field(
-        description="score every row with a language model (perplexity or IFD) and keep the best (SFT formats)")
+        description="score every row with a language model (perplexity or IFD) and keep the best (preference, KTO and "
+        "ReFT rows: the chosen answer / completion / solution given the prompt)")
     by: Literal["perplexity", "ifd"] = Field(
         description="`perplexity`: exp(mean loss on the row's trained tokens). `ifd` (instruction-following "
         "difficulty): mean loss on the trained tokens given the context divided by their mean loss alone (answer "
@@ -214,14 +211,11 @@ def check_select(steps: list, formats: list[str], train_on: str) -> None:
     for i, step in enumerate(steps):
         if not isinstance(step, ScoreStep):
             continue
-        unscored = sorted({f for f in formats if f in UNSCORED_FORMATS})
-        if unscored:
-            raise ValueError(f"select[{i}].kind: score steps read tokenized SFT examples; the training data is "
-                             f"{', '.join(unscored)} (length, dedup and random steps apply to it)")
         if step.by == "ifd" and "text" in formats:
             raise ValueError(f"select[{i}].by: ifd compares the answer's loss with and without its instruction; "
                              "`text` rows have no instruction (use `by: perplexity`)")
-        if step.by == "ifd" and train_on == "all":
+        sft = any(f not in NON_SFT_FORMATS for f in formats)  # preference/ReFT rows: an untrained prompt always
+        if step.by == "ifd" and train_on == "all" and sft:
             raise ValueError(f"select[{i}].by: ifd needs an untrained instruction before the trained answer; with "
                              "data.train_on: all every token is trained (use `by: perplexity`)")
 
@@ -285,6 +279,15 @@ class DataConfig(Section):
         default=False,
         description="Without packing: concatenate each batch into one padding-free row (position ids restart per "
         "example). Implied by `packing`.",
+    )
+    tokens_per_batch: int | None = Field(
+        default=None, ge=8,
+        description="Token budget of one micro-batch per device (trainer.kind sft), instead of a fixed number of "
+        "rows; it sets trainer.per_device_batch_size (leave that unset). Packed data: tokens_per_batch // max_length "
+        "packed rows per batch. Unpacked data: a length-aware batch sampler fills each batch up to the budget, "
+        "counting the tokens the model processes (with padding: rows x the longest row; with padding_free: the sum "
+        "of the rows' lengths); batches are formed once per run from the data seed and reshuffled every epoch; every "
+        "row is seen once per epoch. Must be at least max_length. null: per_device_batch_size rows per batch.",
     )
     num_proc: int | None = Field(
         default=None, ge=1,

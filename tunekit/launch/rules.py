@@ -25,7 +25,7 @@ SHARDED = ("zero3", "fsdp")  # strategies that shard the parameters themselves
 PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")
 REPRESENTATION = ("reft", "loreft", "lofit", "red", "bottleneck")
 # Optimizers DeepSpeed / FSDP CPU offload can step on CPU (DeepSpeedCPUAdam or torch's AdamW on CPU tensors).
-OFFLOADABLE_OPTIMS = ("adamw_torch", "adamw_hf", "adamw_torch_fused", "adamw_torch_4bit", "adamw_torch_8bit",
+OFFLOADABLE_OPTIMS = ("auto", "adamw_torch", "adamw_hf", "adamw_torch_fused", "adamw_torch_4bit", "adamw_torch_8bit",
                       "adagrad", "sgd")
 
 RULES: list[dict[str, Any]] = [

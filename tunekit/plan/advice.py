@@ -29,7 +29,7 @@ def candidates(r: Recipe) -> list[tuple[str, list[str]]]:
         b, acc = t.per_device_batch_size, t.gradient_accumulation_steps
         out.append((f"micro-batch 1 x {acc * b} accumulation (same global batch)",
                     ["trainer.per_device_batch_size=1", f"trainer.gradient_accumulation_steps={acc * b}"]))
-    if t.optim in ("adamw_torch", "adamw_torch_fused", "adamw_hf") and m.name in ("full", "freeze", "lisa", "hft"):
+    if t.optim in ("auto", "adamw_torch", "adamw_torch_fused", "adamw_hf") and m.name in ("full", "freeze", "lisa", "hft"):
         out.append(("8-bit AdamW (bitsandbytes)", ["trainer.optim=adamw_8bit"]))
     if m.name in ("lora", *LORA_VARIANTS):  # the variant's setting is kept (qlora has it too)
         out.append(("QLoRA: the base in 4-bit", ["method.name=qlora"]))

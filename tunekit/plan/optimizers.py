@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from tunekit.plan.params import Param
 
-ADAMW = {"adamw_torch", "adamw_torch_fused", "adamw_apex_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
+ADAMW = {"auto", "adamw_torch", "adamw_torch_fused", "adamw_apex_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
          "adafactor_off", "adamw_hf"}
 BNB_8BIT = {"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "adamw_anyprecision_8bit", "ademamix_8bit",
             "paged_ademamix_8bit"}

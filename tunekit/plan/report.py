@@ -9,6 +9,7 @@ from tunekit.plan import advice, hardware, throughput
 from tunekit.plan.data_plan import data_plan
 from tunekit.plan.estimate import GIB, Estimate, estimate, verdict
 from tunekit.plan.params import ParamTable, param_table
+from tunekit.plan.rl_stage import estimate_rl
 from tunekit.trainers.reft import warmup_recipe
 
 if TYPE_CHECKING:
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 PART_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer": "optimizer state",
                "activations": "activations", "logits": "LM head + loss buffers", "gathered_layers":
                "gathered layers (ZeRO-3/FSDP)", "ddp_buckets": "DDP gradient buckets",
-               "overlap": "overlap (gradients made as activations free)", "runtime": "CUDA context + workspaces"}
+               "overlap": "overlap (gradients made as activations free)", "reference": "KL reference (RL stage)",
+               "value_head": "PPO value head + its gradient, optimizer state", "generation":
+               "generation KV cache beyond the step's (RL stage)", "runtime": "CUDA context + workspaces"}
 
 
 class Planner:
@@ -38,26 +41,44 @@ class Planner:
         return estimate(recipe, self.table(recipe), self.device, seq)
 
 
+def stage_estimates(recipe: Recipe, planner: Planner, seq: int | None = None) -> tuple[Estimate, dict | None]:
+    """(the estimate of the stage with the highest peak, per-stage parts and peaks or None). A reft run has two
+    stages: its SFT warm-up, and its RL stage (rl_stage.py: reference, value head, generation)."""
+    warm = planner.estimate(planned_recipe(recipe), seq)
+    if recipe.trainer.kind != "reft":
+        return warm, None
+    rl = estimate_rl(recipe, planner.table(planned_recipe(recipe)), planner.device, seq)
+    stages = {name: {"per_device": e.gpu, "peak_bytes": e.total, "micro_batch": [e.micro.batch, e.micro.seq]}
+              for name, e in (("warmup", warm), ("rl", rl))}
+    return (rl if rl.total > warm.total else warm), stages
+
+
 def plan(recipe: Recipe, gpu: hardware.Gpu, device: str = "cuda", with_data: bool = True) -> dict:
-    recipe = planned_recipe(recipe)
+    original, recipe = recipe, planned_recipe(recipe)
     planner = Planner(device)
     data = data_plan(recipe, recipe.launch.world_size) if with_data else {"available": False, "reason": "--no-data"}
     seq = min(recipe.data.max_length, data["longest_row"]) if data.get("longest_row") else None
-    est = planner.estimate(recipe, seq)
+    est, stages = stage_estimates(original, planner, seq)
     fit = verdict(est, gpu)
+    rl_peak = bool(stages) and est.total == stages["rl"]["peak_bytes"] > stages["warmup"]["peak_bytes"]
 
     def fits(r: Recipe) -> dict | None:
         v = verdict(planner.estimate(r, seq), gpu)
         return v if v["verdict"] != "does not fit" else None
 
-    fixes = advice.fixes(recipe, fits) if fit["verdict"] != "fits" else []
+    fixes = advice.fixes(recipe, fits) if fit["verdict"] != "fits" and not rl_peak else []
+    notes = est.notes + (["the RL stage is the peak: the planner's fixes change the warm-up only; lower "
+                          "trainer.rl.per_device_batch_size, max_completion_length or beta (no reference)"]
+                         if rl_peak and fit["verdict"] != "fits" else [])
+    time_est = planner.estimate(recipe, seq) if rl_peak else est
     return {"recipe": {"model": recipe.model.path, "method": recipe.method.name, "optim": recipe.trainer.optim},
             "layout": {"strategy": est.layout.describe(), "world_size": est.layout.world},
             "micro_batch": {"batch": est.micro.batch, "seq": est.micro.seq, "attention": est.micro.attention,
                             "checkpointing": est.micro.checkpointing, "element_bytes": est.micro.element_bytes,
                             "lm_head": "fused" if est.micro.fused_head else "logits"},
             "params": est.params, "per_device": est.gpu, "cpu_per_process": est.cpu, "fit": fit, "fixes": fixes,
-            "data": data, "time": _time(recipe, est, gpu, data), "notes": est.notes}
+            "data": data, "time": _time(recipe, time_est, gpu, data), "notes": notes,
+            **({"stages": stages} if stages else {})}
 
 
 def _time(recipe: Recipe, est: Estimate, gpu: hardware.Gpu, data: dict) -> dict:
@@ -99,6 +120,9 @@ def render(result: dict) -> str:
         lines.append(f"  fits with {f['change']}: {gib(f['peak_bytes'])} ({' '.join(f['overrides'])})")
     if fit["verdict"] == "does not fit" and not result["fixes"]:
         lines.append("  no single change or stack of the planner's changes makes it fit: more or larger GPUs")
+    for name, st in (result.get("stages") or {}).items():
+        lines.append(f"  stage {name}: {gib(st['peak_bytes'])} (micro-batch {st['micro_batch'][0]} x "
+                     f"{st['micro_batch'][1]} tokens)" + (" <- the peak" if st["peak_bytes"] == fit["peak_bytes"] else ""))
     lines += ["", _data_line(result["data"]), _time_line(result["time"]), *[f"note: {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"
 
@@ -106,8 +130,10 @@ def render(result: dict) -> str:
 def _data_line(d: dict) -> str:
     if not d.get("available"):
         return f"data: not planned ({d.get('reason')})"
+    trained = d["trained_tokens"]  # "n/a" for preference and RL rows (TRL tokenizes them)
+    trained = f"{trained:,}" if isinstance(trained, int) else trained
     return (f"data: {d['rows']:,} rows ({'packed' if d['packed'] else 'unpacked'}), {d['tokens']:,} tokens, "
-            f"{d['trained_tokens']:,} trained; {d['steps']} steps of {d['tokens_per_step']:,} tokens "
+            f"{trained} trained; {d['steps']} steps of {d['tokens_per_step']:,} tokens "
             f"(global batch {d['global_batch']}, {d['steps_per_epoch']} steps per epoch)")
 
 
@@ -126,8 +152,8 @@ def _duration(seconds: float) -> str:
 
 
 def planned_recipe(recipe: Recipe) -> Recipe:
-    """The recipe the estimate is for: a staged kind (reft) is planned as its SFT warm-up, whose optimizer and
-    batch settings the memory parts read (its RL stage keeps the same weights and adapter)."""
+    """The recipe the data plan, the fixes and the time are for: a staged kind (reft) as its SFT warm-up (its RL
+    stage, planned in rl_stage.py, keeps the same weights and adapter)."""
     return warmup_recipe(recipe) if recipe.trainer.kind == "reft" else recipe
 
 
@@ -137,7 +163,7 @@ def for_run(recipe: Recipe, device: str) -> dict | None:
     from tunekit.errors import UserError
 
     try:
-        est = Planner(device).estimate(planned_recipe(recipe))
+        est, _ = stage_estimates(recipe, Planner(device))
     except (UserError, RuntimeError, ValueError, NotImplementedError) as e:
         return {"error": str(e).splitlines()[0][:200]}
     return {"device": device, "per_device": est.gpu, "peak_bytes": est.total, "layout": est.layout.describe()}

@@ -63,6 +63,27 @@ def check_mezo(r: Recipe) -> None:
                          f"method `{r.method.name}` is not supported (use full, lora or another adapter)")
 
 
+def check_token_budget(r: Recipe) -> None:
+    """data.tokens_per_batch sets trainer.per_device_batch_size: tokens_per_batch // max_length rows (packed: the
+    rows per batch; unpacked: the most rows a batch can hold, which the planner and the eval batch size use)."""
+    budget, max_length = r.data.tokens_per_batch, r.data.max_length
+    if budget is None:
+        return
+    if r.trainer.kind != "sft":
+        raise ValueError(f"data.tokens_per_batch: token-budget batches are built for trainer.kind sft; the "
+                         f"{r.trainer.kind} trainer batches pairs or prompts by rows (use per_device_batch_size)")
+    if budget < max_length:
+        raise ValueError(f"data.tokens_per_batch ({budget}) is below data.max_length ({max_length}): a row of "
+                         f"max_length tokens would not fit in a batch; raise it to at least {max_length}")
+    rows = budget // max_length
+    given = r.trainer.per_device_batch_size
+    if "per_device_batch_size" in r.trainer.model_fields_set and given != rows:
+        raise ValueError(f"trainer.per_device_batch_size ({given}) and data.tokens_per_batch ({budget}) both size "
+                         f"the batch; tokens_per_batch sets it to {budget} // max_length {max_length} = {rows}: "
+                         "remove per_device_batch_size (or data.tokens_per_batch)")
+    r.trainer.per_device_batch_size = rows
+
+
 class Recipe(Section):
     model: ModelConfig = Field(description="The base model and how to load it.")
     data: DataConfig = Field(description="Training and evaluation data, formatting and length policy.")
@@ -82,6 +103,7 @@ class Recipe(Section):
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
         check_packing(self.trainer.kind, self.data.packing, self.data.padding_free)
+        check_token_budget(self)
         if getattr(self.trainer, "optim", None) == "mezo":  # reft has no top-level optim
             check_mezo(self)
         if self.data.masked_thought and self.trainer.kind not in ("sft", "reft"):

@@ -28,10 +28,20 @@ class OptimSettings(Section):
     warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
-    optim: str = Field(default="adamw_torch", description="Optimizer name as transformers knows it, or `mezo` "
-                       "(kind sft only: MeZO zeroth-order SGD, forward passes only; see docs/trainers.md).")
+    optim: str = Field(default="auto", description="Optimizer name as transformers knows it (`adamw_torch`, "
+                       "`adamw_torch_fused`, `adamw_8bit`, `paged_adamw_8bit`, ...); `auto`: `adamw_torch_fused` "
+                       "(torch's fused AdamW kernel) on a CUDA GPU, `adamw_torch` elsewhere; or `mezo` (kind sft only: "
+                       "MeZO zeroth-order SGD, forward passes only; see docs/trainers.md).")
     seed: int = Field(default=0, description="Seed for initialisation of new weights, data order and dropout.")
-    gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Activation checkpointing: keep only each decoder layer's input and recompute the "
+        "layer in the backward pass (non-reentrant torch.utils.checkpoint; about one more forward per step).")
+    activation_offload: bool = Field(
+        default=False, description="With gradient_checkpointing: hold the checkpointed layer inputs in pinned CPU "
+        "memory instead of GPU memory (frees layers x tokens x hidden x bytes; the step gets slower). Needs a CUDA GPU.")
+    compile: bool = Field(
+        default=False, description="torch.compile the model (inductor; transformers' `torch_compile`). The first steps "
+        "pay the compile time, and new batch shapes recompile; pays off on long GPU runs. Off by default.")
     logging_steps: int = Field(default=10, ge=1, description="Log metrics every N optimizer steps.")
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps (needs eval data).")
     report_to: list[TRACKERS] = Field(
@@ -50,4 +60,7 @@ class OptimSettings(Section):
     def _warmup(self) -> OptimSettings:
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError("set warmup_ratio or warmup_steps, not both")
+        if self.activation_offload and not self.gradient_checkpointing:
+            raise ValueError("activation_offload moves the inputs activation checkpointing keeps to CPU memory; set "
+                             "gradient_checkpointing: true as well, or remove activation_offload")
         return self

@@ -1,4 +1,4 @@
-"""`dpo`, `kto`, `orpo`, `cpo` (incl. SimPO): preference trainers built from TRL.
+"""`dpo`, `kto`, `orpo`, `cpo` (incl. SimPO): preference trainers built from TRL (`online_dpo`: online_dpo.py).
 
 The data stage hands over conversational {prompt, chosen, rejected} (or {prompt, completion, label})
 rows; TRL applies the chat template and tokenizes. Reference model (dpo, kto): with `ref_model: null`
@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunekit.model.load import load_model, resolve_model_path
-from tunekit.trainers.rewards import build_reward_funcs
 from tunekit.trainers.training_args import training_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
 
 
-def _ref_model(recipe: Recipe) -> Any:
+def ref_model(recipe: Recipe) -> Any:
     t = recipe.trainer
     if not t.ref_model:
         return None
@@ -33,7 +32,7 @@ def _ref_model(recipe: Recipe) -> Any:
     return ref.eval()
 
 
-def _base_as_reference(trainer: Any) -> Any:
+def base_as_reference(trainer: Any) -> Any:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" not in getattr(model, "peft_config", {}):
         return trainer
@@ -63,7 +62,7 @@ def build_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         discopop_tau=t.discopop_tau,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
     )
-    return _base_as_reference(DPOTrainer(model=model, ref_model=_ref_model(recipe), args=args,
+    return base_as_reference(DPOTrainer(model=model, ref_model=ref_model(recipe), args=args,
                                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                          callbacks=callbacks))
 
@@ -82,7 +81,7 @@ def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         undesirable_weight=t.undesirable_weight,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
     )
-    return _base_as_reference(KTOTrainer(model=model, ref_model=_ref_model(recipe), args=args,
+    return base_as_reference(KTOTrainer(model=model, ref_model=ref_model(recipe), args=args,
                                          train_dataset=kto_rows(recipe, train_ds), eval_dataset=eval_ds,
                                          processing_class=tokenizer, callbacks=callbacks))
 
@@ -154,24 +153,3 @@ def without_empty_completions(trainer: Any) -> Any:
         if ds is not None and not isinstance(ds, dict):
             setattr(trainer, name, ds.filter(has_completions, desc="dropping rows without completion tokens"))
     return trainer
-
-
-def build_online_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
-                     callbacks: list) -> Any:
-    """Online DPO (TRL's experimental OnlineDPOTrainer): two completions sampled per prompt, ranked by the reward
-    functions against the row's answer, a DPO step on the pair. The data stage's held-out split is not evaluated
-    by this trainer (its eval needs a reward per sample; `tunekit eval` generation tasks measure the result)."""
-    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
-
-    t = recipe.trainer
-    funcs, weights = build_reward_funcs(t.rewards)
-    args = OnlineDPOConfig(
-        **training_kwargs(recipe, checkpoint_dir, False),
-        max_new_tokens=t.max_new_tokens, max_length=recipe.data.max_length, temperature=t.temperature,
-        top_p=t.top_p, beta=[t.beta], loss_type=t.loss_type, missing_eos_penalty=t.missing_eos_penalty,
-        reward_weights=weights,
-    )
-    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
-    return _base_as_reference(OnlineDPOTrainer(model=model, ref_model=_ref_model(recipe), reward_funcs=funcs,
-                                               args=args, train_dataset=columns, processing_class=tokenizer,
-                                               callbacks=callbacks))

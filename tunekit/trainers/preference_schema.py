@@ -112,10 +112,10 @@ class CPOTrainerConfig(OptimSettings):
 
 class OnlineDPOTrainerConfig(OptimSettings):
     kind: Literal["online_dpo"] = Field(
-        description="Online DPO through TRL's experimental OnlineDPOTrainer: for each prompt two completions are "
-        "sampled from the current policy, ranked by the reward functions (from the ground-truth answer), and the "
-        "better one is preferred in a DPO update. Data: `prompt_answer` rows {question, answer, solution} "
-        "(solution is not used).")
+        description="Online DPO through TRL's experimental OnlineDPOTrainer: for each prompt `num_generations` "
+        "completions are sampled from the current policy and scored by the reward functions (from the ground-truth "
+        "answer); the best is preferred to the worst in a DPO update (prompts whose samples all tie: see `ties`). "
+        "Data: `prompt_answer` rows {question, answer, solution} (solution is not used).")
     learning_rate: float = Field(default=5.0e-7, gt=0, description="Peak learning rate (TRL's default).")
     ref_model: str | None = Field(default=None, description=REF_HELP)
     beta: float = Field(default=0.1, gt=0, description="Strength of the pull towards the reference model.")
@@ -129,3 +129,10 @@ class OnlineDPOTrainerConfig(OptimSettings):
     missing_eos_penalty: float | None = Field(
         default=None, ge=0, description="Subtracted from the reward of a completion that does not end with EOS "
         "(pushes the policy to finish within max_new_tokens); null: no penalty.")
+    num_generations: int = Field(
+        default=2, ge=2, multiple_of=2, description="Completions sampled per prompt (even); the best and the worst "
+        "by reward form the DPO pair (TRL samples 2 and keeps both).")
+    ties: Literal["skip", "keep"] = Field(
+        default="skip", description="When every sample of a prompt has the same reward: `skip` pairs a sample with "
+        "itself (zero gradient: the prompt teaches nothing), `keep` trains on an arbitrary order of two (TRL's "
+        "behaviour: noise).")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunekit.methods.registry import build_for_training
-from tunekit.trainers import preference, reft, sft
+from tunekit.trainers import online_dpo, preference, reft, sft
 from tunekit.trainers.stage import RunInputs, Stage, StagedRun
 
 BUILDERS: dict[str, Callable[..., Any]] = {
@@ -20,7 +20,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "kto": preference.build_kto,
     "orpo": preference.build_orpo,
     "cpo": preference.build_cpo,
-    "online_dpo": preference.build_online_dpo,
+    "online_dpo": online_dpo.build_online_dpo,
 }
 STAGED: dict[str, Callable[[RunInputs], StagedRun]] = {
     "reft": reft.stages,  # SFT warm-up, then online RL

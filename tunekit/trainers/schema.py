@@ -26,6 +26,11 @@ class SFTTrainerConfig(OptimSettings):
         default=None, gt=0, description="NEFTune: add uniform noise of scale alpha / sqrt(L * d) to the input "
         "embeddings in training forward passes only (transformers' `neftune_noise_alpha`; the paper uses 5-15). "
         "null: no noise.")
+    kernels: Literal["auto", "liger", "none"] = Field(
+        default="auto", description="Fused training kernels. `liger`: Liger's Triton kernels for RMSNorm, SwiGLU and "
+        "RoPE (transformers' `use_liger_kernel`; the loss stays TRL's fused LM head) - needs a CUDA GPU and "
+        "`pip install 'tunekit[gpu]'` (liger-kernel). `auto`: liger on a CUDA GPU when liger-kernel is installed and "
+        "supports the model's architecture, else none. `none`: the model's own modules.")
     mezo_eps: float = Field(
         default=1e-3, gt=0, description="With `optim: mezo`: the perturbation scale ε of MeZO's zeroth-order "
         "gradient estimate (the paper uses 1e-3).")

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from tunekit.errors import UserError
 from tunekit.methods import interventions
 from tunekit.trainers import mezo
-from tunekit.trainers.training_args import training_kwargs
+from tunekit.trainers.batching import with_token_budget
+from tunekit.trainers.training_args import resolved_kernels, training_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -34,6 +35,10 @@ def build(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: An
         trainer_cls = mezo.trainer_class(SFTTrainer, recipe.trainer.mezo_eps)
     if getattr(recipe.method, "positions", "all") in ("last", "first_last"):
         trainer_cls = with_label_positions(trainer_cls)
+    if recipe.data.tokens_per_batch and not recipe.data.packing:  # packed: the budget set the rows per batch
+        trainer_cls = with_token_budget(trainer_cls, recipe, train_ds)
+    # Liger: TRL keeps its fused LM head for the loss and applies Liger's layer kernels (RMSNorm, SwiGLU, RoPE)
+    kwargs["use_liger_kernel"] = resolved_kernels(recipe.trainer.kernels, model.config.model_type) == "liger"
     args = SFTConfig(
         **kwargs,
         max_length=None if padding_free else recipe.data.max_length,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
 from tunekit.launch.engines import training_kwargs as launch_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
+    from tunekit.trainers.optim_schema import OptimSettings
 
 
 # tracker -> (modules that provide it, pip package)
@@ -34,6 +35,91 @@ def tracker_dirs(report_to: list[str], stage_dir: Path) -> None:
     TENSORBOARD_LOGGING_DIR; its default is a `runs/DATE_HOST` folder inside checkpoints/)."""
     if "tensorboard" in report_to and USER_TENSORBOARD_DIR is None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage_dir / "tensorboard")
+
+
+# ------------------------------------------------------------------------------------------------ fast paths
+# Each fast path is a recipe key whose default suits the device: resolved here (training_kwargs, sft.build) and
+# recorded in summary.json (`fast_paths`); what cannot run on this machine is refused when `tunekit train` starts
+# (check_fast_paths), as `tunekit validate` stays machine-independent. docs/performance.md lists them.
+
+LIGER_ON_CPU = ("trainer.kernels: liger needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and this machine "
+                "has none. Instead: set trainer.kernels: auto (none on CPU, liger on a GPU with liger-kernel) or none")
+LIGER_MISSING = ("trainer.kernels: liger needs the liger-kernel package, which is not installed: pip install "
+                 "'tunekit[gpu]' (or pip install liger-kernel), or set trainer.kernels: auto or none")
+OFFLOAD_ON_CPU = ("trainer.activation_offload: true needs a GPU: it moves checkpointed activations from GPU memory to "
+                  "pinned CPU memory (which torch allocates only with an accelerator present), and on this CPU-only "
+                  "machine they already live in CPU memory. Instead: set trainer.activation_offload: false (keep "
+                  "gradient_checkpointing), or run on a GPU machine")
+
+
+def cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def check_fast_paths(trainer: Any) -> None:
+    """The fast paths the recipe's trainer section asks for (each stage's, for reft) can run on this machine (else a
+    UserError saying what to do)."""
+    for stage in ("warmup", "rl"):
+        if hasattr(trainer, stage):
+            check_fast_paths(getattr(trainer, stage))
+    if getattr(trainer, "kernels", "none") == "liger":
+        if not cuda():
+            raise UserError(LIGER_ON_CPU)
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise UserError(LIGER_MISSING)
+    if getattr(trainer, "activation_offload", False) and not cuda():
+        raise UserError(OFFLOAD_ON_CPU)
+
+
+def resolved_optim(optim: str) -> str:
+    """`auto`: torch's fused AdamW on a CUDA GPU (one kernel per step instead of several per parameter group),
+    `adamw_torch` elsewhere (transformers 5 defaults to the fused one everywhere; tunekit keeps CPU runs on the
+    plain one its CPU tests and parity checks were made with)."""
+    if optim != "auto":
+        return optim
+    return "adamw_torch_fused" if cuda() else "adamw_torch"
+
+
+def checkpointing_kwargs(t: OptimSettings) -> dict | None:
+    """Non-reentrant checkpointing, said explicitly (transformers 5.24 defaults to it too; reentrant checkpointing
+    needs inputs that require grad and breaks with frozen embeddings), with `offload` when asked for."""
+    if not t.gradient_checkpointing:
+        return None
+    return {"use_reentrant": False, **({"offload": True} if t.activation_offload else {})}
+
+
+def liger_supports(model_type: str | None) -> bool:
+    """liger-kernel is installed and has kernels for this architecture."""
+    if importlib.util.find_spec("liger_kernel") is None or not model_type:
+        return False
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
+def resolved_kernels(kernels: str, model_type: str | None) -> str:
+    """`auto`: liger on a CUDA GPU when liger-kernel is installed and supports the architecture, else none."""
+    if kernels == "liger" and not liger_supports(model_type):
+        raise UserError(f"trainer.kernels: liger has no kernels for model type `{model_type}` in the installed "
+                        "liger-kernel; set trainer.kernels: auto or none")
+    if kernels == "auto":
+        return "liger" if cuda() and liger_supports(model_type) else "none"
+    return kernels
+
+
+def fast_paths(recipe: Recipe, model_type: str | None = None) -> dict:
+    """Which fast paths this run uses (summary.json `fast_paths`, so a benchmark row says what ran)."""
+    t, d = recipe.trainer, recipe.data
+    return {"optim": resolved_optim(t.optim) if hasattr(t, "optim") else None,
+            "compile": getattr(t, "compile", False),
+            "kernels": resolved_kernels(t.kernels, model_type) if hasattr(t, "kernels") else "none",
+            "fused_lm_head": getattr(t, "kind", None) == "sft",  # TRL's SFTTrainer computes the loss from tiles of the LM head
+            "attn_implementation": recipe.model.attn_implementation,
+            "packing": d.packing, "padding_free": d.packing or d.padding_free, "tokens_per_batch": d.tokens_per_batch,
+            "gradient_checkpointing": getattr(t, "gradient_checkpointing", False),
+            "activation_offload": getattr(t, "activation_offload", False)}
 
 
 def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict:
@@ -59,10 +145,12 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
         warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
+        optim=resolved_optim(t.optim),
         seed=t.seed,
         data_seed=t.seed,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs=checkpointing_kwargs(t),
+        torch_compile=t.compile,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a non-finite loss is logged as it is (tunekit.guards stops the run on it)
