@@ -18,11 +18,17 @@ if TYPE_CHECKING:
 GIB = 1024**3
 RUNTIME_BYTES = GIB  # CUDA context, cuBLAS/NCCL workspaces: about 1 GiB per process on current GPUs
 TIGHT = 0.10  # under 10% headroom the allocator's fragmentation can tip a run over
-# How each trainer kind scores the vocabulary (TRL 1.16): SFT, DPO and KTO through TRL's fused LM head (tiles, the
-# logits never materialised); ORPO, CPO and online DPO (trl.experimental) from the model's full logits. DPO, ORPO
-# and CPO run chosen and rejected in one forward: 2 x per_device_batch_size rows.
-LOGITS_KINDS = ("orpo", "cpo", "online_dpo")
+# How each trainer kind scores the vocabulary (TRL 1.16): SFT, DPO, KTO and reft's GRPO/RLOO stage through TRL's
+# fused LM head (tiles, the logits never materialised); ORPO, CPO and online DPO (trl.experimental) and tunekit's
+# PPO from the model's logits. DPO, ORPO and CPO run chosen and rejected in one forward: 2 x per_device_batch_size
+# rows.
+LOGITS_KINDS = ("orpo", "cpo", "online_dpo", "ppo")
 PAIRED_KINDS = ("dpo", "orpo", "cpo")
+
+
+def trainer_kind(t: object) -> str:
+    """The trainer kind of `trainer:` settings; reft's RL stage (`trainer.rl`) by its algorithm."""
+    return getattr(t, "kind", None) or getattr(t, "algorithm", "sft")
 
 
 @dataclass
@@ -93,10 +99,11 @@ def estimate(recipe: Recipe, table: ParamTable, device: str = "cuda", seq: int |
     gpu, cpu = divide(whole, lay, _largest_layer(table, weights))
     checkpointing = t.gradient_checkpointing or (lay.strategy == "fsdp" and bool(
         recipe.launch.fsdp.activation_checkpointing))
-    micro = Micro(t.per_device_batch_size * (2 if t.kind in PAIRED_KINDS else 1), seq or recipe.data.max_length,
+    kind = trainer_kind(t)
+    micro = Micro(t.per_device_batch_size * (2 if kind in PAIRED_KINDS else 1), seq or recipe.data.max_length,
                   DTYPE_BYTES[model_dtype(recipe.model.dtype, device)], recipe.model.attn_implementation,
                   checkpointing, adapter_elements(table, shape, recipe),
-                  any(p.trainable and "norm" in p.name for p in table.params), t.kind not in LOGITS_KINDS,
+                  any(p.trainable and "norm" in p.name for p in table.params), kind not in LOGITS_KINDS,
                   head_trains(table, shape), device != "cuda")
     embedding = sum(p.numel * p.element_bytes for p in table.trainable if "embed_tokens" in p.name)
     gpu["activations"], gpu["logits"] = activation_bytes(shape, micro), head_bytes(shape, micro)
