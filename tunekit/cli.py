@@ -179,7 +179,7 @@ def compare(
                                           show_default=False),
     vary: list[str] = typer.Option(..., "--vary", help="KEY=V1,V2,...: values of one recipe key; repeat for a grid "
                                    "(every combination). A value may carry more overrides after `+`, e.g. "
-                                   "method.name=lora,lora+method.use_dora=true,ia3.", show_default=False),
+                                   "method.name=lora,lora+method.r=64,ia3.", show_default=False),
     steps: int = typer.Option(None, "--steps", min=1, help="trainer.max_steps of every variant.", show_default=False),
     out: Path = typer.Option(None, "--out", help="Parent dir of the variants' run dirs and the comparison "
                              "(default: runs/compare-<recipe name>).", show_default=False),
@@ -191,7 +191,7 @@ def compare(
 
     Each variant is a `tunekit train` process with its own run dir under --out (its output in train.log there).
     Rerunning skips finished variants and resumes unfinished ones. See docs/plan.md (compare).
-    Example: tunekit compare recipes/quickstart.yaml --vary method.name=lora,ia3,loreft --steps 40
+    Example: tunekit compare recipes/quickstart.yaml --vary method.name=lora,dora,ia3,loreft --steps 40
     """
     _state["debug"] |= debug
     import shlex

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from tunekit.data.schema import ROW_KEYS
 from tunekit.errors import UserError, did_you_mean
+from tunekit.methods.schema import LORA_VARIANTS
 from tunekit.recipe import reference
 from tunekit.recipe.schema import Recipe
 
@@ -48,7 +49,7 @@ def starter(model: str, data: str, fmt: str, method: str, kind: str, name: str) 
     """The starter recipe's sections (only the keys a new user should look at first)."""
     adapter = method not in ("full", "freeze", "galore", "lisa", "hft")
     method_cfg: dict = {"name": method}
-    if method in ("lora", "qlora"):
+    if method in ("lora", "qlora", *LORA_VARIANTS):
         method_cfg.update(r=16, alpha=32, target_modules="all-linear")
     lr = ADAPTER_LR.get(kind, 1e-4) if adapter else FULL_LR
     trainer: dict = {"kind": kind, "learning_rate": lr, "num_epochs": 1, "per_device_batch_size": 4,

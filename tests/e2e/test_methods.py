@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tunekit.methods.peft_schema import EXCLUDED
-from tunekit.methods.schema import ALL_METHODS, method_name
+from tunekit.methods.schema import ALL_METHODS, LORA_VARIANTS, method_name
 from tunekit.recipe.schema import Recipe
 
 # Options that make each method fit the 2-layer, hidden-64 builtin model (peft defaults assume hidden >= 256).
@@ -40,12 +40,15 @@ TINY_OPTIONS: dict[str, dict] = {
     "p_tuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
     "cartridge": {"num_virtual_tokens": 4},
     "adalora": {"init_r": 4, "target_r": 2, "tinit": 4, "tfinal": 2, "total_step": 10},  # no rank pruning yet
+    # LoRA's named variants (dora, pissa, olora, corda, lora_ga: `lora` with one setting fixed). pissa, olora, corda
+    # and lora_ga rewrite the base weights (the base keeps a residual): their final/ must still reload onto the
+    # original base with the trained model's outputs.
+    **{name: {"r": 4, "alpha": 8} for name in LORA_VARIANTS},
+    # The tiny rows train 1-2 answer tokens each: fewer than EVA's r * rho components, so EVA reads every token.
+    "eva": {"r": 4, "alpha": 8, "eva_config": {"use_label_mask": False}},
 }
 METHODS = [method_name(m) for m in ALL_METHODS if method_name(m) not in EXCLUDED]
-# LoRA initialisations that rewrite the base weights (the base keeps a residual): their final/ must still
-# reload onto the original base with the trained model's outputs.
-INIT_VARIANTS = {f"lora-{init}": {"r": 4, "alpha": 8, "init_lora_weights": init} for init in ("pissa", "olora", "corda", "lora_ga")}
-INIT_VARIANTS["lora-kasa"] = {"r": 4, "alpha": 8, "kasa_config": {}}  # KaSA truncates the base's SVD too
+INIT_VARIANTS = {"lora-kasa": {"r": 4, "alpha": 8, "kasa_config": {}}}  # KaSA truncates the base's SVD too
 # Other methods' variants (a "name" here replaces lora).
 INIT_VARIANTS["bottleneck-parallel"] = {"name": "bottleneck", "placement": "parallel", "bottleneck_size": 8,
                                         "activation": "relu"}
@@ -112,7 +115,7 @@ def probe() -> object:
 # `make test` trains one representative of each method family; the rest are `full` (`make test-full`, CI).
 REPRESENTATIVES = {
     "full", "freeze", "lora", "qlora", "lisa", "hft", "galore", "loreft", "lofit",  # tunekit's own builders
-    "lora-pissa",  # a LoRA init that rewrites the base weights
+    "pissa",  # a LoRA init that rewrites the base weights
     "loha", "ia3", "oft", "vera", "adalora",  # peft weight tuners: low-rank, scaling, orthogonal, shared, rank-pruning
     "prompt_tuning", "prefix_tuning", "trainable_tokens",  # virtual tokens, key/value prefixes, embedding rows
 }

@@ -108,18 +108,20 @@ def test_rl_stage_parts_are_exact(case: str, tmp_path: Path) -> None:
 
 def test_plan_reports_both_reft_stages(tmp_path: Path) -> None:
     """`tunekit plan` on a reft recipe (in process, no data plan: the model is built on the meta device): both
-    stages' parts, the peak is the larger. With long completions and a KL reference the RL stage holds more."""
+    stages' parts, the peak is the larger. With long completions and a KL reference the RL stage holds more (1024
+    tokens: the warm-up's fused LM head holds a fixed 32768-column buffer, 24 MB here, where PPO's full logits over the
+    tiny vocabulary take 16 bytes x 518 per token)."""
     from tunekit.plan import hardware
     from tunekit.plan.report import plan, render
 
     recipe = reft_recipe(tmp_path / "unused.jsonl", tmp_path / "run", {"name": "full"}, "ppo", 0.1)
-    recipe["trainer"]["rl"]["max_completion_length"] = 256
+    recipe["trainer"]["rl"]["max_completion_length"] = 1024
     out = plan(Recipe.model_validate(recipe), hardware.gpu("H100"), with_data=False)
     warm, rl = out["stages"]["warmup"], out["stages"]["rl"]
     assert rl["peak_bytes"] > warm["peak_bytes"] == sum(warm["per_device"].values())
     assert out["fit"]["peak_bytes"] == rl["peak_bytes"] == sum(out["per_device"].values())
     assert rl["per_device"]["reference"] == rl["per_device"]["weights"] > 0 and rl["per_device"]["value_head"] > 0
-    assert rl["micro_batch"] == [4, 48 + 256] and warm["micro_batch"] == [4, 48]
+    assert rl["micro_batch"] == [4, 48 + 1024] and warm["micro_batch"] == [4, 48]
     text = render(out)
     assert "stage rl:" in text and "<- the peak" in text and "KL reference (RL stage)" in text
     # beta 0: no reference; grpo: no value head

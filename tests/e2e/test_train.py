@@ -20,7 +20,8 @@ RUN_FILES = ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.json
 def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("lora")
     recipe = tiny_recipe(tmp, trainer={"max_steps": 30}, output={"dir": str(tmp / "run"), "save_steps": 15})
-    run_cli("train", recipe, check=True)
+    proc = run_cli("train", recipe, check=True)
+    (tmp / "console.txt").write_text(proc.stdout + proc.stderr)
     return tmp / "run"
 
 
@@ -37,6 +38,12 @@ def test_lora_run_writes_every_output(lora_run: Path) -> None:
     assert summary["global_step"] == 30 and 0 < summary["params"]["trainable"] < summary["params"]["total"]
     versions = json.loads((lora_run / "versions.json").read_text())
     assert {"torch", "transformers", "peft", "trl"} <= set(versions)
+    # The plan's estimate next to the measured peak, and its one line printed at start (docs/plan.md).
+    memory = summary["memory"]
+    assert memory["predicted"]["peak_bytes"] == sum(memory["predicted"]["per_device"].values()) > 0
+    assert memory["measured"]["peak_bytes"] > 0 and memory["measured"]["source"]
+    console = (lora_run.parent / "console.txt").read_text()
+    assert "plan: " in console and " per device predicted (single, on cpu" in console
 
 
 def test_loss_falls(lora_run: Path) -> None:

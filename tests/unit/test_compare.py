@@ -116,8 +116,8 @@ def test_an_override_no_variant_accepts_is_exit_2_with_the_validate_message(tmp_
     with pytest.raises(UserError, match=r"(?s)refused in every variant.*Did you mean `learning_rate`\?") as e:
         variants_of(recipe, ["trainer.learnig_rate=1e-3,3e-3"])
     assert f"{recipe}: 1 error in recipe" in str(e.value) and "use_dora" not in str(e.value)
-    with pytest.raises(UserError, match=r"(?s)`method.name=dora` is refused.*method.name=lora,lora\+method.use_dora"):
-        variants_of(recipe, ["method.name=lora,dora"])
+    with pytest.raises(UserError, match=r"(?s)`method.name=rslora` is refused.*method.name=lora,lora\+method.use_rslora"):
+        variants_of(recipe, ["method.name=lora,rslora"])
     with pytest.raises(UserError, match="override trainer.seed=x"):
         variants_of(recipe, ["method.r=4,8"], ["trainer.seed=x"])
     with pytest.raises(UserError, match="refused in every variant"):  # ia3 has no r, and no variant but ia3

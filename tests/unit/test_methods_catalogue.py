@@ -90,3 +90,16 @@ def test_lora_options_cover_peft_and_reject_typos() -> None:
         == "lora_ga"
     assert "quant_storage applies to 4-bit weights only" in _err("method.name=qlora", "method.bits=8",
                                                                   "method.quant_storage=bfloat16")
+
+
+def test_lora_variants_by_name_are_lora_with_their_setting() -> None:
+    """`name: dora` is LoRA with use_dora: true (pissa ...: init_lora_weights); the setting reaches peft like one the
+    recipe wrote (peft_kwargs reads the fields set) and survives the resolved recipe; another value is refused."""
+    d = load_recipe(RECIPES / "quickstart.yaml", ("method.name=dora",))
+    assert d.method.use_dora is True and "use_dora" in d.method.model_fields_set and d.method.r == 16
+    again = type(d).model_validate(d.model_dump(mode="json"))
+    assert again.method.name == "dora" and again.method.use_dora is True
+    p = load_recipe(RECIPES / "quickstart.yaml", ("method.name=pissa", "method.init_lora_weights=pissa_niter_4"))
+    assert p.method.init_lora_weights == "pissa_niter_4"
+    assert "`dora` is LoRA with use_dora: true" in _err("method.name=dora", "method.use_dora=false")
+    assert "`olora` is LoRA with init_lora_weights: olora" in _err("method.name=olora", "method.init_lora_weights=eva")

@@ -33,7 +33,7 @@ def test_explain_key_lists_type_default_and_allowed_values() -> None:
 
 def test_explain_union_keys_name_their_variants() -> None:
     text = explain("method.r")
-    assert "(only with name lora, qlora)" in text and "Rank of the low-rank update" in text
+    assert "(only with name lora, dora, pissa, olora, eva, corda, lora_ga, qlora)" in text and "Rank of the low-rank update" in text
     assert "also an option of the peft tuners" in text and "vera" in text
     beta = explain("trainer.beta")
     assert "kind dpo" in beta and "kind orpo" in beta and "kind sft" not in beta

@@ -29,7 +29,7 @@ from tunekit.recipe.overrides import Override, apply_override, parse_override
 from tunekit.recipe.schema import Recipe
 
 TAGS = ("name", "kind")  # the keys that choose a section's kind
-PLUS_HINT = "A --vary value can carry more overrides after `+`, e.g. --vary method.name=lora,lora+method.use_dora=true"
+PLUS_HINT = "A --vary value can carry more overrides after `+`, e.g. --vary method.name=lora,lora+method.use_rslora=true"
 
 
 def validate_all(path: Path, common: list[str], variants: list[Variant]) -> None:

@@ -4,7 +4,7 @@
 
 Values are split at commas outside brackets and quotes (`method.target_modules=[q_proj,v_proj],all-linear` has
 two values) and parsed as YAML, as overrides are. A value may carry more overrides after `+`, applied with it:
-`method.name=lora,lora+method.use_dora=true,ia3` (DoRA is LoRA with `use_dora`).
+`method.name=lora,lora+method.use_rslora=true,ia3` (rsLoRA is LoRA with `use_rslora`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pydantic_core import PydanticUndefined
 
 from tunekit.errors import UserError, did_you_mean
 from tunekit.methods import peft_schema
-from tunekit.methods.schema import ALL_METHODS, HANDWRITTEN, method_name
+from tunekit.methods.schema import ALL_METHODS, HANDWRITTEN, LORA_VARIANTS, method_name
 
 # One line per peft tuner (peft's docstrings mostly start with boilerplate); unknown new tuners fall back to it.
 PEFT_LINES = {
@@ -65,7 +65,7 @@ def method_rows() -> list[tuple[str, str, str]]:
         if name in peft_schema.EXCLUDED:
             rows.append((name, "peft", f"EXCLUDED: {peft_schema.EXCLUDED[name]}"))
         else:
-            src = "peft" if name in ("lora", "qlora") or peft_schema.is_peft_tuner(name) else "tunekit"
+            src = "peft" if name in ("lora", "qlora", *LORA_VARIANTS) or peft_schema.is_peft_tuner(name) else "tunekit"
             rows.append((name, src, one_line(name)))
     return rows
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tunekit.errors import UserError
 from tunekit.methods import full, galore, interventions, layerwise, lora, peft_generic
 from tunekit.methods.plan import MethodPlan
+from tunekit.methods.schema import LORA_VARIANTS
 from tunekit.model.load import load_config, load_model
 
 if TYPE_CHECKING:
@@ -34,12 +35,14 @@ BUILDERS: dict[str, Callable[..., MethodPlan]] = {
     "loreft": interventions.build,
     "lofit": interventions.build,
     "bottleneck": interventions.build,  # hooked like the interventions (bottleneck.py)
+    **dict.fromkeys(LORA_VARIANTS, lora.build),  # dora, pissa ...: `lora` with one setting fixed (schema.py)
 }
 
 # How final/ is reloaded: "full" (a whole model), "peft" (an adapter on the base) or "interventions".
 SAVED_AS: dict[str, str] = {"full": "full", "freeze": "full", "lisa": "full", "hft": "full", "galore": "full",
                             "lora": "peft", "qlora": "peft", "loreft": "interventions", "lofit": "interventions",
-                            "bottleneck": "interventions"}
+                            "bottleneck": "interventions", **dict.fromkeys(LORA_VARIANTS, "peft")}
+LORA_NAMES = ("lora", "qlora", *LORA_VARIANTS)  # the methods lora.build makes
 
 
 def builder(name: str) -> Callable[..., MethodPlan]:
@@ -83,7 +86,7 @@ def needs_calibration(recipe: Recipe) -> bool:
     """Whether the method reads batches of training data when it is built (LoRA / QLoRA eva, corda and lora_ga
     inits; LoFiT's head selection)."""
     m = recipe.method
-    return (m.name in ("lora", "qlora") and m.init_lora_weights in lora.CALIBRATED) or (
+    return (m.name in LORA_NAMES and m.init_lora_weights in lora.CALIBRATED) or (
         m.name == "lofit" and m.select_heads is not None)
 
 

@@ -1,6 +1,6 @@
 """The `method:` section: a union of per-method models, chosen by `name` (see `tunekit methods`).
 
-Hand-written here: full, freeze, lora, qlora, lisa, hft, galore, loreft, lofit, bottleneck. Every other peft tuner gets a
+Hand-written here: full, freeze, lora (and its named variants: dora, pissa ...), qlora, lisa, hft, galore, loreft, lofit, bottleneck. Every other peft tuner gets a
 model generated from peft's own config classes (`peft_schema.py`). No torch or peft import happens here.
 """
 
@@ -89,6 +89,55 @@ def _lora_model(name: str, base: type[Section]) -> type[Section]:
 
 
 LoraMethod = _lora_model("LoraMethod", _LoraBase)
+
+
+# LoRA variants users know by their paper's name (PEFT papers, LLaMA-Factory's docs): each is `lora` with one
+# setting fixed, so `name: dora` is LoRA with use_dora: true and `name: pissa` LoRA with init_lora_weights: pissa.
+# They build, save and reload exactly as `lora` does; giving the setting another value is an error.
+LORA_VARIANTS: dict[str, tuple[str, object, str]] = {
+    "dora": ("use_dora", True, "DoRA: LoRA with weight decomposition (a trained magnitude vector and a low-rank "
+             "direction); `lora` with use_dora: true."),
+    "pissa": ("init_lora_weights", "pissa", "PiSSA: LoRA initialised from the weights' principal singular vectors "
+              "(the base keeps the residual); `lora` with init_lora_weights: pissa (or pissa_niter_N)."),
+    "olora": ("init_lora_weights", "olora", "OLoRA: LoRA initialised by a QR decomposition of the weights (the base "
+              "keeps the residual); `lora` with init_lora_weights: olora."),
+    "eva": ("init_lora_weights", "eva", "EVA: LoRA initialised from the SVD of the layers' inputs on training "
+            "batches (ranks redistributed); `lora` with init_lora_weights: eva."),
+    "corda": ("init_lora_weights", "corda", "CorDA: LoRA initialised from a context-oriented decomposition of the "
+              "weights on training batches; `lora` with init_lora_weights: corda."),
+    "lora_ga": ("init_lora_weights", "lora_ga", "LoRA-GA: LoRA initialised to align with full fine-tuning's "
+                "gradients on training batches; `lora` with init_lora_weights: lora_ga."),
+}
+
+
+def _variant_holds(name: str, value: object) -> bool:
+    field, fixed, _ = LORA_VARIANTS[name]
+    return value == fixed or (name == "pissa" and isinstance(value, str) and value.startswith("pissa_niter_"))
+
+
+class _LoraVariantBase(LoraMethod):  # type: ignore[misc, valid-type]
+    @model_validator(mode="after")
+    def _fixed_setting(self) -> _LoraVariantBase:
+        field, fixed, _ = LORA_VARIANTS[self.name]
+        if not _variant_holds(self.name, getattr(self, field)):
+            raise ValueError(f"method.name `{self.name}` is LoRA with {field}: {str(fixed).lower()}; remove "
+                             f"{field} or use name: lora")
+        self.model_fields_set.add(field)  # handed to peft like a setting the recipe wrote
+        return self
+
+
+def _lora_variant(name: str) -> type[Section]:
+    field, fixed, doc = LORA_VARIANTS[name]
+    kind = bool if isinstance(fixed, bool) else bool | str
+    model = create_model(
+        "".join(p.capitalize() for p in name.split("_")) + "Method", __base__=_LoraVariantBase,
+        name=(Literal[name], Field(description=doc)),  # type: ignore[valid-type]
+        **{field: (kind, Field(default=fixed, description=f"Fixed by the name: {fixed} (see `lora`)."))})
+    model.__doc__ = doc
+    return model
+
+
+LORA_VARIANT_METHODS = [_lora_variant(name) for name in LORA_VARIANTS]
 
 
 class _QloraBase(_LoraBase):
@@ -225,8 +274,8 @@ class BottleneckMethod(Section):
                                                "(0-based), or `all`.")
 
 
-HANDWRITTEN = [FullMethod, FreezeMethod, LoraMethod, QloraMethod, LisaMethod, HftMethod, GaloreMethod,
-               LoreftMethod, LofitMethod, BottleneckMethod]
+HANDWRITTEN = [FullMethod, FreezeMethod, LoraMethod, *LORA_VARIANT_METHODS, QloraMethod, LisaMethod, HftMethod,
+               GaloreMethod, LoreftMethod, LofitMethod, BottleneckMethod]
 PEFT_TUNERS = peft_schema.build_tuner_models()
 ALL_METHODS = [*HANDWRITTEN, *PEFT_TUNERS]
 

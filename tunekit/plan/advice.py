@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from tunekit.methods.schema import LORA_VARIANTS
 from tunekit.recipe.overrides import apply_override, parse_override
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def candidates(r: Recipe) -> list[tuple[str, list[str]]]:
                     ["trainer.per_device_batch_size=1", f"trainer.gradient_accumulation_steps={acc * b}"]))
     if t.optim in ("auto", "adamw_torch", "adamw_torch_fused", "adamw_hf") and m.name in ("full", "freeze", "lisa", "hft"):
         out.append(("8-bit AdamW (bitsandbytes)", ["trainer.optim=adamw_8bit"]))
-    if m.name == "lora":
+    if m.name in ("lora", *LORA_VARIANTS):  # the variant's setting is kept (qlora has it too)
         out.append(("QLoRA: the base in 4-bit", ["method.name=qlora"]))
     if m.name == "full":
         out.append(("LoRA r=16 on all linear layers instead of full fine-tuning",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tunekit.plan import optimizers
-from tunekit.plan.activations import Micro, Shape, activation_bytes, logits_bytes, step_peak
+from tunekit.plan.activations import Micro, Shape, activation_bytes, head_bytes, step_peak
 from tunekit.plan.hardware import Gpu
 from tunekit.plan.params import DTYPE_BYTES, Param, ParamTable, gradient_bytes, model_dtype, weight_bytes
 from tunekit.plan.sharding import Layout, divide, layout
@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 GIB = 1024**3
 RUNTIME_BYTES = GIB  # CUDA context, cuBLAS/NCCL workspaces: about 1 GiB per process on current GPUs
 TIGHT = 0.10  # under 10% headroom the allocator's fragmentation can tip a run over
+# How each trainer kind scores the vocabulary (TRL 1.16): SFT, DPO, KTO and reft's GRPO/RLOO stage through TRL's
+# fused LM head (tiles, the logits never materialised); ORPO, CPO and online DPO (trl.experimental) and tunekit's
+# PPO from the model's logits. DPO, ORPO and CPO run chosen and rejected in one forward: 2 x per_device_batch_size
+# rows.
+LOGITS_KINDS = ("orpo", "cpo", "online_dpo", "ppo")
+PAIRED_KINDS = ("dpo", "orpo", "cpo")
+
+
+def trainer_kind(t: object) -> str:
+    """The trainer kind of `trainer:` settings; reft's RL stage (`trainer.rl`) by its algorithm."""
+    return getattr(t, "kind", None) or getattr(t, "algorithm", "sft")
 
 
 @dataclass
@@ -52,6 +63,12 @@ def adapter_elements(table: ParamTable, shape: Shape, recipe: Recipe) -> int:
     return ranks // max(shape.layers, 1)
 
 
+def head_trains(table: ParamTable, shape: Shape) -> bool:
+    """Whether the output head's weight gets a gradient (lm_head trained, or tied to a trained embedding)."""
+    head = ("lm_head", "embed_tokens") if shape.tied else ("lm_head",)
+    return any(any(h in p.name for h in head) and len(p.shape) == 2 for p in table.trainable)
+
+
 def _optimizer_bytes(recipe: Recipe, table: ParamTable, lay: Layout) -> int:
     optim, galore = optimizer_of(recipe)
     trainable = table.trainable
@@ -82,12 +99,14 @@ def estimate(recipe: Recipe, table: ParamTable, device: str = "cuda", seq: int |
     gpu, cpu = divide(whole, lay, _largest_layer(table, weights))
     checkpointing = t.gradient_checkpointing or (lay.strategy == "fsdp" and bool(
         recipe.launch.fsdp.activation_checkpointing))
-    micro = Micro(t.per_device_batch_size, seq or recipe.data.max_length,
+    kind = trainer_kind(t)
+    micro = Micro(t.per_device_batch_size * (2 if kind in PAIRED_KINDS else 1), seq or recipe.data.max_length,
                   DTYPE_BYTES[model_dtype(recipe.model.dtype, device)], recipe.model.attn_implementation,
                   checkpointing, adapter_elements(table, shape, recipe),
-                  any(p.trainable and "norm" in p.name for p in table.params))
+                  any(p.trainable and "norm" in p.name for p in table.params), kind not in LOGITS_KINDS,
+                  head_trains(table, shape), device != "cuda")
     embedding = sum(p.numel * p.element_bytes for p in table.trainable if "embed_tokens" in p.name)
-    gpu["activations"], gpu["logits"] = activation_bytes(shape, micro), logits_bytes(shape, micro)
+    gpu["activations"], gpu["logits"] = activation_bytes(shape, micro), head_bytes(shape, micro)
     peak = step_peak(shape, micro, gpu["gradients"], embedding)
     gpu["overlap"] = peak - gpu["activations"] - gpu["logits"] - gpu["gradients"]
     gpu["runtime"] = RUNTIME_BYTES if device == "cuda" else 0

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
 
 PART_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer": "optimizer state",
-               "activations": "activations", "logits": "logits + loss buffers", "gathered_layers":
+               "activations": "activations", "logits": "LM head + loss buffers", "gathered_layers":
                "gathered layers (ZeRO-3/FSDP)", "ddp_buckets": "DDP gradient buckets",
                "overlap": "overlap (gradients made as activations free)", "reference": "KL reference (RL stage)",
                "value_head": "PPO value head + its gradient, optimizer state", "generation":
@@ -74,7 +74,8 @@ def plan(recipe: Recipe, gpu: hardware.Gpu, device: str = "cuda", with_data: boo
     return {"recipe": {"model": recipe.model.path, "method": recipe.method.name, "optim": recipe.trainer.optim},
             "layout": {"strategy": est.layout.describe(), "world_size": est.layout.world},
             "micro_batch": {"batch": est.micro.batch, "seq": est.micro.seq, "attention": est.micro.attention,
-                            "checkpointing": est.micro.checkpointing, "element_bytes": est.micro.element_bytes},
+                            "checkpointing": est.micro.checkpointing, "element_bytes": est.micro.element_bytes,
+                            "lm_head": "fused" if est.micro.fused_head else "logits"},
             "params": est.params, "per_device": est.gpu, "cpu_per_process": est.cpu, "fit": fit, "fixes": fixes,
             "data": data, "time": _time(recipe, time_est, gpu, data), "notes": notes,
             **({"stages": stages} if stages else {})}
@@ -106,7 +107,7 @@ def render(result: dict) -> str:
     lines = [f"plan: {r['method']} on {r['model']}, {lay['strategy']} x {lay['world_size']}, optimizer {r['optim']}",
              f"params: {result['params']['trainable']:,} trainable of {result['params']['total']:,}",
              f"micro-batch: {mb['batch']} x {mb['seq']} tokens, attention {mb['attention']}, checkpointing "
-             f"{'on' if mb['checkpointing'] else 'off'}", "", "memory per device:"]
+             f"{'on' if mb['checkpointing'] else 'off'}, LM head {mb['lm_head']}", "", "memory per device:"]
     for key, value in result["per_device"].items():
         if value:
             lines.append(f"  {PART_LABELS.get(key, key):<48} {gib(value):>12}")

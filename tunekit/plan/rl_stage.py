@@ -15,8 +15,8 @@ adapter, the same parameter table) with `trainer.rl`'s optimizer and batch setti
   exceeds the training step's transient memory (activations, logits, gradients);
 - the training micro-batch: per_device_batch_size sequences of prompt + max_completion_length tokens (the prompt
   bounded by data.max_length, or by the data plan's longest row).
-The step's activations and logits are the SFT terms on that micro-batch (an upper bound for GRPO/RLOO, whose loss
-needs the completion positions' logits only). reft runs are single-process, so nothing is sharded.
+The step's activations and LM-head buffers are the SFT terms on that micro-batch: TRL's fused LM head for GRPO/RLOO
+(as TRL scores them), full logits for PPO (an upper bound: tunekit's PPO keeps the completion positions' logits). reft runs are single-process, so nothing is sharded.
 """
 
 from __future__ import annotations
