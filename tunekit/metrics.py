@@ -70,6 +70,27 @@ def _sync() -> float:
     return time.perf_counter()
 
 
+class CallTimer:
+    """Wall seconds spent inside one method of an object (the RL stage's generation: `time_calls`), the GPU's work
+    included (synchronised on both sides)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+    def wrap(self, obj: Any, name: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = _sync()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += _sync() - start
+                self.calls += 1
+
+        setattr(obj, name, timed)
+
+
 class StepClock:
     """Training-step seconds and tokens after each process's first WARMUP_STEPS steps: time between the trainer's
     step begin and step end events (forward, backward and optimizer step of every micro-batch; data fetching,

@@ -49,6 +49,9 @@ def test_reft_runs_both_stages(tmp_path: Path, algorithm: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stages"]["warmup"]["global_step"] == 4 and summary["stages"]["rl"]["global_step"] == 2
     assert all(isinstance(summary["stages"][s]["heldout_reward"], float) for s in ("warmup", "rl"))
+    rl = summary["stages"]["rl"]  # sampling timed apart from the rest of the RL steps (its bottleneck)
+    assert rl["generation_calls"] >= 1 and 0 < rl["generation_seconds"] <= rl["train_seconds"]
+    assert rl["other_train_seconds"] == pytest.approx(rl["train_seconds"] - rl["generation_seconds"], abs=0.011)
     metrics = read_metrics(run)
     assert {m.get("stage") for m in metrics} == {"warmup", "rl"}
     rl_keys = set().union(*[m for m in metrics if m.get("stage") == "rl"])
@@ -151,6 +154,7 @@ def test_ppo_trains_saves_and_reloads(tmp_path: Path, method: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["algorithm"] == "ppo" and summary["stages"]["rl"]["global_step"] == 4
     assert isinstance(summary["stages"]["rl"]["heldout_reward"], float)
+    assert summary["stages"]["rl"]["generation_calls"] == 2  # one sampling call per rollout (2 steps each)
     rows = [m for m in read_metrics(run) if m.get("stage") == "rl" and "loss" in m]
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
     assert all(set(m) >= PPO_METRICS for m in rows), PPO_METRICS - set(rows[0])

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunekit import run_dir
+from tunekit import metrics, run_dir
 from tunekit.data.masking import tokenize_with_mask
 from tunekit.errors import UserError
 from tunekit.launch.runtime import world_size
@@ -58,7 +58,7 @@ def stages(inputs: RunInputs) -> StagedRun:
 
     def record(stage: str) -> Any:
         def facts(trainer: Any, info: dict) -> dict:
-            trend = _reward_trend(trainer) if stage == "rl" else {}
+            trend = {**_reward_trend(trainer), **_generation_time(trainer, info)} if stage == "rl" else {}
             return {**trend, "heldout_reward": _heldout_record(trainer, inputs.tokenizer, heldout, recipe, out,
                                                                stage, info["global_step"])}
         return facts
@@ -118,7 +118,8 @@ def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, 
     rl = recipe.trainer.rl
     columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
     if rl.algorithm == "ppo":
-        return ppo.build(recipe, model, tokenizer, columns, funcs, weights, checkpoint_dir, callbacks)
+        trainer = ppo.build(recipe, model, tokenizer, columns, funcs, weights, checkpoint_dir, callbacks)
+        return _time_generation(trainer, trainer.ppo, "sample")
     if rl.use_vllm:
         _check_vllm()
     kwargs = training_kwargs(recipe.model_copy(update={"trainer": rl}), checkpoint_dir, False)
@@ -136,8 +137,17 @@ def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, 
         from trl import RLOOConfig, RLOOTrainer
 
         config, cls = RLOOConfig(**kwargs), RLOOTrainer
-    return cls(model=model, reward_funcs=funcs, args=config, train_dataset=columns, processing_class=tokenizer,
-               callbacks=callbacks)
+    trainer = cls(model=model, reward_funcs=funcs, args=config, train_dataset=columns, processing_class=tokenizer,
+                  callbacks=callbacks)
+    return _time_generation(trainer, trainer, "_generate")  # TRL's sampling step (plain generate or vLLM)
+
+
+def _time_generation(trainer: Any, owner: Any, method: str) -> Any:
+    """Time the stage's sampling apart from the rest of its steps (RL's bottleneck; `generation_seconds` in the
+    stage's summary)."""
+    trainer.tk_generation = metrics.CallTimer()
+    trainer.tk_generation.wrap(owner, method)
+    return trainer
 
 
 def _check_vllm() -> None:
@@ -156,6 +166,18 @@ def _drop_reference_adapter(trainer: Any) -> None:
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(unwrapped, "peft_config", {}):
         unwrapped.delete_adapter("ref")
+
+
+def _generation_time(trainer: Any, info: dict) -> dict:
+    """Seconds of the stage spent sampling completions and the rest (log-probs, rewards, updates, saves)."""
+    timer = getattr(trainer, "tk_generation", None)
+    if timer is None:
+        return {}
+    gen = round(timer.seconds, 2)
+    console.print(f"rl: {gen:.1f} s generating ({timer.calls} calls), "
+                  f"{max(0.0, info['train_seconds'] - gen):.1f} s the rest of training")
+    return {"generation_seconds": gen, "generation_calls": timer.calls,
+            "other_train_seconds": round(max(0.0, info["train_seconds"] - gen), 2)}
 
 
 def _reward_trend(trainer: Any) -> dict:
