@@ -11,6 +11,7 @@ from tunekit.plan.estimate import GIB, Estimate, estimate, verdict
 from tunekit.plan.params import ParamTable, param_table
 from tunekit.plan.rl_stage import estimate_rl
 from tunekit.trainers.reft import warmup_recipe
+from tunekit.trainers.training_args import resolved_optim
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -71,7 +72,7 @@ def plan(recipe: Recipe, gpu: hardware.Gpu, device: str = "cuda", with_data: boo
                           "trainer.rl.per_device_batch_size, max_completion_length or beta (no reference)"]
                          if rl_peak and fit["verdict"] != "fits" else [])
     time_est = planner.estimate(recipe, seq) if rl_peak else est
-    return {"recipe": {"model": recipe.model.path, "method": recipe.method.name, "optim": recipe.trainer.optim},
+    return {"recipe": {"model": recipe.model.path, "method": recipe.method.name, "optim": resolved_optim(recipe.trainer.optim, device == "cuda")},
             "layout": {"strategy": est.layout.describe(), "world_size": est.layout.world},
             "micro_batch": {"batch": est.micro.batch, "seq": est.micro.seq, "attention": est.micro.attention,
                             "checkpointing": est.micro.checkpointing, "element_bytes": est.micro.element_bytes,

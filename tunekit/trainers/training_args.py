@@ -73,13 +73,14 @@ def check_fast_paths(trainer: Any) -> None:
         raise UserError(OFFLOAD_ON_CPU)
 
 
-def resolved_optim(optim: str) -> str:
+def resolved_optim(optim: str, on_cuda: bool | None = None) -> str:
     """`auto`: torch's fused AdamW on a CUDA GPU (one kernel per step instead of several per parameter group),
     `adamw_torch` elsewhere (transformers 5 defaults to the fused one everywhere; tunekit keeps CPU runs on the
-    plain one its CPU tests and parity checks were made with)."""
+    plain one its CPU tests and parity checks were made with). `on_cuda`: for that device instead of this machine's
+    (`tunekit plan`)."""
     if optim != "auto":
         return optim
-    return "adamw_torch_fused" if cuda() else "adamw_torch"
+    return "adamw_torch_fused" if (cuda() if on_cuda is None else on_cuda) else "adamw_torch"
 
 
 def checkpointing_kwargs(t: OptimSettings) -> dict | None:
