@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 
 import pytest
@@ -63,9 +64,9 @@ def test_too_few_rows_for_the_processes_is_an_error() -> None:
         token_budget_batches([60, 60, 60], 64, True, seed=0, world_size=4)
 
 
-def recipe(data: dict | None = None, trainer: dict | None = None) -> Recipe:
+def recipe(data: dict | None = None, trainer: dict | None = None, model: dict | None = None) -> Recipe:
     return Recipe.model_validate({
-        "model": {"path": "builtin:tiny-llama"},
+        "model": model or {"path": "builtin:tiny-llama"},
         "data": {"train": [{"path": "x.jsonl", "format": "messages"}], "max_length": 64, **(data or {})},
         "method": {"name": "lora"}, "trainer": {"kind": "sft", **(trainer or {})}, "output": {"dir": "/tmp/x"}})
 
@@ -102,8 +103,11 @@ def test_checkpointing_is_non_reentrant() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults and refusals")
 def test_cpu_defaults_and_refusals() -> None:
     r = recipe()
-    assert training_args.fast_paths(r, "llama") | {"optim": "adamw_torch", "kernels": "none", "compile": False} == \
-        training_args.fast_paths(r, "llama")
+    assert training_args.fast_paths(r, "llama") | {"optim": "adamw_torch", "kernels": "none", "compile": False,
+                                                   "attn_implementation": "sdpa"} == training_args.fast_paths(r, "llama")
+    assert r.model.attn_implementation == "auto"  # the default, resolved to sdpa here (no CUDA, no flash-attn)
+    explicit = recipe(model={"path": "builtin:tiny-llama", "attn_implementation": "eager"})
+    assert training_args.fast_paths(explicit)["attn_implementation"] == "eager"
     training_args.check_fast_paths(r.trainer)  # auto everywhere: nothing to refuse
     for key, value, says in (("kernels", "liger", "needs a CUDA GPU"), ("activation_offload", True, "needs a GPU")):
         extra = {"gradient_checkpointing": True} if key == "activation_offload" else {}
@@ -119,3 +123,8 @@ def test_cuda_defaults() -> None:
     assert training_args.resolved_optim("adamw_8bit") == "adamw_8bit"
     expected = "liger" if training_args.liger_supports("llama") else "none"
     assert training_args.resolved_kernels("auto", "llama") == expected
+    flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.get_device_capability()[0] >= 8
+    bf16 = recipe(model={"path": "builtin:tiny-llama", "dtype": "bfloat16"})
+    assert training_args.fast_paths(bf16)["attn_implementation"] == ("flash_attention_2" if flash else "sdpa")
+    fp32 = recipe(model={"path": "builtin:tiny-llama", "dtype": "float32"})
+    assert training_args.fast_paths(fp32)["attn_implementation"] == "sdpa"  # flash-attention needs 16-bit weights

@@ -53,6 +53,21 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+def attention(cfg: ModelConfig) -> str:
+    """The attention kernel a model is loaded with (`model.attn_implementation`; `auto`: see the schema)."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    import importlib.util
+
+    import torch
+
+    if (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+            and torch_dtype(cfg.dtype) in (torch.bfloat16, torch.float16)
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
@@ -78,7 +93,7 @@ def load_model(cfg: ModelConfig, model_path: str | None = None, **kwargs: Any) -
             src,
             revision=cfg.revision,
             dtype=torch_dtype(cfg.dtype),
-            attn_implementation=cfg.attn_implementation,
+            attn_implementation=attention(cfg),
             trust_remote_code=cfg.trust_remote_code,
             **kwargs,
         )

@@ -22,8 +22,13 @@ class ModelConfig(Section):
         default="auto",
         description="Weight dtype. `auto`: bfloat16 on a GPU that supports it, float16 on older GPUs, float32 on CPU.",
     )
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = (
-        Field(default="sdpa", description="Attention kernel passed to `from_pretrained`.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3",
+                                 "flex_attention"] = Field(
+        default="auto",
+        description="Attention kernel passed to `from_pretrained`. `auto`: flash_attention_2 (varlen kernels: packed "
+                    "documents never attend to each other, no padding computed) on a CUDA GPU of compute capability "
+                    ">= 8.0 with flash-attn installed and 16-bit weights; else sdpa (packed rows get per-document "
+                    "masks from their position ids).",
     )
     trust_remote_code: bool = Field(
         default=False,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
 from tunekit.launch.engines import training_kwargs as launch_kwargs
+from tunekit.model.load import attention
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -117,7 +118,7 @@ def fast_paths(recipe: Recipe, model_type: str | None = None) -> dict:
             "compile": getattr(t, "compile", False),
             "kernels": resolved_kernels(t.kernels, model_type) if hasattr(t, "kernels") else "none",
             "fused_lm_head": getattr(t, "kind", None) == "sft",  # TRL's SFTTrainer computes the loss from tiles of the LM head
-            "attn_implementation": recipe.model.attn_implementation,
+            "attn_implementation": attention(recipe.model),
             "packing": d.packing, "padding_free": d.packing or d.padding_free, "tokens_per_batch": d.tokens_per_batch,
             "gradient_checkpointing": getattr(t, "gradient_checkpointing", False),
             "activation_offload": getattr(t, "activation_offload", False)}
