@@ -25,7 +25,7 @@ from tests.conftest import read_metrics, run_cli, tiny_recipe
 from tunekit.data.sources import resolve_path
 from tunekit.trainers.rewards import numeric_match
 
-pytestmark = pytest.mark.slow  # ~6 min on 2 CPU cores shared with other jobs (30 steps x 32 samples, 2 x 256 samples)
+pytestmark = pytest.mark.full  # 66 s on 2 idle CPU cores (30 steps x 32 samples, 2 x 256 held-out samples); ~6 min when loaded
 
 FORMAT = re.compile(r"(?s).*####\s*-?[\d,]*\.?\d+\s*")  # the `format` reward's default pattern
 
