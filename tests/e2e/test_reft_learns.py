@@ -20,6 +20,10 @@ pytestmark = pytest.mark.full  # a learning-signal test: `make test-full` (CI)
 
 WARMUP = {"learning_rate": 6e-3, "lr_scheduler": "constant", "max_steps": 30, "per_device_batch_size": 16,
           "logging_steps": 10, "seed": 0}
+# The RL stage's settings both algorithms share (same samples per step, rewards and seed).
+RL = {"learning_rate": 5e-4, "lr_scheduler": "constant", "per_device_batch_size": 16, "num_generations": 8,
+      "max_completion_length": 16, "beta": 0.0, "eval_samples": 4, "seed": 0,
+      "rewards": [{"type": "numeric_match"}, {"type": "format"}]}
 PLUS_ONE = {"train": [{"path": "builtin:arith/plus_one_train.jsonl", "format": "prompt_answer"}],
             "eval": [{"path": "builtin:arith/plus_one_eval.jsonl", "format": "prompt_answer"}], "max_length": 96}
 
@@ -27,11 +31,7 @@ PLUS_ONE = {"train": [{"path": "builtin:arith/plus_one_train.jsonl", "format": "
 def test_rl_stage_beats_warmup_on_heldout_reward(tmp_path: Path) -> None:
     recipe = reft_recipe(
         tmp_path, data=PLUS_ONE, method={"name": "full"},
-        trainer={"kind": "reft", "warmup": WARMUP,
-                 "rl": {"algorithm": "grpo", "learning_rate": 5e-4, "lr_scheduler": "constant", "max_steps": 30,
-                        "per_device_batch_size": 16, "num_generations": 8, "max_completion_length": 16,
-                        "beta": 0.0, "logging_steps": 5, "eval_samples": 4, "seed": 0,
-                        "rewards": [{"type": "numeric_match"}, {"type": "format"}]}},
+        trainer={"kind": "reft", "warmup": WARMUP, "rl": {**RL, "algorithm": "grpo", "max_steps": 30, "logging_steps": 5}},
     )
     run_cli("train", recipe, check=True)
     run = tmp_path / "run"
@@ -54,11 +54,7 @@ def test_ppo_rl_stage_beats_warmup_on_heldout_reward(tmp_path: Path) -> None:
     samples and steps (60 steps, num_iterations 2) 0.742. About 2 minutes on 2 CPU cores."""
     recipe = reft_recipe(
         tmp_path, data=PLUS_ONE, method={"name": "full"},
-        trainer={"kind": "reft", "warmup": WARMUP,
-                 "rl": {"algorithm": "ppo", "learning_rate": 5e-4, "lr_scheduler": "constant", "max_steps": 60,
-                        "per_device_batch_size": 16, "num_generations": 8, "max_completion_length": 16,
-                        "beta": 0.0, "logging_steps": 10, "eval_samples": 4, "seed": 0,
-                        "rewards": [{"type": "numeric_match"}, {"type": "format"}]}},
+        trainer={"kind": "reft", "warmup": WARMUP, "rl": {**RL, "algorithm": "ppo", "max_steps": 60, "logging_steps": 10}},
     )
     run_cli("train", recipe, check=True)
     stages = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]
