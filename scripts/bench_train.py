@@ -243,7 +243,7 @@ def step_timer(record: dict) -> object:
     return StepTimer()
 
 
-def fast_paths(cuda: bool, s: Setting | None = None) -> tuple[dict, list[str]]:
+def fast_paths(cuda: bool, s: Setting | None = None, compile_: bool = True) -> tuple[dict, list[str]]:
     """tunekit's fast-path recipe keys (dotted) and those left out on this machine, with why."""
     on: dict = {"trainer.optim": "adamw_torch_fused"}
     off = []
@@ -259,8 +259,10 @@ def fast_paths(cuda: bool, s: Setting | None = None) -> tuple[dict, list[str]]:
     else:
         off.append("trainer.kernels: liger (" + ("liger-kernel not installed: pip install 'tunekit[gpu]'" if cuda
                                                  else "needs CUDA") + ")")
-    if cuda:
+    if cuda and compile_:
         on["trainer.compile"] = True
+    elif cuda:
+        off.append("trainer.compile (--no-compile: inductor's compile time on an 8B model does not fit a short run)")
     else:
         off.append("trainer.compile (on CPU inductor's compile and recompiles for each new packed-batch shape take "
                    "minutes, longer than the --tiny run; the compiled losses are checked in tests/e2e/test_fast_paths.py)")
@@ -279,7 +281,7 @@ def tunekit_recipe(spec: dict, fast: bool) -> dict:
                     "seed": SEED, "gradient_checkpointing": s.checkpointing},
         "output": {"dir": spec["run_dir"], "save_minutes": 0},
     }
-    for key, value in (fast_paths(spec["cuda"], s)[0] if fast else {}).items():
+    for key, value in (fast_paths(spec["cuda"], s, spec["compile"])[0] if fast else {}).items():
         section, name = key.split(".")
         recipe[section][name] = value
     return recipe
@@ -291,10 +293,16 @@ def run_tunekit(spec: dict, record: dict) -> None:
 
     fast = spec["stack"] == "tunekit-fast"
     recipe = Recipe.model_validate(tunekit_recipe(spec, fast))
-    on, off = fast_paths(spec["cuda"], Setting(**spec["setting"])) if fast else ({}, [])
+    on, off = fast_paths(spec["cuda"], Setting(**spec["setting"]), spec["compile"]) if fast else ({}, [])
     record["features"] = ["data.packing: true (BFD; padding-free batches, position ids restart per example)",
                           *(f"{k}: {v}" for k, v in on.items()), *(f"not used: {x}" for x in off)]
-    pipeline.train(recipe, overwrite=True, callbacks=[step_timer(record)])
+    out = pipeline.train(recipe, overwrite=True, callbacks=[step_timer(record)])
+    memory = json.loads((out / "summary.json").read_text()).get("memory") or {}
+    predicted, measured = memory.get("predicted") or {}, memory.get("measured") or {}
+    if "peak_bytes" in predicted and "peak_bytes" in measured:  # the planner against the run (shown on CUDA only:
+        # on CPU the measure is the process's RSS, which counts Python and its libraries, not just tensors)
+        record["plan"] = {"predicted_gb": predicted["peak_bytes"] / 1e9, "measured_gb": measured["peak_bytes"] / 1e9,
+                          "source": measured.get("source")}
 
 
 def sft_config(spec: dict) -> object:
@@ -436,6 +444,7 @@ def run_setting(setting: Setting, a: argparse.Namespace, workdir: Path, cuda: bo
             spec = {"stack": stack, "rep": rep, "setting": asdict(setting), "model_dir": str(model_dir),
                     "data": data, "workdir": str(workdir), "run_dir": str(workdir / "runs" / name),
                     "warmup": a.warmup, "steps": a.steps, "cuda": cuda, "dtype": "bfloat16" if cuda else "float32",
+                    "compile": a.compile,
                     "result": str(workdir / "results" / f"{name}.json")}
             spec_path = workdir / "specs" / f"{name}.json"
             spec_path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,6 +558,12 @@ def report(result: dict, rows: list[dict], checks: list, a: argparse.Namespace) 
     for r in rows:
         if r.get("features"):
             lines.append(f"- {LABELS[r['stack']]}: " + "; ".join(r["features"]))
+    for stack, reps in result["runs"].items():
+        for r in (r for r in reps if r.get("plan", {}).get("source", "").startswith("torch.cuda")):
+            p = r["plan"]
+            lines.append(f"- `tunekit plan` for {LABELS[stack]} rep {r['rep'] + 1}: predicted {p['predicted_gb']:.2f} GB, "
+                         f"measured {p['measured_gb']:.2f} GB ({p['source']}): "
+                         f"{100 * (p['predicted_gb'] / p['measured_gb'] - 1):+.1f}%")
     lines.append("- not available in tunekit (left out): " + "; ".join(NOT_AVAILABLE))
     failed = [c for c in checks if not c[1]]
     lines += ["", f"gates: {len(checks) - len(failed)}/{len(checks)} passed" + (" (all)" if not failed else "")]
@@ -626,6 +641,8 @@ def parse_args() -> argparse.Namespace:
                     "(default 0.02 in bf16 on a GPU, 1e-3 in float32 on CPU)")
     ap.add_argument("--init-margin", type=float, default=0.5, help="nats around the expected initial loss (the mean "
                     "target logit of synthetic text with few distinct tokens varies by a few tenths at init)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave trainer.compile out of the "
+                    "fast-path stack on a GPU (inductor compiles an 8B model for minutes: too long for a short run)")
     ap.add_argument("--workdir", help="keep models, data and logs here (reused: an 8B model is built once)")
     ap.add_argument("--keep", action="store_true", help="keep the run directories (and a temporary workdir)")
     ap.add_argument("--out", help="write bench_train.json and bench_train.md here")
