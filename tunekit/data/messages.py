@@ -7,8 +7,9 @@
   all-text parts are joined with "\\n" (as vLLM joins text parts); any other part is refused naming the row.
 - `tool_calls` arguments may be an object or a JSON string; both become an object, because the families'
   templates (Qwen2.5, Llama-3.1, Mistral) write `arguments | tojson` and a string would be encoded twice.
-- `reasoning_content` (also read: `reasoning`, `thinking`) on an assistant turn is passed to the template,
-  which must render it into the turn (checked when the turn is trained).
+- `reasoning_content` (also read: `reasoning`, `thinking`) on an assistant turn is passed to the template under
+  the field the template reads (templates.reasoning_field: gpt-oss reads `thinking`), which must render it into
+  the turn (checked when the turn is trained).
 - `train` (axolotl's per-message flag; `training: bool` and `weight: 0|1` are read as the same) overrides
   `data.train_on` for that assistant turn.
 

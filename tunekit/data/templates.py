@@ -119,6 +119,27 @@ def _hint(message: str, tools: bool) -> str:
     return ""
 
 
+# The message field a template reads a turn's reasoning from: Qwen3, DeepSeek-R1, Nemotron, GLM `reasoning_content`;
+# gpt-oss (harmony) `thinking`; some `reasoning`. Messages carry it as `reasoning_content` (messages.py).
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def reasoning_field(template: str) -> str:
+    """The field `template` reads reasoning from: the first of _REASONING_FIELDS it uses as a message attribute
+    (`message.thinking`, `m['thinking']`, `"thinking" in message`); `reasoning_content` when it uses none."""
+    for name in _REASONING_FIELDS:
+        if re.search(rf"""(\.{name}\b|\[\s*['"]{name}['"]\s*\]|['"]{name}['"]\s+in\s+\w+)""", template):
+            return name
+    return "reasoning_content"
+
+
+def _with_reasoning_as(field: str, messages: list[dict]) -> list[dict]:
+    if field == "reasoning_content":
+        return messages
+    return [{**{k: v for k, v in m.items() if k != "reasoning_content"}, field: m["reasoning_content"]}
+            if m.get("reasoning_content") is not None else m for m in messages]
+
+
 def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
     """A function (messages, add_generation_prompt, tools) -> str rendering with `template` like apply_chat_template.
 
@@ -143,9 +164,11 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
             return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, tools=tools,
                                                  add_generation_prompt=add_generation_prompt)
 
+    field = reasoning_field(template)
+
     def render(messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
         try:
-            return _render(messages, add_generation_prompt, tools)
+            return _render(_with_reasoning_as(field, messages), add_generation_prompt, tools)
         except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a template adding a string to None
             has_tools = bool(tools) or any(m.get("tool_calls") for m in messages)
             raise TemplateFailure(f"{label} raised an error: {e}.{_hint(str(e), has_tools)}") from None

@@ -1,0 +1,90 @@
+"""Templates that read a turn's reasoning from another message field than `reasoning_content` (gpt-oss's harmony
+template reads `message.thinking`; others `message.reasoning`): tunekit passes the reasoning under the field the
+template reads, so it is rendered and trained, not refused as "not rendered". The templates here are small
+hand-written ones with the structure of those families (not copies), one per field spelling."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunekit.data.masking import conversation_examples
+from tunekit.data.messages import Conversation, message
+from tunekit.data.templates import reasoning_field, renderer
+from tunekit.errors import UserError
+from tunekit.model.builtin import TOKENIZER_DIR
+
+# harmony-like: analysis channel from `thinking`, dropped for turns before the last user turn; the last turn
+# ends with <|return|>, earlier ones with <|end|>; generation prompt <|start|>assistant
+HARMONY = """{%- set ns = namespace(last_user=-1) -%}
+{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}
+{%- for m in messages -%}
+{%- if m.role == 'user' -%}<|start|>user<|message|>{{ m.content }}<|end|>
+{%- elif m.role == 'assistant' -%}
+{%- if m.thinking and loop.index0 > ns.last_user -%}<|start|>assistant<|channel|>analysis<|message|>{{ m.thinking }}<|end|>{%- endif -%}
+<|start|>assistant<|channel|>final<|message|>{{ m.content }}{{ '<|return|>' if loop.last else '<|end|>' }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}"""
+# reads `message['reasoning']` inside a think block
+BRACKETS = """{%- for m in messages -%}<|im_start|>{{ m.role }}
+{% if m.role == 'assistant' and m['reasoning'] %}<think>{{ m['reasoning'] }}</think>{% endif %}{{ m.content }}<|im_end|>
+{% endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant
+{% endif -%}"""
+SPECIAL = ["<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _tok():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL})
+    return tok
+
+
+def _reasoning_conv() -> Conversation:
+    raw = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "thinking": "Add two and two.", "content": "4"},
+           {"role": "user", "content": "3+3?"}, {"role": "assistant", "reasoning": "Add three and three.", "content": "6"}]
+    return Conversation.of([message(m, f"messages[{k}]", "test") for k, m in enumerate(raw)])
+
+
+def test_the_field_a_template_reads_is_found() -> None:
+    assert reasoning_field(HARMONY) == "thinking"
+    assert reasoning_field(BRACKETS) == "reasoning"
+    assert reasoning_field("{% if 'thinking' in message %}{{ message['thinking'] }}{% endif %}") == "thinking"
+    assert reasoning_field("{{ m.reasoning_content }} {{ m.thinking }}") == "reasoning_content"  # both: the usual one
+    assert reasoning_field("{{ m.content }}") == "reasoning_content"
+
+
+def test_harmony_style_template_trains_the_analysis_channel_of_each_turn() -> None:
+    """Each turn is its own example (the template drops earlier turns' analysis and ends the last turn with
+    <|return|>); the trained text is what the model writes after `<|start|>assistant`: the analysis channel with
+    the reasoning, then the final channel and <|return|>."""
+    tok = _tok()
+    examples = conversation_examples(renderer(tok, HARMONY), _reasoning_conv(), "assistant", "auto", "test")
+    trained = [text[a:b] for text, spans in examples for a, b in spans]
+    assert trained == [
+        "<|channel|>analysis<|message|>Add two and two.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>",
+        "<|channel|>analysis<|message|>Add three and three.<|end|><|start|>assistant<|channel|>final<|message|>6"
+        "<|return|>"]
+    for text, [(a, _)] in examples:
+        assert text[:a].endswith("<|start|>user<|message|>2+2?<|end|><|start|>assistant") or \
+            text[:a].endswith("<|start|>user<|message|>3+3?<|end|><|start|>assistant")
+
+
+@pytest.mark.parametrize("train_reasoning", [True, False])
+def test_bracket_field_template_renders_and_masks_reasoning(train_reasoning: bool) -> None:
+    tok = _tok()
+    (text, spans), = conversation_examples(renderer(tok, BRACKETS), _reasoning_conv(), "assistant", "auto", "test",
+                                           train_reasoning=train_reasoning)
+    trained = [text[a:b] for a, b in spans]
+    if train_reasoning:
+        assert trained == ["<think>Add two and two.</think>4<|im_end|>\n", "<think>Add three and three.</think>6<|im_end|>\n"]
+    else:  # the reasoning stays in the context, the loss starts after it
+        assert trained == ["</think>4<|im_end|>\n", "</think>6<|im_end|>\n"] and "Add two and two." in text
+
+
+def test_a_template_reading_no_reasoning_field_is_still_refused() -> None:
+    chatml = BRACKETS.replace("{% if m.role == 'assistant' and m['reasoning'] %}<think>{{ m['reasoning'] }}</think>"
+                              "{% endif %}", "")
+    with pytest.raises(UserError, match="does not render the assistant turn's `reasoning_content`"):
+        conversation_examples(renderer(_tok(), chatml), _reasoning_conv(), "assistant", "auto", "test")
