@@ -1,13 +1,18 @@
-"""Templates that read a turn's reasoning from another message field than `reasoning_content` (gpt-oss's harmony
-template reads `message.thinking`; others `message.reasoning`): tunekit passes the reasoning under the field the
-template reads, so it is rendered and trained, not refused as "not rendered". The templates here are small
-hand-written ones with the structure of those families (not copies), one per field spelling."""
+"""Template shapes beyond the shipped families, each with a small hand-written template of that structure (not a
+copy of the family's):
+
+- reasoning read from another field than `reasoning_content` (gpt-oss's harmony template reads
+  `message.thinking`; others `message.reasoning`): passed under the field the template reads, so it is rendered
+  and trained, not refused as "not rendered";
+- turns opened by headers and closed by nothing (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>`):
+  the header that opens the next turn is what the model writes to stop, and is trained as the end of turn.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from tunekit.data.masking import conversation_examples
+from tunekit.data.masking import conversation_examples, tokenize_texts
 from tunekit.data.messages import Conversation, message
 from tunekit.data.templates import reasoning_field, renderer
 from tunekit.errors import UserError
@@ -30,7 +35,7 @@ BRACKETS = """{%- for m in messages -%}<|im_start|>{{ m.role }}
 {% if m.role == 'assistant' and m['reasoning'] %}<think>{{ m['reasoning'] }}</think>{% endif %}{{ m.content }}<|im_end|>
 {% endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant
 {% endif -%}"""
-SPECIAL = ["<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
+SPECIAL = ["<|user|>", "<|assistant|>", "<|system|>", "<|observation|>", "<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _tok():
@@ -88,3 +93,60 @@ def test_a_template_reading_no_reasoning_field_is_still_refused() -> None:
                               "{% endif %}", "")
     with pytest.raises(UserError, match="does not render the assistant turn's `reasoning_content`"):
         conversation_examples(renderer(_tok(), chatml), _reasoning_conv(), "assistant", "auto", "test")
+
+
+GLM_LIKE = """{%- for m in messages -%}
+{%- if m.role == 'system' -%}<|system|>
+{{ m.content }}
+{%- elif m.role == 'user' -%}<|user|>
+{{ m.content }}
+{%- elif m.role == 'assistant' -%}<|assistant|>
+{{ m.content or '' }}{%- for c in m.tool_calls or [] -%}<tool_call>{{ c.function.name }}</tool_call>{%- endfor -%}
+{%- elif m.role == 'tool' -%}{%- if messages[loop.index0 - 1].role != 'tool' -%}<|observation|>{%- endif -%}
+<tool_response>{{ m.content }}</tool_response>
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"""
+
+
+def _conv(raw: list[dict]) -> Conversation:
+    return Conversation.of([message(m, f"messages[{k}]", "test") for k, m in enumerate(raw)])
+
+
+THREE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}, {"role": "user", "content": "Thanks"},
+         {"role": "assistant", "content": "You are welcome."}]
+TOOLS = [{"role": "user", "content": "Weather in Paris?"},
+         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+             "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+         {"role": "tool", "content": "18 C"}, {"role": "assistant", "content": "It is 18 C."}]
+
+
+@pytest.mark.parametrize("multi_turn", ["auto", "per_turn"])
+def test_header_delimited_template_trains_the_next_header_as_the_end_of_turn(multi_turn: str) -> None:
+    """Every assistant turn is trained with the special token that opens the next turn (`<|user|>` after an
+    answer, `<|observation|>` after tool calls); the last turn gets the header a user turn would open with. The
+    context before each turn is the template's own generation-prompt rendering."""
+    tok = _tok()
+    render = renderer(tok, GLM_LIKE)
+    for raw, want in ((THREE, ["\nHello!<|user|>", "\n4<|user|>", "\nYou are welcome.<|user|>"]),
+                      (TOOLS, ["\n<tool_call>get_weather</tool_call><|observation|>", "\nIt is 18 C.<|user|>"])):
+        conv = _conv(raw)
+        examples = conversation_examples(render, conv, "assistant", multi_turn, "test")
+        assert len(examples) == (1 if multi_turn == "auto" else len(want))  # prefixes render consistently
+        assert [text[a:b] for text, spans in examples for a, b in spans] == want
+        turns = [i for i, m in enumerate(conv) if m["role"] == "assistant"]
+        starts = [(text, a) for text, spans in examples for a, _ in spans]
+        for i, (text, a) in zip(turns, starts):
+            assert text[:a] == render(conv[:i], add_generation_prompt=True)
+        enc = tokenize_texts(tok, [examples[-1][0]], [examples[-1][1]])[0]
+        a, b = enc["spans"][-1]
+        assert tok.convert_ids_to_tokens(enc["input_ids"][b - 1]) == "<|user|>"  # one token, trained
+
+
+def test_a_template_closing_nothing_without_header_tokens_is_still_refused() -> None:
+    plain = GLM_LIKE.replace("<|user|>", "User:").replace("<|assistant|>", "Assistant:").replace(
+        "<|system|>", "System:")
+    with pytest.raises(UserError, match="writes nothing after an assistant turn"):
+        conversation_examples(renderer(_tok(), plain), _conv(THREE), "assistant", "auto", "test")

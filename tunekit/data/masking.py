@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunekit.data.templates import TemplateFailure, renderer
-from tunekit.data.turns import turn_example, untrained_reasoning
+from tunekit.data.turns import stop_header, turn_example, untrained_reasoning
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -121,6 +121,7 @@ def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on
         if example is None:
             raise _inconsistent(where, per_turn=True)
         text, start = example
+        text += stop_header(render, messages, i, None)
         _check_turn(render, messages[i], text[start:], where)
         start += _trained_start(text[start:], messages[i], train_reasoning, where)
         out.append((text, [(start, len(text))]))
@@ -153,6 +154,10 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         end = _end_in(full, upto, eos)
         if end is None or not full.startswith(before) or end < len(before):
             raise _inconsistent(where, per_turn=False)
+        stop = stop_header(render, messages, i, full[end:] if end < len(full) else None)
+        if end == len(full):  # the last turn: the header the template would write next is appended
+            full += stop
+        end += len(stop)
         _check_turn(render, messages[i], full[len(before) : end], where)
         start = len(before) + _trained_start(full[len(before) : end], messages[i], train_reasoning, where)
         spans.append((start, end))

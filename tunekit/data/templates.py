@@ -175,4 +175,7 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
 
     render.template_name = label  # type: ignore[attr-defined]
     render.eos_token = special.get("eos_token")  # type: ignore[attr-defined]
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    render.special_tokens = sorted({*special.values(), *(t.content for t in added.values() if t.special)},  # type: ignore[attr-defined]
+                                   key=len, reverse=True)
     return render

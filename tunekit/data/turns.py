@@ -13,6 +13,13 @@ and are handled here, each checked so it never applies by accident:
   prompt is the reasoning, `\\n</think>\\n\\n`, the answer (the format these models generate) and the end of turn
   the template writes after the answer. A turn without reasoning gets an empty block.
 
+- **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
+  turns and nothing closes them; the model stops by writing the next header, which its generation config lists
+  as an EOS). For such a template (a user turn runs straight into the generation prompt, an assistant turn's
+  text ends the rendering), the special token that opens the turn after each trained assistant turn (the next
+  message's, or for the last turn a user turn's, a tool turn's after tool calls) is trained as its end of turn,
+  as TRL's training variant of GLM's template does.
+
 Reasoning (`data.train_reasoning: false`): the reasoning text stays in the context but carries no loss; the
 trained span starts right after it (the closing tag, the answer and the end of turn are trained).
 """
@@ -93,3 +100,65 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
     if rest is not None:
         return before + rest, len(before)
     return None
+
+
+PROBE = "tunekit probe"
+
+
+def _header_delimited(render: Render) -> bool:
+    """Turns are opened by headers and closed by nothing: a user turn runs straight into the (non-empty) generation
+    prompt, and an assistant turn's text is the end of the rendering. Computed once per renderer."""
+    known = getattr(render, "header_delimited", None)
+    if known is None:
+        user = [{"role": "user", "content": PROBE}]
+        try:
+            plain, prompt = render(user), render(user, add_generation_prompt=True)
+            answered = render([*user, {"role": "assistant", "content": "tunekit answer"}])
+        except Exception:  # noqa: BLE001  (a template refusing the probe is not header-delimited)
+            plain, prompt, answered = "", "", ""
+        known = (plain.rstrip().endswith(PROBE) and prompt.startswith(plain) and len(prompt) > len(plain)
+                 and answered.endswith("tunekit answer"))
+        try:
+            render.header_delimited = known  # type: ignore[attr-defined]
+        except AttributeError:  # a plain function in tests
+            pass
+    return known
+
+
+def _leading_special(text: str, specials: list[str]) -> str:
+    return next((t for t in specials if t and text.startswith(t)), "")
+
+
+def _opening(render: Render, role: str) -> str:
+    """The text a header-delimited template writes to open a `role` turn after an assistant turn (cached)."""
+    cache = getattr(render, "openings", None)
+    if cache is None:
+        cache = {}
+        try:
+            render.openings = cache  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    if role not in cache:
+        base = [{"role": "user", "content": PROBE}, {"role": "assistant", "content": "tunekit answer"}]
+        nxt = {"role": role, "content": PROBE, **({"name": "probe", "tool_call_id": "probe"} if role == "tool" else {})}
+        try:
+            head, whole = render(base), render([*base, nxt])
+            cache[role] = whole[len(head):] if whole.startswith(head) else ""
+        except Exception:  # noqa: BLE001  (a template refusing the probe: no header known)
+            cache[role] = ""
+    return cache[role]
+
+
+def stop_header(render: Render, messages: list[dict], i: int, following: str | None) -> str:
+    """For a header-delimited template, the special token that opens the turn after assistant turn i (what the
+    model writes to stop); "" otherwise. `following`: the rendered rest of the conversation after the turn when
+    known; else the opening of the next message's role (the last turn: a tool turn after tool calls, else a user
+    turn), from a probe conversation, since re-rendering this one may rewrite its earlier turns."""
+    specials = getattr(render, "special_tokens", None)
+    if not specials or not _header_delimited(render):
+        return ""
+    if following is None:
+        role = messages[i + 1]["role"] if i + 1 < len(messages) else (
+            "tool" if messages[i].get("tool_calls") else "user")
+        following = _opening(render, role)
+    return _leading_special(following, specials)
