@@ -5,7 +5,10 @@ copy of the family's):
   `message.thinking`; others `message.reasoning`): passed under the field the template reads, so it is rendered
   and trained, not refused as "not rendered";
 - turns opened by headers and closed by nothing (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>`):
-  the header that opens the next turn is what the model writes to stop, and is trained as the end of turn.
+  the header that opens the next turn is what the model writes to stop, and is trained as the end of turn;
+- a generation prompt that opens `<think>` with the template's own reasoning format (Nemotron 3:
+  `<think>\nR\n</think>\nA`, an empty `<think></think>` on turns without reasoning and on tool-call turns):
+  the turn is trained in that format after the prompt, never with a second think block.
 """
 
 from __future__ import annotations
@@ -150,3 +153,40 @@ def test_a_template_closing_nothing_without_header_tokens_is_still_refused() -> 
         "<|system|>", "System:")
     with pytest.raises(UserError, match="writes nothing after an assistant turn"):
         conversation_examples(renderer(_tok(), plain), _conv(THREE), "assistant", "auto", "test")
+
+
+NEMOTRON_LIKE = """{%- set ns = namespace(last_user=-1) -%}
+{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}
+{%- for m in messages -%}
+{%- if m.role == 'assistant' -%}<|im_start|>assistant
+{% if m.reasoning_content and loop.index0 > ns.last_user -%}<think>
+{{ m.reasoning_content }}
+</think>
+{% else %}<think></think>{% endif -%}
+{{ m.content or '' }}{% for c in m.tool_calls or [] %}
+<tool_call>{{ c.function.name }}</tool_call>{% endfor %}<|im_end|>
+{% else -%}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|im_start|>assistant
+<think>
+{% endif -%}"""
+
+
+def test_think_opening_prompt_trains_the_templates_own_reasoning_format() -> None:
+    tok = _tok()
+    render = renderer(tok, NEMOTRON_LIKE)
+    trained = {}
+    for name, raw in (("three", THREE), ("tools", TOOLS), ("reasoning", [
+            {"role": "user", "content": "2+2?"}, {"role": "assistant", "reasoning_content": "Add.", "content": "4"},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "reasoning_content": "Add again.", "content": "6"}])):
+        examples = conversation_examples(render, _conv(raw), "assistant", "auto", "test")
+        trained[name] = [text[a:b] for text, spans in examples for a, b in spans]
+        for text, [(a, _)] in examples:
+            assert text[:a].endswith("<|im_start|>assistant\n<think>\n")  # the generation prompt is the context
+    assert trained["three"] == ["\n</think>\nHello!<|im_end|>\n", "\n</think>\n4<|im_end|>\n",
+                                "\n</think>\nYou are welcome.<|im_end|>\n"]
+    assert trained["tools"] == ["\n</think>\n<tool_call>get_weather</tool_call><|im_end|>\n",
+                                "\n</think>\nIt is 18 C.<|im_end|>\n"]
+    assert trained["reasoning"] == ["Add.\n</think>\n4<|im_end|>\n", "Add again.\n</think>\n6<|im_end|>\n"]

@@ -10,8 +10,10 @@ and are handled here, each checked so it never applies by accident:
   accepted only when that rendering starts with the very same context.
 - **The generation prompt opens the reasoning block** (DeepSeek-R1 and -V3: `<｜Assistant｜><think>\\n`) while the
   rendered turn has its reasoning stripped (`content.split('</think>')[-1]`). What the model writes after the
-  prompt is the reasoning, `\\n</think>\\n\\n`, the answer (the format these models generate) and the end of turn
-  the template writes after the answer. A turn without reasoning gets an empty block.
+  prompt is the reasoning, the template's separator (`\\n</think>\\n` for Nemotron 3, read from a probe turn that
+  keeps its reasoning; `\\n</think>\\n\\n`, the format DeepSeek's models generate, when the template strips
+  reasoning from every turn), the answer or the tool calls (without an empty think block the template wrote
+  before them) and the end of turn the template writes after them. A turn without reasoning gets an empty block.
 
 - **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
   turns and nothing closes them; the model stops by writing the next header, which its generation config lists
@@ -70,7 +72,7 @@ def _system_in_last_user(messages: list[dict], i: int) -> list[dict] | None:
     return out
 
 
-def _reasoning_continuation(before: str, upto: str, m: dict) -> str | None:
+def _reasoning_continuation(render: Render, before: str, upto: str, m: dict) -> str | None:
     """The turn as an R1-style model writes it after a generation prompt that opens `<think>` (None otherwise)."""
     k = before.rfind(THINK_OPEN)
     if k < 0 or before[k:].strip() != THINK_OPEN or not upto.startswith(before[:k]):
@@ -78,10 +80,37 @@ def _reasoning_continuation(before: str, upto: str, m: dict) -> str | None:
     rendered = upto[k:]
     reasoning, answer = split_reasoning(m)
     answer = answer.strip()
-    at = rendered.rfind(answer) if answer else 0  # a tool-call turn: the calls follow the reasoning
-    if at < 0:
-        return None
-    return f"{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{rendered[at:]}"
+    if answer:
+        at = rendered.rfind(answer)
+        if at < 0:
+            return None
+        rest = rendered[at:]
+    else:  # a tool-call turn: the calls follow the reasoning, after any (empty) think block the template wrote
+        close = rendered.find(THINK_CLOSE)
+        rest = rendered[close + len(THINK_CLOSE):].lstrip("\n") if close >= 0 else rendered
+    return f"{reasoning.strip(chr(10))}{_reasoning_separator(render)}{rest}"
+
+
+def _reasoning_separator(render: Render) -> str:
+    """What the template writes between a turn's reasoning and its answer (`\\n</think>\\n` for Nemotron 3),
+    read from a probe conversation whose last turn keeps its reasoning; DeepSeek's `\\n</think>\\n\\n` when the
+    template strips reasoning from every turn (cached per renderer)."""
+    known = getattr(render, "reasoning_separator", None)
+    if known is None:
+        reasoning, answer = "tunekit reasoning", "tunekit answer"
+        try:
+            text = render([{"role": "user", "content": PROBE},
+                           {"role": "assistant", "reasoning_content": reasoning, "content": answer}])
+        except Exception:  # noqa: BLE001  (a template refusing the probe: the default format)
+            text = ""
+        a, b = text.find(reasoning), text.rfind(answer)
+        sep = text[a + len(reasoning): b] if 0 <= a < b else ""
+        known = sep if THINK_CLOSE in sep and sep.strip() == THINK_CLOSE else f"\n{THINK_CLOSE}\n\n"
+        try:
+            render.reasoning_separator = known  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return known
 
 
 def turn_example(render: Render, messages: list[dict], i: int, tools: list | None) -> tuple[str, int] | None:
@@ -96,7 +125,7 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
         upto = render(moved, tools=tools)
         if upto.startswith(before):
             return upto, len(before)
-    rest = _reasoning_continuation(before, upto, messages[i])
+    rest = _reasoning_continuation(render, before, upto, messages[i])
     if rest is not None:
         return before + rest, len(before)
     return None
