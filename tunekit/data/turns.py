@@ -14,7 +14,6 @@ and are handled here, each checked so it never applies by accident:
   keeps its reasoning; `\\n</think>\\n\\n`, the format DeepSeek's models generate, when the template strips
   reasoning from every turn), the answer or the tool calls (without an empty think block the template wrote
   before them) and the end of turn the template writes after them. A turn without reasoning gets an empty block.
-
 - **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
   turns and nothing closes them; the model stops by writing the next header, which its generation config lists
   as an EOS). For such a template (a user turn runs straight into the generation prompt, an assistant turn's
