@@ -33,6 +33,7 @@ from tunekit.errors import UserError
 
 Render = Callable[..., str]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+PROBE = "tunekit probe"  # the text of made-up turns that probe what a template writes
 
 
 def split_reasoning(m: dict) -> tuple[str, str]:
@@ -90,26 +91,40 @@ def _reasoning_continuation(render: Render, before: str, upto: str, m: dict) -> 
     return f"{reasoning.strip(chr(10))}{_reasoning_separator(render)}{rest}"
 
 
+def _memo(render: Render, name: str, compute: Callable[[], str | bool]) -> str | bool:
+    """compute() once per renderer, kept as an attribute of it (the probes below render small conversations)."""
+    known = getattr(render, name, None)
+    if known is None:
+        known = compute()
+        try:
+            setattr(render, name, known)
+        except AttributeError:  # not a function object
+            pass
+    return known
+
+
+def _probe(render: Render, messages: list[dict], **kw: object) -> str:
+    """A probe rendering; "" when the template refuses it (then nothing is learned from it)."""
+    try:
+        return render(messages, **kw)
+    except Exception:  # noqa: BLE001  (any refusal of a made-up conversation)
+        return ""
+
+
 def _reasoning_separator(render: Render) -> str:
     """What the template writes between a turn's reasoning and its answer (`\\n</think>\\n` for Nemotron 3),
     read from a probe conversation whose last turn keeps its reasoning; DeepSeek's `\\n</think>\\n\\n` when the
-    template strips reasoning from every turn (cached per renderer)."""
-    known = getattr(render, "reasoning_separator", None)
-    if known is None:
+    template strips reasoning from every turn."""
+
+    def compute() -> str:
         reasoning, answer = "tunekit reasoning", "tunekit answer"
-        try:
-            text = render([{"role": "user", "content": PROBE},
-                           {"role": "assistant", "reasoning_content": reasoning, "content": answer}])
-        except Exception:  # noqa: BLE001  (a template refusing the probe: the default format)
-            text = ""
+        text = _probe(render, [{"role": "user", "content": PROBE},
+                               {"role": "assistant", "reasoning_content": reasoning, "content": answer}])
         a, b = text.find(reasoning), text.rfind(answer)
         sep = text[a + len(reasoning): b] if 0 <= a < b else ""
-        known = sep if THINK_CLOSE in sep and sep.strip() == THINK_CLOSE else f"\n{THINK_CLOSE}\n\n"
-        try:
-            render.reasoning_separator = known  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-    return known
+        return sep if sep.strip() == THINK_CLOSE else f"\n{THINK_CLOSE}\n\n"
+
+    return _memo(render, "reasoning_separator", compute)  # type: ignore[return-value]
 
 
 def turn_example(render: Render, messages: list[dict], i: int, tools: list | None) -> tuple[str, int] | None:
@@ -130,27 +145,19 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
     return None
 
 
-PROBE = "tunekit probe"
-
 
 def _header_delimited(render: Render) -> bool:
     """Turns are opened by headers and closed by nothing: a user turn runs straight into the (non-empty) generation
-    prompt, and an assistant turn's text is the end of the rendering. Computed once per renderer."""
-    known = getattr(render, "header_delimited", None)
-    if known is None:
+    prompt, and an assistant turn's text is the end of the rendering."""
+
+    def compute() -> bool:
         user = [{"role": "user", "content": PROBE}]
-        try:
-            plain, prompt = render(user), render(user, add_generation_prompt=True)
-            answered = render([*user, {"role": "assistant", "content": "tunekit answer"}])
-        except Exception:  # noqa: BLE001  (a template refusing the probe is not header-delimited)
-            plain, prompt, answered = "", "", ""
-        known = (plain.rstrip().endswith(PROBE) and prompt.startswith(plain) and len(prompt) > len(plain)
-                 and answered.endswith("tunekit answer"))
-        try:
-            render.header_delimited = known  # type: ignore[attr-defined]
-        except AttributeError:  # a plain function in tests
-            pass
-    return known
+        plain, prompt = _probe(render, user), _probe(render, user, add_generation_prompt=True)
+        answered = _probe(render, [*user, {"role": "assistant", "content": "tunekit answer"}])
+        return (plain.rstrip().endswith(PROBE) and prompt.startswith(plain) and len(prompt) > len(plain)
+                and answered.endswith("tunekit answer"))
+
+    return bool(_memo(render, "header_delimited", compute))
 
 
 def _leading_special(text: str, specials: list[str]) -> str:
@@ -158,23 +165,15 @@ def _leading_special(text: str, specials: list[str]) -> str:
 
 
 def _opening(render: Render, role: str) -> str:
-    """The text a header-delimited template writes to open a `role` turn after an assistant turn (cached)."""
-    cache = getattr(render, "openings", None)
-    if cache is None:
-        cache = {}
-        try:
-            render.openings = cache  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-    if role not in cache:
+    """The text a header-delimited template writes to open a `role` turn after an assistant turn."""
+
+    def compute() -> str:
         base = [{"role": "user", "content": PROBE}, {"role": "assistant", "content": "tunekit answer"}]
         nxt = {"role": role, "content": PROBE, **({"name": "probe", "tool_call_id": "probe"} if role == "tool" else {})}
-        try:
-            head, whole = render(base), render([*base, nxt])
-            cache[role] = whole[len(head):] if whole.startswith(head) else ""
-        except Exception:  # noqa: BLE001  (a template refusing the probe: no header known)
-            cache[role] = ""
-    return cache[role]
+        head, whole = _probe(render, base), _probe(render, [*base, nxt])
+        return whole[len(head):] if head and whole.startswith(head) else ""
+
+    return _memo(render, f"opening_{role}", compute)  # type: ignore[return-value]
 
 
 def stop_header(render: Render, messages: list[dict], i: int, following: str | None) -> str:
