@@ -190,3 +190,26 @@ def test_think_opening_prompt_trains_the_templates_own_reasoning_format() -> Non
     assert trained["tools"] == ["\n</think>\n<tool_call>get_weather</tool_call><|im_end|>\n",
                                 "\n</think>\nIt is 18 C.<|im_end|>\n"]
     assert trained["reasoning"] == ["Add.\n</think>\n4<|im_end|>\n", "Add again.\n</think>\n6<|im_end|>\n"]
+
+
+INDENTED = """{% for message in messages %}
+    {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}
+{% endfor %}
+
+{% if add_generation_prompt %}
+    {{ '<|im_start|>assistant\\n' }}
+{% endif %}"""
+
+
+def test_a_template_laid_out_for_reading_is_named_as_whitespace_not_a_rewrite() -> None:
+    """A template whose indentation and blank lines between tags are rendered into the text (as in the
+    whitespace-laid-out template collections) is refused with that cause, not "rewrites earlier turns"; with the
+    whitespace removed the same template trains each turn."""
+    tok = _tok()
+    for multi_turn in ("auto", "consistent"):
+        with pytest.raises(UserError, match="only in whitespace") as e:
+            conversation_examples(renderer(tok, INDENTED), _conv(THREE), "assistant", multi_turn, "test")
+        assert "rewrite" not in str(e.value)
+    compact = INDENTED.replace("    ", "").replace("\n{%", "{%").replace("%}\n", "%}")
+    (text, spans), = conversation_examples(renderer(tok, compact), _conv(THREE), "assistant", "auto", "test")
+    assert [text[a:b] for a, b in spans] == ["Hello!<|im_end|>\n", "4<|im_end|>\n", "You are welcome.<|im_end|>\n"]

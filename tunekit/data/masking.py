@@ -12,6 +12,7 @@ a span (so a token straddling a span start counts as prompt).
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,23 @@ class InconsistentPrefixes(UserError):
     pass
 
 
-def _inconsistent(where: str, per_turn: bool) -> InconsistentPrefixes:
+def _only_whitespace_differs(render: Render, messages: list[dict], i: int, tools: list | None) -> bool:
+    """The generation-prompt rendering before turn i and the rendering through it differ only in whitespace:
+    the template writes its own indentation and line breaks (text outside its tags), not a rewrite of turns."""
+    before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+    upto = render(messages[: i + 1], tools=tools)
+    squeeze = re.compile(r"\s+")
+    return not upto.startswith(before) and squeeze.sub("", upto).startswith(squeeze.sub("", before))
+
+
+def _inconsistent(where: str, per_turn: bool, whitespace: bool = False) -> InconsistentPrefixes:
+    if whitespace:
+        return InconsistentPrefixes(
+            f"{where}: the chat template renders a conversation differently from its own generation prompt only in "
+            "whitespace: it writes the indentation and line breaks between its tags into the text (a template "
+            "laid out for reading, e.g. chujiezheng/chat_templates' files, which are meant to be loaded with that "
+            "whitespace removed). Remove the whitespace between tags, or write `{%-`, `-%}`, `{{-`, `-}}` to trim "
+            "it, and check the rendering with `tunekit preprocess RECIPE --show 2`.")
     fix = ("even for one assistant turn at a time (the turn does not start with the generation prompt); use "
            "another template (data.chat_template) or data.train_on: all" if per_turn else
            "and data.multi_turn is `consistent`. Set data.multi_turn: per_turn (one example per assistant turn, "
@@ -119,7 +136,7 @@ def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on
     for i in trained_turns(messages, train_on, where):
         example = turn_example(render, messages, i, tools)
         if example is None:
-            raise _inconsistent(where, per_turn=True)
+            raise _inconsistent(where, True, _only_whitespace_differs(render, messages, i, tools))
         text, start = example
         text += stop_header(render, messages, i, None)
         _check_turn(render, messages[i], text[start:], where)
@@ -153,7 +170,7 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         end = _end_in(full, upto, eos)
         if end is None or not full.startswith(before) or end < len(before):
-            raise _inconsistent(where, per_turn=False)
+            raise _inconsistent(where, False, _only_whitespace_differs(render, messages, i, tools))
         stop = stop_header(render, messages, i, full[end:] if end < len(full) else None)
         if end == len(full):  # the last turn: the header the template would write next is appended
             full += stop
