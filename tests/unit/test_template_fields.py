@@ -213,3 +213,55 @@ def test_a_template_laid_out_for_reading_is_named_as_whitespace_not_a_rewrite() 
     compact = INDENTED.replace("    ", "").replace("\n{%", "{%").replace("%}\n", "%}")
     (text, spans), = conversation_examples(renderer(tok, compact), _conv(THREE), "assistant", "auto", "test")
     assert [text[a:b] for a, b in spans] == ["Hello!<|im_end|>\n", "4<|im_end|>\n", "You are welcome.<|im_end|>\n"]
+
+
+def test_chat_template_kwargs_are_set_in_the_template_everyone_renders_with(tmp_path) -> None:  # noqa: ANN001
+    """data.chat_template_kwargs: Qwen3 with `enable_thinking: false` puts the empty think block in the generation
+    prompt (context, not trained); the variables are written into the tokenizer's template, so the saved tokenizer
+    and every later apply_chat_template (eval, chat, TRL) render the same; applying twice changes nothing."""
+    from tests.unit.test_data_families import _tokenizer, conversations
+    from tunekit.data.templates import apply_chat_template_choice
+
+    tok = _tokenizer("qwen3")
+    template = apply_chat_template_choice(tok, "qwen3", True, {"enable_thinking": False})
+    assert template == tok.chat_template and template.startswith("{%- set enable_thinking = false -%}\n")
+    assert apply_chat_template_choice(tok, None, True, {"enable_thinking": False}) == template  # idempotent
+    examples = conversation_examples(renderer(tok, template, "qwen3"), conversations()["three_turns"], "assistant",
+                                     "auto", "test")
+    assert [text[a:b] for text, spans in examples for a, b in spans] == [
+        "Hello!<|im_end|>\n", "4<|im_end|>\n", "You are welcome.<|im_end|>\n"]
+    for text, [(a, _)] in examples:
+        assert text[:a].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    prompt = again.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_chat_template_kwargs_the_template_never_reads_are_refused() -> None:
+    from tests.unit.test_data_families import _tokenizer
+    from tunekit.data.templates import apply_chat_template_choice
+
+    with pytest.raises(UserError, match=r"data.chat_template_kwargs.enable_thinking: the chat template never reads"):
+        apply_chat_template_choice(_tokenizer("llama3.1"), "llama3.1", True, {"enable_thinking": False})
+    with pytest.raises(UserError, match="Did you mean `enable_thinking`"):
+        apply_chat_template_choice(_tokenizer("qwen3"), "qwen3", True, {"enable_thinkin": False})
+
+
+def test_chat_template_kwargs_names_and_values_are_checked_in_the_recipe(tmp_path) -> None:  # noqa: ANN001
+    from tests.conftest import RECIPES
+    from tunekit.recipe.load import load_recipe
+
+    base = (RECIPES / "quickstart.yaml").read_text()
+    assert "\ndata:\n" in base
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base.replace("\ndata:\n", "\ndata:\n  chat_template_kwargs: {enable_thinking: false, effort: high, n: 2}\n"))
+    assert load_recipe(ok).data.chat_template_kwargs == {"enable_thinking": False, "effort": "high", "n": 2}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base.replace("\ndata:\n", "\ndata:\n  chat_template_kwargs: {enable-thinking: false}\n"))
+    with pytest.raises(UserError) as e:
+        load_recipe(bad)
+    assert f"{bad}:" in str(e.value) and "data.chat_template_kwargs" in str(e.value)
+    assert "not a template variable name" in str(e.value)

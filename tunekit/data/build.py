@@ -209,7 +209,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int,
     """
     pairs = check_one_format(cfg) if is_preference_data(cfg) else None
     needs_template = pairs is not None or any(s.format != "text" for s in [*cfg.train, *cfg.eval])
-    template = apply_chat_template_choice(tokenizer, cfg.chat_template, needed=needs_template)
+    template = apply_chat_template_choice(tokenizer, cfg.chat_template, needs_template, cfg.chat_template_kwargs)
     seed = cfg.data_seed(seed)
     scorers = [model_identity(scoring_model(s, model, f"data.select[{i}]")) for i, s in enumerate(cfg.select)
                if isinstance(s, ScoreStep)]

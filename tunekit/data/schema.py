@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Annotated, Literal
 
@@ -270,6 +271,14 @@ class DataConfig(Section):
         "families: qwen2.5, qwen3, llama3.1, llama3.2, mistral-v0.3, gemma2, gemma3, phi3, phi3.5, phi4, "
         "deepseek-v3, deepseek-r1-distill (docs/data.md). The template used is saved with the run's tokenizer.",
     )
+    chat_template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="Variables the chat template reads, fixed for the whole run: e.g. `{enable_thinking: false}` "
+        "(Qwen3: an empty think block in the generation prompt), `{thinking: true}` (DeepSeek-V3.1), "
+        "`{reasoning_effort: high}` (gpt-oss). They are written into the template as `{%- set NAME = VALUE -%}` "
+        "lines, so training, eval, `tunekit chat`, preference trainers and the run's saved tokenizer all render "
+        "with them. Each name must be one the template reads.",
+    )
     packing: bool = Field(
         default=False,
         description="Pack examples into rows of `max_length` (best-fit decreasing); attention never crosses "
@@ -321,6 +330,15 @@ class DataConfig(Section):
         "dedup, method: exact}, {kind: score, by: ifd, keep: {fraction: 0.5}, order: high}, {kind: random, "
         "fraction: 0.5}]. Each step's rows in/out (and score summary) are recorded in data.json; see docs/data.md.",
     )
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variable_names(cls, v: dict) -> dict:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"`{name}` is not a template variable name (letters, digits and _, not starting "
+                                 "with a digit)")
+        return v
 
     @field_validator("select")
     @classmethod

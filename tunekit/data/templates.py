@@ -6,6 +6,7 @@ tokenizer (final/) carries it and inference renders prompts exactly as training 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,37 @@ def load_template(choice: str) -> str:
                     f"nor an existing .jinja file (relative to {Path.cwd()}).{did_you_mean(choice, BUILTIN_TEMPLATES)}")
 
 
-def apply_chat_template_choice(tokenizer: Any, choice: str | None, needed: bool = True) -> str | None:
-    """Set the tokenizer's template from the recipe choice; returns the template text in use (None if none)."""
+def _literal(value: bool | int | float | str) -> str:
+    """A jinja literal for a recipe value (jinja reads `true`/`false` and quoted strings with escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def with_variables(template: str, variables: dict[str, Any]) -> str:
+    """`template` with `{%- set NAME = VALUE -%}` lines in front (data.chat_template_kwargs); each name must be one
+    the template reads. Applying the same variables twice changes nothing."""
+    for name in variables:
+        if not re.search(rf"\b{re.escape(name)}\b", template):
+            names = set(re.findall(r"\b[A-Za-z_]\w*\b", template))
+            raise UserError(f"data.chat_template_kwargs.{name}: the chat template never reads `{name}`, so it would "
+                            "have no effect. Remove it, or choose the template that reads it (data.chat_template)."
+                            + did_you_mean(name, names))
+    head = "".join(f"{{%- set {k} = {_literal(v)} -%}}\n" for k, v in variables.items())
+    return template if template.startswith(head) else head + template
+
+
+def apply_chat_template_choice(tokenizer: Any, choice: str | None, needed: bool = True,
+                               variables: dict[str, Any] | None = None) -> str | None:
+    """Set the tokenizer's template from the recipe choice (with `variables` set in it: data.chat_template_kwargs);
+    returns the template text in use (None if none)."""
     if choice is not None:
         tokenizer.chat_template = load_template(choice)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):  # several named templates: training uses the default one
         template = template.get("default")
+    if template and variables:
+        template = tokenizer.chat_template = with_variables(template, variables)
     if not template and needed:
         raise UserError(
             "data.chat_template: the tokenizer has no chat template and the recipe names none, so chat data cannot "
