@@ -8,7 +8,10 @@ copy of the family's):
   the header that opens the next turn is what the model writes to stop, and is trained as the end of turn;
 - a generation prompt that opens `<think>` with the template's own reasoning format (Nemotron 3:
   `<think>\nR\n</think>\nA`, an empty `<think></think>` on turns without reasoning and on tool-call turns):
-  the turn is trained in that format after the prompt, never with a second think block.
+  the turn is trained in that format after the prompt, never with a second think block;
+- the latest answer rendered with an empty think block in place of its reasoning (Kimi-K2-Thinking): each turn
+  is trained alone with its reasoning inside the block; a template writing the tool call's id where the call
+  is named (Kimi-K2) needs ids that name the function, and says so.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ BRACKETS = """{%- for m in messages -%}<|im_start|>{{ m.role }}
 {% if m.role == 'assistant' and m['reasoning'] %}<think>{{ m['reasoning'] }}</think>{% endif %}{{ m.content }}<|im_end|>
 {% endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant
 {% endif -%}"""
-SPECIAL = ["<|user|>", "<|assistant|>", "<|system|>", "<|observation|>", "<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
+SPECIAL = ["<|im_user|>", "<|im_assistant|>", "<|im_system|>", "<|im_middle|>", "<|tool_call_begin|>",
+           "<|tool_call_argument_begin|>", "<|tool_call_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|observation|>", "<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _tok():
@@ -265,3 +269,94 @@ def test_chat_template_kwargs_names_and_values_are_checked_in_the_recipe(tmp_pat
         load_recipe(bad)
     assert f"{bad}:" in str(e.value) and "data.chat_template_kwargs" in str(e.value)
     assert "not a template variable name" in str(e.value)
+
+
+KIMI_LIKE = """{%- set ns = namespace(last=-1) -%}
+{%- for m in messages -%}{%- if m.role == 'assistant' and not m.tool_calls -%}{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}
+{%- for m in messages -%}
+{%- if m.role == 'assistant' -%}<|im_assistant|>assistant<|im_middle|><think>
+{{- m.reasoning_content if loop.index0 > ns.last and m.reasoning_content else '' }}</think>{{ m.content or '' }}
+{%- for c in m.tool_calls or [] -%}<|tool_call_begin|>{{ c.id }}<|tool_call_argument_begin|>{{ c.function.arguments | tojson }}<|tool_call_end|>{%- endfor -%}<|im_end|>
+{%- else -%}<|im_{{ 'user' if m.role == 'user' else 'system' }}|>{{ m.role }}<|im_middle|>{{ m.content }}<|im_end|>
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|im_assistant|>assistant<|im_middle|>{%- endif -%}"""
+REASONING = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "reasoning_content": "Add.", "content": "4"},
+             {"role": "user", "content": "3+3?"}, {"role": "assistant", "reasoning_content": "Add again.", "content": "6"}]
+
+
+@pytest.mark.parametrize("train_reasoning", [True, False])
+def test_reasoning_goes_into_the_empty_think_block_of_the_latest_answer(train_reasoning: bool) -> None:
+    """The template renders the answer it ends with as `<think></think>answer` (its reasoning dropped): each turn
+    is its own example, trained as the model writes it after the generation prompt, reasoning inside the block;
+    the context keeps earlier turns as the template renders history (empty blocks)."""
+    tok = _tok()
+    render = renderer(tok, KIMI_LIKE)
+    examples = conversation_examples(render, _conv(REASONING), "assistant", "auto", "test",
+                                     train_reasoning=train_reasoning)
+    trained = [text[a:b] for text, spans in examples for a, b in spans]
+    if train_reasoning:
+        assert trained == ["<think>Add.</think>4<|im_end|>", "<think>Add again.</think>6<|im_end|>"]
+    else:
+        assert trained == ["</think>4<|im_end|>", "</think>6<|im_end|>"]
+    for (text, [(a, _)]), i in zip(examples, (1, 3)):  # the context is the generation-prompt rendering
+        context = render(_conv(REASONING)[:i], add_generation_prompt=True)
+        assert text[:a] == context if train_reasoning else text[:a] == context + "<think>" + REASONING[i]["reasoning_content"]
+    assert "<think></think>4<|im_end|>" in examples[1][0]  # history as the template renders it
+
+
+def test_fill_reasoning_keeps_the_blocks_whitespace_and_applies_only_to_one_empty_block() -> None:
+    from tunekit.data.turns import fill_reasoning
+
+    m = {"role": "assistant", "reasoning_content": "R", "content": "A"}
+    assert fill_reasoning("<think>\n\n</think>\n\nA<|im_end|>", m) == "<think>\nR\n</think>\n\nA<|im_end|>"
+    assert fill_reasoning("<think></think>A", m) == "<think>R</think>A"
+    assert fill_reasoning("<think>R</think>A", m) is None  # rendered already
+    assert fill_reasoning("<think></think><think></think>A", m) is None  # ambiguous
+    assert fill_reasoning("<think></think>A", {"role": "assistant", "content": "A"}) is None  # nothing to fill
+
+
+def test_tool_call_ids_written_where_the_call_is_named_must_name_the_function() -> None:
+    tok = _tok()
+    render = renderer(tok, KIMI_LIKE)
+
+    def calls(call_id: str) -> Conversation:
+        return _conv([{"role": "user", "content": "Weather in Paris?"},
+                      {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+                          "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                      {"role": "tool", "content": "18 C", "tool_call_id": call_id},
+                      {"role": "assistant", "content": "It is 18 C."}])
+
+    with pytest.raises(UserError, match=r"writes the tool call's `id` \(`call00001`\).*`functions.get_weather:0`"):
+        conversation_examples(render, calls("call00001"), "assistant", "auto", "test")
+    examples = conversation_examples(render, calls("functions.get_weather:0"), "assistant", "auto", "test")
+    trained = [text[a:b] for text, spans in examples for a, b in spans]
+    assert trained[0] == ('<think></think><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>'
+                          '{"city": "Paris"}<|tool_call_end|><|im_end|>')
+
+
+V31_LIKE = """{%- if not thinking is defined -%}{%- set thinking = false -%}{%- endif -%}
+{%- for m in messages -%}
+{%- if m.role == 'user' -%}<|im_user|>{{ m.content }}
+{%- elif m.role == 'assistant' -%}<|im_assistant|></think>{{ m.content }}<|im_end|>
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|im_assistant|>{{ '<think>' if thinking else '</think>' }}{%- endif -%}"""
+
+
+def test_thinking_switch_and_the_templates_own_closing_tag() -> None:
+    """A DeepSeek-V3.1-like template: non-thinking by default (the generation prompt closes the think block, so
+    reasoning rows cannot be trained); with `data.chat_template_kwargs: {thinking: true}` the prompt opens it and
+    each turn is trained in the template's own format, `R</think>answer` (no newlines: the closing tag the
+    template writes before the answer), an empty reasoning as `</think>answer`."""
+    from tunekit.data.templates import with_variables
+
+    tok = _tok()
+    with pytest.raises(UserError, match="does not render the assistant turn's `reasoning_content`"):
+        conversation_examples(renderer(tok, V31_LIKE), _conv(REASONING), "assistant", "auto", "test")
+    render = renderer(tok, with_variables(V31_LIKE, {"thinking": True}))
+    trained = {name: [text[a:b] for text, spans in conversation_examples(render, _conv(raw), "assistant", "auto",
+                                                                         "test") for a, b in spans]
+               for name, raw in (("reasoning", REASONING), ("plain", THREE[1:]))}
+    assert trained["reasoning"] == ["Add.</think>4<|im_end|>", "Add again.</think>6<|im_end|>"]
+    assert trained["plain"] == ["</think>Hello!<|im_end|>", "</think>4<|im_end|>", "</think>You are welcome.<|im_end|>"]

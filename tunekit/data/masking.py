@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunekit.data.templates import TemplateFailure, renderer
-from tunekit.data.turns import stop_header, turn_example, untrained_reasoning
+from tunekit.data.turns import fill_reasoning, stop_header, turn_example, untrained_reasoning
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -39,10 +39,18 @@ def trained_turns(messages: list[dict], train_on: str, where: str) -> list[int]:
 def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
     """An assistant turn must end with end-of-turn text, and its tool calls must be in the rendered text."""
     for call in m.get("tool_calls", ()):
-        if call["function"]["name"] not in trained:
+        name = call["function"]["name"]
+        if name not in trained and call.get("id") and str(call["id"]) in trained:
+            raise UserError(
+                f"{where}: {getattr(render, 'template_name', 'the chat template')} writes the tool call's `id` "
+                f"(`{call['id']}`) where the call is named, and the id does not contain the function name "
+                f"`{name}`, so the model would learn calls that never say which tool. This template expects ids "
+                f"that name the function (Kimi-K2: `functions.{name}:0`, the call's index after the colon): give "
+                "the rows' tool calls such ids.")
+        if name not in trained:
             raise UserError(
                 f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render tool calls (the "
-                f"assistant turn's call to `{call['function']['name']}` is missing from its rendered text), so the "
+                f"assistant turn's call to `{name}` is missing from its rendered text), so the "
                 "call would not be trained. Choose a template that renders `tool_calls` (data.chat_template: "
                 "qwen2.5, or the model's own tool-capable template).")
     if m.get("reasoning_content") and m["reasoning_content"].strip() not in trained:
@@ -171,6 +179,8 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         end = _end_in(full, upto, eos)
         if end is None or not full.startswith(before) or end < len(before):
             raise _inconsistent(where, False, _only_whitespace_differs(render, messages, i, tools))
+        if fill_reasoning(full[len(before) : end], messages[i]) is not None:  # each turn alone, reasoning filled in
+            raise _inconsistent(where, per_turn=False)
         stop = stop_header(render, messages, i, full[end:] if end < len(full) else None)
         if end == len(full):  # the last turn: the header the template would write next is appended
             full += stop

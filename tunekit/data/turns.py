@@ -10,10 +10,14 @@ and are handled here, each checked so it never applies by accident:
   accepted only when that rendering starts with the very same context.
 - **The generation prompt opens the reasoning block** (DeepSeek-R1 and -V3: `<｜Assistant｜><think>\\n`) while the
   rendered turn has its reasoning stripped (`content.split('</think>')[-1]`). What the model writes after the
-  prompt is the reasoning, the template's separator (`\\n</think>\\n` for Nemotron 3, read from a probe turn that
+  prompt is the reasoning, the template's separator (the closing tag it writes before the answer when the turn
+  has one, `</think>` for DeepSeek-V3.1; else `\\n</think>\\n` for Nemotron 3, read from a probe turn that
   keeps its reasoning; `\\n</think>\\n\\n`, the format DeepSeek's models generate, when the template strips
   reasoning from every turn), the answer or the tool calls (without an empty think block the template wrote
   before them) and the end of turn the template writes after them. A turn without reasoning gets an empty block.
+- **The answer's reasoning is replaced by an empty think block** (Kimi-K2-Thinking renders the answer a
+  conversation ends with as `<think></think>answer`): the turn is trained alone, as the model writes it, with
+  its reasoning inside that block (`fill_reasoning`); the single-example path defers to it.
 - **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
   turns and nothing closes them; the model stops by writing the next header, which its generation config lists
   as an EOS). For such a template (a user turn runs straight into the generation prompt, an assistant turn's
@@ -27,6 +31,7 @@ trained span starts right after it (the closing tag, the answer and the end of t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from tunekit.errors import UserError
@@ -59,6 +64,24 @@ def untrained_reasoning(turn_text: str, m: dict, where: str) -> int:
     return at + len(reasoning)
 
 
+EMPTY_THINK = re.compile(rf"{THINK_OPEN}(\s*){THINK_CLOSE}")
+
+
+def fill_reasoning(turn: str, m: dict) -> str | None:
+    """The rendered turn with its reasoning put into the one empty think block the template wrote in its place
+    (Kimi-K2-Thinking renders the latest answer as `<think></think>answer`; what the model writes is the
+    reasoning inside the block); None when the turn has no reasoning, renders it, or has no single empty block.
+    Whitespace inside the empty block is kept around the reasoning (`<think>\\n\\n</think>` -> `<think>\\nR\\n</think>`)."""
+    reasoning = split_reasoning(m)[0].strip()
+    blocks = list(EMPTY_THINK.finditer(turn)) if reasoning and reasoning not in turn else []
+    if len(blocks) != 1:
+        return None
+    b = blocks[0]
+    inner = b.group(1)
+    half = len(inner) // 2
+    return f"{turn[:b.start()]}{THINK_OPEN}{inner[:half]}{reasoning}{inner[half:]}{THINK_CLOSE}{turn[b.end():]}"
+
+
 def _system_in_last_user(messages: list[dict], i: int) -> list[dict] | None:
     """messages[:i+1] with the system text put into the last user turn before i (None when nothing to move)."""
     if not messages or messages[0]["role"] != "system":
@@ -80,15 +103,18 @@ def _reasoning_continuation(render: Render, before: str, upto: str, m: dict) -> 
     rendered = upto[k:]
     reasoning, answer = split_reasoning(m)
     answer = answer.strip()
+    sep = None
     if answer:
         at = rendered.rfind(answer)
         if at < 0:
             return None
         rest = rendered[at:]
+        if rendered[:at].strip() == THINK_CLOSE:  # the template's own closing before the answer (DeepSeek-V3.1)
+            sep = rendered[:at]
     else:  # a tool-call turn: the calls follow the reasoning, after any (empty) think block the template wrote
         close = rendered.find(THINK_CLOSE)
         rest = rendered[close + len(THINK_CLOSE):].lstrip("\n") if close >= 0 else rendered
-    return f"{reasoning.strip(chr(10))}{_reasoning_separator(render)}{rest}"
+    return f"{reasoning.strip(chr(10))}{sep or _reasoning_separator(render)}{rest}"
 
 
 def _memo(render: Render, name: str, compute: Callable[[], str | bool]) -> str | bool:
@@ -133,7 +159,8 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
     before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
     upto = render(messages[: i + 1], tools=tools)
     if upto.startswith(before):
-        return upto, len(before)
+        filled = fill_reasoning(upto[len(before):], messages[i])
+        return (upto if filled is None else before + filled), len(before)
     moved = _system_in_last_user(messages, i)
     if moved is not None and render(moved[:-1], add_generation_prompt=True, tools=tools) == before:
         upto = render(moved, tools=tools)
