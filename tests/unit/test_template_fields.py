@@ -11,7 +11,9 @@ copy of the family's):
   the turn is trained in that format after the prompt, never with a second think block;
 - the latest answer rendered with an empty think block in place of its reasoning (Kimi-K2-Thinking): each turn
   is trained alone with its reasoning inside the block; a template writing the tool call's id where the call
-  is named (Kimi-K2) needs ids that name the function, and says so.
+  is named (Kimi-K2) needs ids that name the function, and says so;
+- a generation prompt ending with a block the rendered turn does not have (Gemma 4's empty thought channel
+  `<|channel>thought\n<channel|>` when thinking is off): the model writes the turn after that block.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ BRACKETS = """{%- for m in messages -%}<|im_start|>{{ m.role }}
 {% if m.role == 'assistant' and m['reasoning'] %}<think>{{ m['reasoning'] }}</think>{% endif %}{{ m.content }}<|im_end|>
 {% endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant
 {% endif -%}"""
-SPECIAL = ["<|im_user|>", "<|im_assistant|>", "<|im_system|>", "<|im_middle|>", "<|tool_call_begin|>",
+SPECIAL = ["<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|im_user|>", "<|im_assistant|>", "<|im_system|>", "<|im_middle|>", "<|tool_call_begin|>",
            "<|tool_call_argument_begin|>", "<|tool_call_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|observation|>", "<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -360,3 +362,46 @@ def test_thinking_switch_and_the_templates_own_closing_tag() -> None:
                for name, raw in (("reasoning", REASONING), ("plain", THREE[1:]))}
     assert trained["reasoning"] == ["Add.</think>4<|im_end|>", "Add again.</think>6<|im_end|>"]
     assert trained["plain"] == ["</think>Hello!<|im_end|>", "</think>4<|im_end|>", "</think>You are welcome.<|im_end|>"]
+
+
+GEMMA4_LIKE = """{%- for m in messages -%}
+{%- set role = 'model' if m.role == 'assistant' else m.role -%}<|turn>{{ role }}
+{% for c in m.tool_calls or [] %}<|tool_call>call:{{ c.function.name }}{}<tool_call|>{% endfor %}{{ m.content or '' }}<turn|>
+{% endfor -%}
+{%- if add_generation_prompt -%}<|turn>model
+{% if not enable_thinking | default(false) %}<|channel>thought
+<channel|>{% endif %}{%- endif -%}"""
+NOTHINK_LIKE = """{%- for m in messages -%}<|im_start|>{{ m.role }}
+{% if m.role == 'assistant' and m.reasoning_content %}<think>
+{{ m.reasoning_content }}
+</think>
+
+{% endif %}{{ m.content }}<|im_end|>
+{% endfor -%}
+{%- if add_generation_prompt -%}<|im_start|>assistant
+<think>
+
+</think>
+
+{% endif -%}"""
+
+
+def test_turn_after_an_extra_block_at_the_end_of_the_generation_prompt() -> None:
+    from tunekit.data.templates import with_variables
+
+    tok = _tok()
+    render = renderer(tok, GEMMA4_LIKE)
+    examples = conversation_examples(render, _conv(THREE[1:]), "assistant", "auto", "test")
+    assert [text[a:b] for text, spans in examples for a, b in spans] == [
+        "Hello!<turn|>\n", "4<turn|>\n", "You are welcome.<turn|>\n"]
+    for text, [(a, _)] in examples:
+        assert text[:a].endswith("<turn|>\n<|turn>model\n<|channel>thought\n<channel|>")
+    calls = conversation_examples(render, _conv(TOOLS), "assistant", "auto", "test")
+    # the common `<|` of `<|channel>` and `<|tool_call>` stays with the trained call: no split special token
+    assert calls[0][0][calls[0][1][0][0]:] == "<|tool_call>call:get_weather{}<tool_call|><turn|>\n"
+    thinking = conversation_examples(renderer(tok, with_variables(GEMMA4_LIKE, {"enable_thinking": True})),
+                                     _conv(THREE[1:]), "assistant", "auto", "test")
+    assert len(thinking) == 1  # no extra block: the prefixes render consistently, one example
+    # reasoning rows under a prompt whose block closes an empty think: refused, never trained after the block
+    with pytest.raises(UserError, match="does not render conversation prefixes consistently"):
+        conversation_examples(renderer(tok, NOTHINK_LIKE), _conv(REASONING), "assistant", "auto", "test")

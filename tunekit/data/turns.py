@@ -18,6 +18,11 @@ and are handled here, each checked so it never applies by accident:
 - **The answer's reasoning is replaced by an empty think block** (Kimi-K2-Thinking renders the answer a
   conversation ends with as `<think></think>answer`): the turn is trained alone, as the model writes it, with
   its reasoning inside that block (`fill_reasoning`); the single-example path defers to it.
+- **The generation prompt ends with a block the rendered turn does not have** (Gemma 4 with thinking off:
+  `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, while a turn renders as
+  `<|turn>model\\nanswer<turn|>`): the trained text is the rendered turn after the header both share, written after
+  the whole prompt (`_after_prompt_block`; never when the block's text is part of the turn, never splitting a
+  special token).
 - **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
   turns and nothing closes them; the model stops by writing the next header, which its generation config lists
   as an EOS). For such a template (a user turn runs straight into the generation prompt, an assistant turn's
@@ -31,6 +36,7 @@ trained span starts right after it (the closing tag, the answer and the end of t
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -167,9 +173,33 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
         if upto.startswith(before):
             return upto, len(before)
     rest = _reasoning_continuation(render, before, upto, messages[i])
+    if rest is None:
+        rest = _after_prompt_block(render(messages[:i], tools=tools) if i else "", before, upto,
+                                   getattr(render, "special_tokens", None) or [])
     if rest is not None:
         return before + rest, len(before)
     return None
+
+
+def _starts(text: str, token: str) -> list[int]:
+    return [m.start() for m in re.finditer(re.escape(token), text)]
+
+
+def _after_prompt_block(history: str, before: str, upto: str, specials: list[str]) -> str | None:
+    """The turn as the model writes it after a generation prompt that ends with a block the rendered turn does
+    not have (Gemma 4: `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, where the turn
+    renders as `<|turn>model\\nanswer<turn|>`): the rendered turn after the header both share. None unless the two
+    differ only inside the generation prompt and the prompt's extra block is not part of the turn's text."""
+    if not (history and before.startswith(history) and upto.startswith(history)):
+        return None
+    prompt, turn = before[len(history):], upto[len(history):]
+    k = len(os.path.commonprefix([prompt, turn]))
+    # never split a special token (`<|channel>` and `<|tool_call>` share `<|`): back off to the start of one
+    k = min((p for t in specials if t for p in _starts(prompt, t) if p < k < p + len(t)), default=k)
+    extra, rest = prompt[k:].strip(), turn[k:]
+    if not k or not extra or extra in rest:
+        return None
+    return rest
 
 
 
