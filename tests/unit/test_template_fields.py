@@ -405,3 +405,30 @@ def test_turn_after_an_extra_block_at_the_end_of_the_generation_prompt() -> None
     # reasoning rows under a prompt whose block closes an empty think: refused, never trained after the block
     with pytest.raises(UserError, match="does not render conversation prefixes consistently"):
         conversation_examples(renderer(tok, NOTHINK_LIKE), _conv(REASONING), "assistant", "auto", "test")
+
+
+@pytest.mark.parametrize(("name", "dropped"), [("qwen3", False), ("deepseek-r1-distill", True)])
+def test_preference_answers_reasoning_the_template_drops_is_an_error_not_silently_lost(name: str,
+                                                                                        dropped: bool) -> None:
+    """TRL renders preference rows itself, taking as the answer what follows the common prefix of the prompt's and
+    the prompt + answer's renderings. DeepSeek-R1-Distill's template strips reasoning from every turn, so a
+    chosen answer's reasoning would vanish from the pair: that is an error naming the field; Qwen3's renders it."""
+    from tests.unit.test_data_families import _tokenizer
+    from tunekit.data.preference import check_renders, preference_row
+    from tunekit.data.schema import DatasetSpec
+
+    tok = _tokenizer(name)
+    row = preference_row({"prompt": "2+2?", "chosen": [{"role": "assistant", "reasoning_content": "Add two and two.",
+                                                          "content": "4"}],
+                          "rejected": [{"role": "assistant", "content": "5"}]},
+                         DatasetSpec(path="x.jsonl", format="preference"), "x.jsonl:1")
+    render = renderer(tok, tok.chat_template, name)
+    if dropped:
+        with pytest.raises(UserError, match=r"x.jsonl:1: .* drops the reasoning of `chosen`"):
+            check_renders(render, row, "x.jsonl:1")
+    else:
+        check_renders(render, row, "x.jsonl:1")
+    inline = {**row, "chosen": [{"role": "assistant", "content": "<think>\nAdd two and two.\n</think>\n\n4"}]}
+    if dropped:  # an inline think block is reasoning too
+        with pytest.raises(UserError, match="drops the reasoning"):
+            check_renders(render, inline, "x.jsonl:1")

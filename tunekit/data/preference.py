@@ -16,6 +16,7 @@ order as typed Arrow columns into the cache entry, which the trainers read memor
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Any
 
@@ -30,6 +31,7 @@ from tunekit.data.select_sft import Provenance
 from tunekit.data.sources import Rows
 from tunekit.data.stats import DataStats
 from tunekit.data.templates import TemplateFailure
+from tunekit.data.turns import split_reasoning
 from tunekit.errors import UserError
 from tunekit.model.schema import ModelConfig
 
@@ -112,16 +114,31 @@ ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_
 
 def check_renders(render: Any, row: dict, where: str) -> None:
     """Render the row as TRL will (prompt with the generation prompt; prompt + each answer), so that an error
-    raised inside the chat template names the row instead of escaping from TRL's dataset map."""
-    answers = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+    raised inside the chat template names the row instead of escaping from TRL's dataset map, and an answer's
+    reasoning the template drops is an error rather than silently left out of the pair."""
+    answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
     if "solution" in row:
-        answers = [[{"role": "assistant", "content": row["solution"]}]]
+        answers = {"solution": [{"role": "assistant", "content": row["solution"]}]}
     try:
-        render(row["prompt"], add_generation_prompt=True)
-        for answer in answers:
-            render([*row["prompt"], *answer])
+        prompt = render(row["prompt"], add_generation_prompt=True)
+        for field, answer in answers.items():
+            _check_reasoning_kept(render, prompt, render([*row["prompt"], *answer]), answer, field, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
+
+
+def _check_reasoning_kept(render: Any, prompt: str, full: str, answer: list[dict], field: str, where: str) -> None:
+    """TRL's completion text is what follows the common prefix of the prompt's and the prompt + answer's
+    renderings; each answer turn's reasoning must be in it (DeepSeek-R1's template strips it from every turn)."""
+    completion = full[len(os.path.commonprefix([prompt, full])):]
+    for m in answer:
+        reasoning = split_reasoning(m)[0].strip() if m.get("role") == "assistant" else ""
+        if reasoning and reasoning not in completion:
+            raise UserError(
+                f"{where}: {getattr(render, 'template_name', 'the chat template')} drops the reasoning of `{field}` "
+                "when it renders the row, so the preference trainer would score the answer without it. Use a "
+                "template that renders an answer's reasoning (data.chat_template: qwen3, or the model's own), or "
+                "leave reasoning out of the preference rows.")
 
 
 def encode_pairs(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConfig, tokenizer: Any, render: Any,
