@@ -123,6 +123,9 @@ def validate(
     from tunekit.data.sources import check_exists
 
     check_exists([*r.data.train, *r.data.eval])
+    from tunekit.data.templates import check_choice
+
+    check_choice(r.data.chat_template, r.data.chat_template_kwargs)
     if explain:
         from tunekit.recipe.reference import commented_yaml
 

@@ -86,3 +86,17 @@ def test_preprocess_quickstart_prints_stats_and_marked_examples() -> None:
     assert out.count("── example ") == 2 and "example 3" not in out
     assert "[[" in out and "<|im_end|>" in out  # trained text (ending in EOS) is marked
     assert "Traceback" not in proc.stderr
+
+
+def test_validate_checks_the_named_chat_template_and_its_variables() -> None:
+    """A built-in or file template is loaded at validate (no tokenizer, no torch): an unknown name, or a
+    data.chat_template_kwargs name the template never reads, exits 2 before any run is started."""
+    quick = RECIPES / "quickstart.yaml"
+    ok = run_cli("validate", quick, "data.chat_template=qwen3", "data.chat_template_kwargs={enable_thinking: false}")
+    assert ok.returncode == 0, ok.stderr
+    typo = run_cli("validate", quick, "data.chat_template=qwen3", "data.chat_template_kwargs={enable_thinkin: false}")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "data.chat_template_kwargs.enable_thinkin: the chat template never reads" in typo.stderr
+    assert "Did you mean `enable_thinking`?" in typo.stderr
+    unknown = run_cli("validate", quick, "data.chat_template=qwen9")
+    assert unknown.returncode == 2 and "data.chat_template: `qwen9` is neither a built-in template" in unknown.stderr

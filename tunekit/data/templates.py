@@ -103,6 +103,15 @@ def with_variables(template: str, variables: dict[str, Any]) -> str:
     return template if template.startswith(head) else head + template
 
 
+def check_choice(choice: str | None, variables: dict[str, Any]) -> None:
+    """What can be checked without the tokenizer (`tunekit validate`): a named or file template exists and reads
+    every data.chat_template_kwargs name. The tokenizer's own template (choice null) is checked at train time."""
+    if choice is not None:
+        text = load_template(choice)
+        if variables:
+            with_variables(text, variables)
+
+
 def apply_chat_template_choice(tokenizer: Any, choice: str | None, needed: bool = True,
                                variables: dict[str, Any] | None = None) -> str | None:
     """Set the tokenizer's template from the recipe choice (with `variables` set in it: data.chat_template_kwargs);
