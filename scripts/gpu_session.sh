@@ -129,7 +129,7 @@ run() {
     TINY=()  # the GPU tests are tiny models: 4 at once on the machine's 16 cores and one GPU
     stage "gpu tests" 150 python3 -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/gpu \
       tests/unit/test_token_batches.py -ra --durations=10
-    bench lora-8b 260
+    bench lora-8b 320  # the headline; build (16 GB written once) + 3 stacks loading it + 12 steps each
     bench full-1b 120
     bench qlora-8b 200
   fi
