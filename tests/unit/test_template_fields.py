@@ -246,6 +246,19 @@ def test_chat_template_kwargs_are_set_in_the_template_everyone_renders_with(tmp_
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
+def test_chat_template_kwargs_keep_a_tokenizers_other_named_templates() -> None:
+    """A tokenizer with several named templates (Command-R: default, tool_use, rag): the variables go into the
+    default one, which training renders with; the others are kept for the saved tokenizer, not dropped."""
+    from tests.unit.test_data_families import _tokenizer
+    from tunekit.data.templates import apply_chat_template_choice, load_template
+
+    tok = _tokenizer("qwen3")
+    tok.chat_template = {"default": load_template("qwen3"), "tool_use": "{{ messages | length }}"}
+    template = apply_chat_template_choice(tok, None, True, {"enable_thinking": False})
+    assert template.startswith("{%- set enable_thinking = false -%}")
+    assert tok.chat_template == {"default": template, "tool_use": "{{ messages | length }}"}
+
+
 def test_chat_template_kwargs_the_template_never_reads_are_refused() -> None:
     from tests.unit.test_data_families import _tokenizer
     from tunekit.data.templates import apply_chat_template_choice

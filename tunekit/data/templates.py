@@ -118,11 +118,11 @@ def apply_chat_template_choice(tokenizer: Any, choice: str | None, needed: bool 
     returns the template text in use (None if none)."""
     if choice is not None:
         tokenizer.chat_template = load_template(choice)
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # several named templates: training uses the default one
-        template = template.get("default")
+    named = getattr(tokenizer, "chat_template", None)
+    template = named.get("default") if isinstance(named, dict) else named  # several: training uses the default
     if template and variables:
-        template = tokenizer.chat_template = with_variables(template, variables)
+        template = with_variables(template, variables)  # the other named templates (tool_use, rag) stay as they are
+        tokenizer.chat_template = {**named, "default": template} if isinstance(named, dict) else template
     if not template and needed:
         raise UserError(
             "data.chat_template: the tokenizer has no chat template and the recipe names none, so chat data cannot "
