@@ -420,13 +420,16 @@ def test_turn_after_an_extra_block_at_the_end_of_the_generation_prompt() -> None
         conversation_examples(renderer(tok, NOTHINK_LIKE), _conv(REASONING), "assistant", "auto", "test")
 
 
-@pytest.mark.parametrize(("name", "dropped"), [("qwen3", False), ("deepseek-r1-distill", True)])
+@pytest.mark.parametrize(("name", "dropped"), [("qwen3", False), ("deepseek-r1-distill", False), ("qwen2.5", True)])
 def test_preference_answers_reasoning_the_template_drops_is_an_error_not_silently_lost(name: str,
                                                                                         dropped: bool) -> None:
-    """TRL renders preference rows itself, taking as the answer what follows the common prefix of the prompt's and
-    the prompt + answer's renderings. DeepSeek-R1-Distill's template strips reasoning from every turn, so a
-    chosen answer's reasoning would vanish from the pair: that is an error naming the field; Qwen3's renders it."""
+    """A preference answer is scored as the model writes it after the prompt (`pair_tokens.pair_texts`). Qwen2.5's
+    template never renders `reasoning_content`, so a chosen answer's reasoning would vanish from the pair: that is
+    an error naming the field. Qwen3's renders it; DeepSeek-R1-Distill's strips it from rendered turns, but the
+    model writes it after the prompt's `<think>`, so the pair keeps it (with TRL's own rendering it was lost).
+    Reasoning inline in `content` is kept by all three."""
     from tests.unit.test_data_families import _tokenizer
+    from tunekit.data.pair_tokens import pair_texts
     from tunekit.data.preference import check_renders, preference_row
     from tunekit.data.schema import DatasetSpec
 
@@ -441,7 +444,7 @@ def test_preference_answers_reasoning_the_template_drops_is_an_error_not_silentl
             check_renders(render, row, "x.jsonl:1")
     else:
         check_renders(render, row, "x.jsonl:1")
+        assert "Add two and two." in pair_texts(render, row["prompt"], row["chosen"], "x.jsonl:1")[1]
     inline = {**row, "chosen": [{"role": "assistant", "content": "<think>\nAdd two and two.\n</think>\n\n4"}]}
-    if dropped:  # an inline think block is reasoning too
-        with pytest.raises(UserError, match="drops the reasoning"):
-            check_renders(render, inline, "x.jsonl:1")
+    check_renders(render, inline, "x.jsonl:1")
+    assert "Add two and two." in pair_texts(render, inline["prompt"], inline["chosen"], "x.jsonl:1")[1]

@@ -16,7 +16,6 @@ order as typed Arrow columns into the cache entry, which the trainers read memor
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from typing import Any
 
@@ -24,6 +23,7 @@ from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get
 from tunekit.data.messages import message
+from tunekit.data.pair_tokens import pair_ids, pair_texts
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
 from tunekit.data.select_rows import row_scorer
@@ -113,24 +113,23 @@ ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_
 
 
 def check_renders(render: Any, row: dict, where: str) -> None:
-    """Render the row as TRL will (prompt with the generation prompt; prompt + each answer), so that an error
-    raised inside the chat template names the row instead of escaping from TRL's dataset map, and an answer's
-    reasoning the template drops is an error rather than silently left out of the pair."""
+    """Render the row as the trainer will (`pair_tokens.pair_texts`: the prompt with the generation prompt, each
+    answer as the model writes it after it), so that an error raised inside the chat template names the row
+    instead of escaping from the trainer's dataset map, and an answer's reasoning the template drops is an error
+    rather than silently left out of the pair."""
     answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
     if "solution" in row:
         answers = {"solution": [{"role": "assistant", "content": row["solution"]}]}
     try:
-        prompt = render(row["prompt"], add_generation_prompt=True)
         for field, answer in answers.items():
-            _check_reasoning_kept(render, prompt, render([*row["prompt"], *answer]), answer, field, where)
+            _check_reasoning_kept(render, pair_texts(render, row["prompt"], answer, where)[1], answer, field, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
 
 
-def _check_reasoning_kept(render: Any, prompt: str, full: str, answer: list[dict], field: str, where: str) -> None:
-    """TRL's completion text is what follows the common prefix of the prompt's and the prompt + answer's
-    renderings; each answer turn's reasoning must be in it (DeepSeek-R1's template strips it from every turn)."""
-    completion = full[len(os.path.commonprefix([prompt, full])):]
+def _check_reasoning_kept(render: Any, completion: str, answer: list[dict], field: str, where: str) -> None:
+    """Each answer turn's reasoning must be in the completion the trainer scores (Qwen2.5's template never renders
+    reasoning; DeepSeek-R1's strips it from every turn but the one the model writes after the prompt)."""
     for m in answer:
         reasoning = split_reasoning(m)[0].strip() if m.get("role") == "assistant" else ""
         if reasoning and reasoning not in completion:
@@ -206,16 +205,13 @@ def row_text(row: dict, render: Any) -> str:
 
 
 def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any, score: Any = None) -> Pool:
-    """Preference / ReFT rows as a selection pool (`fetch`: indices -> rows): tokens = the longest prompt + answer as
-    rendered, trained tokens = the longest answer (its rendering after the prompt's generation prompt); `score`: see
-    select_rows.py."""
+    """Preference / ReFT rows as a selection pool (`fetch`: indices -> rows): tokens = the longest prompt + answer,
+    trained tokens = the longest answer, as the trainers score them (`pair_tokens`); `score`: see select_rows.py."""
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
-        prompt = len(tokenizer(render(row["prompt"], add_generation_prompt=True), add_special_tokens=False).input_ids)
-        full = [len(tokenizer(render([*row["prompt"], *a]), add_special_tokens=False).input_ids)
-                for a in _answers(row)]
-        return max(full), max(n - prompt for n in full)
+        pairs = [pair_ids(tokenizer, *pair_texts(render, row["prompt"], a, "data.select")) for a in _answers(row)]
+        return max(len(p) + len(a) for p, a in pairs), max(len(a) for _, a in pairs)
 
     def counts(idx: Any) -> tuple[Any, Any]:
         pairs = [count(r) for r in fetch(idx)]

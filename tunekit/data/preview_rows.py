@@ -1,14 +1,13 @@
 """`tunekit preprocess` for preference and ReFT data: row counts, and rows shown as the trainers will see them.
 
-Preference rows are rendered as TRL renders them: the prompt with the generation prompt, then each answer as
-the text rendering prompt + answer adds after their common prefix. Every answer token carries the objective, so
+Preference rows are shown as the trainers score them (`pair_tokens.pair_texts`): the prompt with the generation
+prompt, then each answer as the model writes it after that prompt. Every answer token carries the objective, so
 the whole answer is marked. ReFT rows show the question, the warm-up SFT example (question -> solution, the
 solution marked as trained exactly as the warm-up masks it) and the answer the rewards compare against.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunekit.data.masking import tokenize_with_mask
+from tunekit.data.pair_tokens import pair_texts, tokenizer_renderer
 
 OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 
@@ -58,26 +58,16 @@ def _trained(text: str) -> Text:
     return Text(f"{OPEN}{text}{CLOSE}", style="bold green")
 
 
-def _answer_text(tokenizer: Any, prompt: list[dict], answer: list[dict], head: str) -> str:
-    """The answer as TRL splits it: prompt + answer rendered, minus its common prefix with the rendered prompt
-    (TRL does this because some templates, DeepSeek-R1's, add text to the generation prompt only)."""
-    full = tokenizer.apply_chat_template([*prompt, *answer], tokenize=False)
-    common = len(os.path.commonprefix([head, full]))
-    return full[common:]
-
-
 def show_preference_row(console: Console, tokenizer: Any, row: dict, n: int) -> None:
-    head = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-    console.rule(escape(f"example {n} (prompt, then each answer as the template continues it; "
+    render = tokenizer_renderer(tokenizer)
+    answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
+    texts = {k: pair_texts(render, row["prompt"], answer, f"example {n}") for k, answer in answers.items()}
+    console.rule(escape(f"example {n} (prompt, then each answer as the model writes it after the prompt; "
                         f"trained text is {OPEN}marked{CLOSE})"))
-    console.print(_label("prompt") + Text(head, style="dim"))
-    if "completion" in row:  # KTO: one answer with its label
-        label = "desirable" if row["label"] else "undesirable"
-        console.print(_label(f"completion ({label})") + _trained(_answer_text(tokenizer, row["prompt"],
-                                                                               row["completion"], head)))
-        return
-    for key in ("chosen", "rejected"):
-        console.print(_label(key) + _trained(_answer_text(tokenizer, row["prompt"], row[key], head)))
+    console.print(_label("prompt") + Text(next(iter(texts.values()))[0], style="dim"))
+    for key, (_, completion) in texts.items():
+        name = f"completion ({'desirable' if row['label'] else 'undesirable'})" if key == "completion" else key
+        console.print(_label(name) + _trained(completion))
 
 
 def show_reft_row(console: Console, tokenizer: Any, row: dict, n: int, train_on: str) -> None:

@@ -1,8 +1,8 @@
 """Score steps of `data.select` on preference, KTO and ReFT rows: one answer scored given its prompt.
 
 These rows reach TRL as conversations, not as tokenized examples, so the score step builds the example it scores:
-the prompt rendered with the generation prompt (untrained) followed by one answer (trained), rendered as the
-trainers render them, truncated to `data.max_length` (keeping at least one answer token). The answer scored is
+the prompt rendered with the generation prompt (untrained) followed by one answer (trained), as the trainers
+score it (`pair_tokens`: as the model writes it after the prompt), truncated to `data.max_length` (keeping at least one answer token). The answer scored is
 
     preference (dpo, orpo, cpo, online)   the chosen response
     unpaired_preference (kto)             the completion, whatever its label
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tunekit.data.pair_tokens import pair_ids, pair_texts
 from tunekit.data.schema import ScoreStep
 from tunekit.data.select_score import load_scorer, score_rows, scoring_model
 from tunekit.model.schema import ModelConfig
@@ -33,11 +34,8 @@ def answer_example(row: dict, render: Any, tokenizer: Any, max_length: int) -> t
     """(input_ids, labels) of the prompt and its scored answer; labels are -100 on the prompt."""
     import numpy as np
 
-    head = tokenizer(render(row["prompt"], add_generation_prompt=True), add_special_tokens=False).input_ids
-    full = tokenizer(render([*row["prompt"], *scored_answer(row)]), add_special_tokens=False).input_ids
-    n = 0  # the prompt is the rendered conversation's common prefix with the prompt rendered alone
-    while n < min(len(head), len(full) - 1) and head[n] == full[n]:
-        n += 1
+    prompt_ids, answer_ids = pair_ids(tokenizer, *pair_texts(render, row["prompt"], scored_answer(row), "data.select"))
+    full, n = prompt_ids + answer_ids, len(prompt_ids)  # the answer as the model writes it after the prompt
     full = full[: max(max_length, n + 1)]
     labels = [-100] * n + full[n:]
     return np.asarray(full, dtype=np.int64), np.asarray(labels, dtype=np.int64)

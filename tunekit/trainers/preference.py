@@ -1,7 +1,9 @@
 """`dpo`, `kto`, `orpo`, `cpo` (incl. SimPO): preference trainers built from TRL (`online_dpo`: online_dpo.py).
 
 The data stage hands over conversational {prompt, chosen, rejected} (or {prompt, completion, label})
-rows; TRL applies the chat template and tokenizes. Reference model (dpo, kto): with `ref_model: null`
+rows; `pair_tokens.exact_pairs` renders them as the model reads and writes them (the prompt with the generation
+prompt, each answer as written after it, as SFT trains) and hands DPO and KTO token ids (their `_prepare_dataset`
+then only does what TRL does after tokenizing), ORPO and CPO texts (which TRL tokenizes as text rows). Reference model (dpo, kto): with `ref_model: null`
 TRL uses the initial policy: for a PeftModel it keeps a frozen copy of the adapter as it was before
 training (identical to the adapter-disabled base for a freshly initialised LoRA, and still right for
 adapters whose init changes the base, e.g. PiSSA); for full training it loads a second copy of the
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tunekit.data.pair_tokens import exact_pairs
+from tunekit.launch.runtime import rank
 from tunekit.model.load import load_model, resolve_model_path
 from tunekit.trainers.training_args import training_kwargs
 
@@ -62,9 +66,59 @@ def build_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         discopop_tau=t.discopop_tau,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
     )
-    return base_as_reference(DPOTrainer(model=model, ref_model=ref_model(recipe), args=args,
-                                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                         callbacks=callbacks))
+    return base_as_reference(_tokenized(DPOTrainer)(
+        model=model, ref_model=ref_model(recipe), args=args, train_dataset=_pairs(train_ds, tokenizer, "dpo"),
+        eval_dataset=_pairs(eval_ds, tokenizer, "dpo"), processing_class=tokenizer, callbacks=callbacks))
+
+
+def _pairs(ds: Any, tokenizer: Any, kind: str) -> Any:
+    return exact_pairs(ds, tokenizer, kind, rank())
+
+
+def _tokenized(trainer_class: type) -> type:
+    """TRL's DPO / KTO trainer reading the token ids tunekit made (`exact_pairs`): its `_prepare_dataset` does only
+    what TRL's does after tokenizing (TRL 1.16): drop rows whose prompt alone fills max_length (the collator would
+    keep no completion token), and for KTO add the mismatched completions of its KL estimate."""
+
+    class Tokenized(trainer_class):  # type: ignore[misc, valid-type]
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if "prompt_ids" not in dataset.column_names:  # a dataset passed to evaluate() later: TRL's own path
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if args.max_length is not None and getattr(args, "truncation_mode", "keep_start") == "keep_start":
+                dataset = dataset.filter(lambda r: len(r["prompt_ids"]) < args.max_length,
+                                         desc=f"Dropping fully truncated examples from {dataset_name} dataset")
+            if getattr(self, "calculate_KL", False):  # KTO: each row's KL completion is its batch neighbour's
+                dataset = dataset.map(_kl_completions, batched=True, batch_size=args.per_device_train_batch_size,
+                                      desc=f"Extracting KL {dataset_name} dataset")
+            if "label" in dataset.column_names and dataset_name == "train":
+                _kto_weights_hint(dataset["label"], self.desirable_weight, self.undesirable_weight)
+            return dataset
+
+    Tokenized.__name__ = Tokenized.__qualname__ = f"Tunekit{trainer_class.__name__}"
+    return Tokenized
+
+
+def _kto_weights_hint(labels: list[bool], desirable: float, undesirable: float) -> None:
+    """TRL's advice when desirable and undesirable rows are unbalanced and neither weight is in the range of the
+    KTO paper's Eq. (8) (as TRL's KTOTrainer gives it after its own tokenization)."""
+    from transformers.utils import logging
+
+    n_des = max(sum(labels), 1)
+    n_und = max(len(labels) - n_des, 1)
+    if n_des == n_und:
+        return
+    des = (round(n_und * undesirable / n_des, 2), round(n_und * undesirable / n_des * 1.33, 2))
+    und = (round(n_des * desirable / n_und / 1.33, 2), round(n_des * desirable / n_und, 2))
+    if not (des[0] <= desirable <= des[1] or und[0] <= undesirable <= und[1]):
+        logging.get_logger("trl.trainer.kto_trainer").warning(
+            f"KTO: {n_des} desirable and {n_und} undesirable rows, and the loss weights are outside the range the "
+            f"KTO paper recommends: set EITHER trainer.desirable_weight in [{des[0]}, {des[1]}] OR "
+            f"trainer.undesirable_weight in [{und[0]}, {und[1]}] (not both).")
+
+
+def _kl_completions(batch: dict) -> dict:
+    """TRL's rotation by one within a batch: (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1})."""
+    return {**batch, "KL_completion_ids": [batch["completion_ids"][-1], *batch["completion_ids"][:-1]]}
 
 
 def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
@@ -81,9 +135,11 @@ def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         undesirable_weight=t.undesirable_weight,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
     )
-    return base_as_reference(KTOTrainer(model=model, ref_model=ref_model(recipe), args=args,
-                                         train_dataset=kto_rows(recipe, train_ds), eval_dataset=eval_ds,
-                                         processing_class=tokenizer, callbacks=callbacks))
+    return base_as_reference(_tokenized(KTOTrainer)(
+        model=model, ref_model=ref_model(recipe), args=args,
+        train_dataset=_pairs(kto_rows(recipe, train_ds), tokenizer, "kto"),
+        eval_dataset=_pairs(kto_rows(recipe, eval_ds, shuffle=False), tokenizer, "kto"),
+        processing_class=tokenizer, callbacks=callbacks))
 
 
 def dropped_by_trainer(recipe: Recipe, train_ds: Any, trainer: Any) -> dict[str, int]:
@@ -97,18 +153,18 @@ def dropped_by_trainer(recipe: Recipe, train_ds: Any, trainer: Any) -> dict[str,
     return {f"prompt alone fills data.max_length ({recipe.data.max_length} tokens)": dropped} if dropped > 0 else {}
 
 
-def kto_rows(recipe: Recipe, train_ds: Any) -> Any:
+def kto_rows(recipe: Recipe, train_ds: Any, shuffle: bool = True) -> Any:
     """KTO learns from single completions labelled desirable or not. TRL's KTOTrainer reads its rows in order
     (sequential sampling: its KL estimate pairs each row with a neighbour's completion) and unpairs paired rows as
     all chosen completions, then all rejected ones, so paired data would train on desirable examples only for the
     first half of an epoch. tunekit unpairs here and shuffles (the data seed), so every batch mixes both labels
-    and neighbours rarely share a prompt."""
+    and neighbours rarely share a prompt. An eval set is unpaired in order (`shuffle=False`), as TRL does."""
     if train_ds is None or "chosen" not in train_ds.column_names:
         return train_ds  # unpaired rows: the data stage shuffled them already
     from trl.data_utils import unpair_preference_dataset
 
-    seed = recipe.data.data_seed(recipe.trainer.seed)
-    return unpair_preference_dataset(train_ds).shuffle(seed=seed).flatten_indices()
+    unpaired = unpair_preference_dataset(train_ds)
+    return unpaired.shuffle(seed=recipe.data.data_seed(recipe.trainer.seed)).flatten_indices() if shuffle else unpaired
 
 
 def build_orpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
@@ -117,8 +173,9 @@ def build_orpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_d
 
     args = ORPOConfig(**training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
                       max_length=recipe.data.max_length, beta=recipe.trainer.beta)
-    return without_empty_completions(ORPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                                 processing_class=tokenizer, callbacks=callbacks))
+    return without_empty_completions(ORPOTrainer(
+        model=model, args=args, train_dataset=_pairs(train_ds, tokenizer, "orpo"),
+        eval_dataset=_pairs(eval_ds, tokenizer, "orpo"), processing_class=tokenizer, callbacks=callbacks))
 
 
 def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, checkpoint_dir: str,
@@ -136,8 +193,9 @@ def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         simpo_gamma=t.simpo_gamma,
         alpha=t.alpha,
     )
-    return without_empty_completions(CPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                                processing_class=tokenizer, callbacks=callbacks))
+    return without_empty_completions(CPOTrainer(
+        model=model, args=args, train_dataset=_pairs(train_ds, tokenizer, "cpo"),
+        eval_dataset=_pairs(eval_ds, tokenizer, "cpo"), processing_class=tokenizer, callbacks=callbacks))
 
 
 def without_empty_completions(trainer: Any) -> Any:

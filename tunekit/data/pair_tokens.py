@@ -1,0 +1,108 @@
+"""Preference rows as the model reads and writes them: the prompt rendered with the template's generation prompt,
+and each answer as the model writes it after that prompt (what SFT trains; `turns.turn_example`).
+
+TRL's preference trainers take the answer as whatever follows the common prefix of the prompt's rendering and the
+prompt + answer's rendering. That equals the rule here for templates that render a conversation's prefixes
+consistently (chatml, Llama 3, Qwen2.5, ...), and differs where the generation prompt is not how the template
+renders an answered turn: DeepSeek-R1's prompt opens a `<think>` block the rendered turn lacks, Gemma 4's ends
+with an empty thought channel, Kimi-K2-Thinking renders the last answer with an empty think block, GLM-4.5's turn
+ends with nothing (the model stops by writing the next turn's header). There TRL's pairs are scored after a
+context the model never sees at inference (or without a stop). So tunekit renders and tokenizes the pairs itself
+and hands TRL token ids (DPO, KTO) or the exact texts (ORPO, CPO, which tokenize text rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from tunekit.data.templates import TemplateFailure, renderer
+from tunekit.data.turns import stop_header, turn_example
+from tunekit.errors import UserError
+
+
+def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str) -> tuple[str, str]:
+    """(the prompt with the generation prompt, the answer as the model writes it after it). A one-turn answer is
+    written as at inference (`turn_example`); an answer of several messages (tool calls, their results, further
+    turns) is the rendered conversation after the prompt when the rendering starts with the prompt, else its first
+    turn as written followed by the rest as rendered. A header-delimited template's stop header ends it."""
+    msgs, i = [*prompt, *answer], len(prompt)
+    before = render(prompt, add_generation_prompt=True)
+    full = render(msgs) if len(answer) > 1 else ""
+    if full.startswith(before) and full:
+        written = full[len(before):]
+    else:
+        written = _first_turn(render, msgs, i, len(before), where)
+        if len(answer) > 1:
+            upto = render(msgs[: i + 1])
+            if not full.startswith(upto):
+                raise UserError(f"{where}: {getattr(render, 'template_name', 'the chat template')} renders this "
+                                f"{len(answer)}-message answer neither after its generation prompt nor after its "
+                                "own first turn, so the completion has no single text. Give one-turn answers.")
+            written += full[len(upto):]
+    if msgs[-1]["role"] == "assistant":
+        written += stop_header(render, msgs, len(msgs) - 1, None)
+    return before, written
+
+
+def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str) -> str:
+    example = turn_example(render, msgs, i, None)
+    if example is None or example[1] != context:
+        raise UserError(f"{where}: {getattr(render, 'template_name', 'the chat template')} renders the answer in a "
+                        "way that does not follow its own generation prompt, so what the model writes after the "
+                        "prompt is not known. Use the model family's own template (data.chat_template).")
+    text, start = example
+    return text[start:]
+
+
+def pair_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the completion after it, from one tokenization of the whole text (as the
+    model reads it); where a token straddles the boundary the prompt ends before it, as TRL's rule does."""
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    full = tokenizer(prompt + completion, add_special_tokens=False).input_ids
+    n = 0
+    while n < min(len(ids), len(full)) and ids[n] == full[n]:
+        n += 1
+    return full[:n], full[n:]
+
+
+def tokenizer_renderer(tokenizer: Any) -> Any:
+    """A renderer for the tokenizer's (default) chat template: the one the data stage set (data.chat_template)."""
+    template = tokenizer.chat_template
+    render = renderer(tokenizer, template.get("default") if isinstance(template, dict) else template)
+    render.template = template
+    return render
+
+
+def pair_columns(kind: str) -> list[str]:
+    return {"dpo": ["prompt_ids", "chosen_ids", "rejected_ids"], "kto": ["prompt_ids", "completion_ids", "label"],
+            "orpo": ["prompt", "chosen", "rejected"], "cpo": ["prompt", "chosen", "rejected"]}[kind]
+
+
+def exact_pairs(ds: Any, tokenizer: Any, kind: str, process: int = 0) -> Any:
+    """`ds`'s conversational rows ({prompt, chosen, rejected} or {prompt, completion, label}) as what `kind`'s TRL
+    trainer reads after its own tokenization (dpo, kto: token ids) or chat templating (orpo, cpo: texts).
+    `process`: this process's rank; each writes its own result file beside the dataset (no two write one file)."""
+    if ds is None:
+        return None
+    render = tokenizer_renderer(tokenizer)
+    answers = [k for k in ("chosen", "rejected", "completion") if k in ds.column_names]
+
+    def convert(row: dict) -> dict:
+        try:
+            texts = {k: pair_texts(render, row["prompt"], row[k], "preference row") for k in answers}
+        except TemplateFailure as e:
+            raise UserError(f"preference row: {e}") from None
+        prompt = texts[answers[0]][0]
+        if kind in ("orpo", "cpo"):
+            return {"prompt": prompt, **{k: texts[k][1] for k in answers}}
+        ids = {k: pair_ids(tokenizer, *texts[k]) for k in answers}
+        n = min(len(p) for p, _ in ids.values())  # one prompt for both answers: the shorter (a merged last token)
+        return {"prompt_ids": ids[answers[0]][0][:n], **{f"{k}_ids": p[n:] + c for k, (p, c) in ids.items()}}
+
+    keep = [c for c in pair_columns(kind) if c in ds.column_names]
+    # rendered afresh each run (not loaded from datasets' cache: the result depends on the template, the tokenizer
+    # and this code); the fingerprint names the result file, one per process
+    fingerprint = hashlib.sha256(f"{ds._fingerprint}|{kind}|{render.template}|{process}".encode()).hexdigest()
+    return ds.map(convert, remove_columns=[c for c in ds.column_names if c not in keep], load_from_cache_file=False,
+                  new_fingerprint=fingerprint[:32], desc=f"Rendering {kind.upper()} pairs with the chat template")
