@@ -337,3 +337,26 @@ def test_zero3_cpu_offload_runs_and_tracks_one_process(runs) -> None:
     multi, _ = runs("zero3offload-lora")
     assert losses(multi) == pytest.approx(losses(single), abs=1e-3)
     torch.testing.assert_close(final_logits(multi), final_logits(single), atol=1e-3, rtol=0)
+
+
+@pytest.mark.full
+def test_dpo_two_processes_match_one(tmp_path: Path) -> None:
+    """DPO under DDP: each process renders and tokenizes the pairs itself (`pair_tokens.exact_pairs`, a result file
+    per process) and takes 2 of the 4 pairs of a step; the pair losses are means over pairs and DDP averages the
+    two halves, so losses, gradient norms and the logged reward margins equal one process's with 4 per device
+    (float32 reduction order only: LOSS_TOL, GRAD_NORM_RTOL)."""
+    runs = {}
+    for name, per_device, extra in (("single", 4, []), ("ddp", 2, ["--nproc", "2"])):
+        recipe = tiny_recipe(tmp_path, f"{name}.yaml",
+                             data={"train": [{"path": "builtin:arith/pref_train.jsonl", "format": "preference"}]},
+                             trainer={"kind": "dpo", "max_steps": 3, "per_device_batch_size": per_device,
+                                      "learning_rate": 5e-3, "beta": 0.1},
+                             output={"dir": str(tmp_path / name)})
+        ok(tunekit("train", recipe, *extra))
+        runs[name] = read_metrics(tmp_path / name)
+    single, ddp = ([m for m in runs[k] if "loss" in m] for k in ("single", "ddp"))
+    assert len(single) == len(ddp) == 3
+    print("dpo ddp vs single:", [(m["loss"], n["loss"], m["grad_norm"], n["grad_norm"]) for m, n in zip(ddp, single)])
+    assert [m["loss"] for m in ddp] == pytest.approx([m["loss"] for m in single], abs=LOSS_TOL)
+    assert [m["rewards/margins"] for m in ddp] == pytest.approx([m["rewards/margins"] for m in single], abs=LOSS_TOL)
+    assert [m["grad_norm"] for m in ddp] == pytest.approx([m["grad_norm"] for m in single], rel=GRAD_NORM_RTOL)

@@ -70,7 +70,8 @@ def test_consistent_templates_give_trls_own_token_ids(name: str, tmp_path) -> No
 
     tok = _tokenizer(name) if name != "chatml" else _tok()
     tok.chat_template = load_template(name)
-    raw = [*RAW[:2], *([RAW[2], MULTI, REASONING] if name == "qwen3" else [RAW[2], MULTI] if name == "qwen2.5" else [])]
+    tools = {"qwen3": [RAW[2], MULTI, REASONING], "qwen2.5": [RAW[2], MULTI]}.get(name, [])  # templates with tools
+    raw = [*RAW[:2], *tools]
     ds = _rows(raw)
     ours = exact_pairs(ds, tok, "dpo")
     theirs = _trl("dpo", ds, tok, tmp_path)

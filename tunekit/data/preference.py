@@ -210,7 +210,8 @@ def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any, score: Any 
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
-        pairs = [pair_ids(tokenizer, *pair_texts(render, row["prompt"], a, "data.select")) for a in _answers(row)]
+        where = "data.select"
+        pairs = [pair_ids(tokenizer, *pair_texts(render, row["prompt"], a, where)) for a in _answers(row)]
         return max(len(p) + len(a) for p, a in pairs), max(len(a) for _, a in pairs)
 
     def counts(idx: Any) -> tuple[Any, Any]:

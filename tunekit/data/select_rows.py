@@ -1,8 +1,9 @@
 """Score steps of `data.select` on preference, KTO and ReFT rows: one answer scored given its prompt.
 
-These rows reach TRL as conversations, not as tokenized examples, so the score step builds the example it scores:
-the prompt rendered with the generation prompt (untrained) followed by one answer (trained), as the trainers
-score it (`pair_tokens`: as the model writes it after the prompt), truncated to `data.max_length` (keeping at least one answer token). The answer scored is
+The cache holds these rows as conversations, not as tokenized examples, so the score step builds the example it
+scores: the prompt rendered with the generation prompt (untrained) followed by one answer (trained) as the model
+writes it after the prompt (`pair_tokens`, as the trainers score it), truncated to `data.max_length` (keeping at
+least one answer token). The answer scored is
 
     preference (dpo, orpo, cpo, online)   the chosen response
     unpaired_preference (kto)             the completion, whatever its label

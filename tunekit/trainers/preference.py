@@ -1,13 +1,14 @@
 """`dpo`, `kto`, `orpo`, `cpo` (incl. SimPO): preference trainers built from TRL (`online_dpo`: online_dpo.py).
 
-The data stage hands over conversational {prompt, chosen, rejected} (or {prompt, completion, label})
-rows; `pair_tokens.exact_pairs` renders them as the model reads and writes them (the prompt with the generation
-prompt, each answer as written after it, as SFT trains) and hands DPO and KTO token ids (their `_prepare_dataset`
-then only does what TRL does after tokenizing), ORPO and CPO texts (which TRL tokenizes as text rows). Reference model (dpo, kto): with `ref_model: null`
-TRL uses the initial policy: for a PeftModel it keeps a frozen copy of the adapter as it was before
-training (identical to the adapter-disabled base for a freshly initialised LoRA, and still right for
-adapters whose init changes the base, e.g. PiSSA); for full training it loads a second copy of the
-base model. An explicit `ref_model` is loaded like the base model. When the adapter is a fresh LoRA
+The data stage hands over conversational {prompt, chosen, rejected} (or {prompt, completion, label}) rows;
+`pair_tokens.exact_pairs` renders them as the model reads and writes them (the prompt with the generation prompt,
+each answer as written after it, as SFT trains) and hands DPO and KTO token ids (their `_prepare_dataset` then
+only does what TRL does after tokenizing), ORPO and CPO texts (which TRL tokenizes as text rows).
+
+Reference model (dpo, kto): with `ref_model: null` TRL uses the initial policy: for a PeftModel it keeps a
+frozen copy of the adapter as it was before training (identical to the adapter-disabled base for a freshly
+initialised LoRA, and still right for adapters whose init changes the base, e.g. PiSSA); for full training it
+loads a second copy of the base model. An explicit `ref_model` is loaded like the base model. When the adapter is a fresh LoRA
 (every lora_B is zero, so the adapter is a no-op) the copy is dropped again and the reference is
 the adapter-disabled base: the same numbers, half the adapter memory, and no `ref/` folder saved.
 """
