@@ -300,6 +300,89 @@ def test_preference_template_errors_name_the_row(tok, tmp_path: Path) -> None:
     assert tok.chat_template == NO_SYSTEM  # the recipe's template is the one TRL will render with
 
 
+def _pairs(tok, train) -> dict:  # noqa: ANN001
+    """The DPO pairs as the trainer gets them, by the row's question: (prompt text, chosen text)."""
+    from tunekit.data.pair_tokens import exact_pairs
+
+    pairs = exact_pairs(train, tok, "dpo")
+    return {r["prompt"][-1]["content"]: (tok.decode(p["prompt_ids"]), tok.decode(p["chosen_ids"]))
+            for r, p in zip(train, pairs)}
+
+
+def test_preference_rows_keep_their_system_text_and_tool_schemas(tok, tmp_path: Path) -> None:
+    """What a preference or KTO row gives beside prompt and answers reaches the prompt the trainer scores after:
+    a `system` column (orca_dpo_pairs has one), else the dataset's `system:`, and tool schemas (a `tools` column,
+    else the dataset's `tools:` file), as SFT rows' do. Before, all of these were silently ignored."""
+    schemas = json.loads((FIX / "tool_calls.jsonl").read_text())["tools"]
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    rows = [{"question": "2+2?", "chosen": "4", "rejected": "5", "system": "Answer in digits."},
+            {"question": "Weather in Paris?", "chosen": [call], "rejected": "No idea.", "tools": schemas},
+            {"question": "3+3?", "chosen": "6", "rejected": "7"}]
+    spec = {"path": str(_write(tmp_path / "p.jsonl", rows)), "format": "preference", "columns": {"prompt": "question"},
+            "system": "Be brief."}
+    train, _, _ = _build(tok, tmp_path, spec, chat_template="qwen2.5")
+    assert {r["prompt"][-1]["content"]: r["prompt"][0]["content"] for r in train} == {
+        "2+2?": "Answer in digits.", "Weather in Paris?": "Be brief.", "3+3?": "Be brief."}
+    pairs = _pairs(tok, train)
+    assert "Answer in digits." in pairs["2+2?"][0] and "get_weather" not in pairs["2+2?"][0]
+    prompt, chosen = pairs["Weather in Paris?"]
+    assert '"name": "get_weather"' in prompt and "Current weather" in prompt  # the schema, in the prompt
+    assert chosen.startswith("<tool_call>")
+    (tmp_path / "tools.json").write_text(json.dumps(schemas))
+    spec = {**spec, "tools": str(tmp_path / "tools.json")}
+    train, _, _ = _build(tok, tmp_path, spec, chat_template="qwen2.5")
+    assert all("Current weather" in p for p, _ in _pairs(tok, train).values())  # the file reaches every row
+    with pytest.raises(UserError, match=r"p.jsonl: row 2 .*has tool schemas \(`tools`\) but .*chatml.* ignores them"):
+        _build(tok, tmp_path, {**spec, "tools": None}, chat_template="chatml")
+
+
+def test_a_system_column_is_kept_by_every_format_that_has_a_prompt() -> None:
+    """A row's `system` column, else the dataset's `system:`, in front of the prompt (never a second one)."""
+    from tunekit.data.formats import prompt_completion_format
+    from tunekit.data.preference import prompt_answer_row, unpaired_row
+    from tunekit.data.schema import DatasetSpec
+
+    def spec(fmt: str) -> DatasetSpec:
+        return DatasetSpec(path="x.jsonl", format=fmt, system="Default.")
+
+    own = {"system": "Own."}
+    assert prompt_completion_format({"prompt": "q", "completion": "a", **own}, spec("prompt_completion"), "x")[0] == {
+        "role": "system", "content": "Own."}
+    assert prompt_answer_row({"question": "q", "answer": "1", "solution": "s #### 1"}, spec("prompt_answer"),
+                             "x")["prompt"][0] == {"role": "system", "content": "Default."}
+    kto = unpaired_row({"prompt": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "q"}],
+                        "completion": "a", "label": True, **own}, spec("unpaired_preference"), "x")
+    assert [m["role"] for m in kto["prompt"]] == ["system", "user"] and kto["prompt"][0]["content"] == "Mine."
+
+
+def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "tools.json").write_text("[]")
+    for fmt in ("alpaca", "prompt_completion", "text", "prompt_answer"):
+        with pytest.raises(ValueError, match=f"format `{fmt}` has no tool calls"):
+            DataConfig(train=[{"path": "x.jsonl", "format": fmt, "tools": str(tmp_path / "tools.json")}])
+
+
+def test_arrow_rows_keep_a_key_that_only_later_rows_have(tmp_path: Path) -> None:
+    """Preference rows carry `tools` only when they have some: the typed columns are those of every key of any row
+    (null where a row lacks it), so tools first seen in a later batch are not dropped."""
+    import datasets
+
+    from tunekit.data import arrow_rows
+
+    rows = [{"prompt": "a"}] * (arrow_rows.BATCH + 3) + [{"prompt": "b", "tools": "[1]"}]
+    path = tmp_path / "rows.arrow"
+    writer = arrow_rows.RowWriter(tmp_path / "json.arrow", arrow_rows.JSON_ROW)
+    for r in rows:
+        writer.add({"row": json.dumps(r).encode()})
+    writer.close()
+    enc = arrow_rows.Encoded([tmp_path / "json.arrow"], arrow_rows.JSON_ROW)
+    arrow_rows.write_json_rows(enc, list(range(len(rows))), path)
+    got = datasets.Dataset.from_file(str(path))
+    assert got.column_names == ["prompt", "tools"]
+    assert got[len(rows) - 1]["tools"] == "[1]" and got[0]["tools"] is None
+
+
 # ------------------------------------------------------------------------------ templates rewriting earlier turns
 
 # DeepSeek-R1-like: earlier assistant turns lose their reasoning (the text up to </think>), the last keeps it.

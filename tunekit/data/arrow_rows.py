@@ -232,7 +232,8 @@ def merge_types(a: Any, b: Any, column: str) -> Any:
 
 def write_json_rows(enc: Encoded, order: Sequence[int], path: Path) -> int:
     """Write the JSON rows at `order` to `path` as typed Arrow columns (those of `Dataset.from_list` over the same
-    rows, in this order): one pass infers each batch's types and merges them, a second writes. Returns the rows."""
+    rows, in this order, with a column for every key of any row: an optional one, e.g. `tools`, is null where a row
+    lacks it): one pass infers each batch's types and merges them, a second writes. Returns the rows."""
     import numpy as np
     import pyarrow as pa
 
@@ -240,7 +241,7 @@ def write_json_rows(enc: Encoded, order: Sequence[int], path: Path) -> int:
     types: dict[str, Any] = {}
     for start in range(0, len(order), BATCH):
         rows = enc.json_rows(order[start : start + BATCH])
-        for c in types or rows[0]:
+        for c in dict.fromkeys([*types, *(k for r in rows for k in r)]):  # a key absent from a row is null there
             got = pa.array([r.get(c) for r in rows]).type
             types[c] = merge_types(types[c], got, c) if c in types else got
     schema = pa.schema(list(types.items()))

@@ -28,7 +28,8 @@ from tunekit.data.schema import DataConfig
 from tunekit.data.sources import HUB, local_files, resolve_path
 from tunekit.run_dir import file_sha256
 
-CACHE_VERSION = 3  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files)
+CACHE_VERSION = 4  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files;
+# 4: preference rows keep their system text and tool schemas)
 
 
 def cache_root(cfg: DataConfig) -> Path:

@@ -133,8 +133,9 @@ def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
 def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
     prompt = _text(_get(row, "prompt", spec, where), "prompt", where)
     completion = _text(_get(row, "completion", spec, where), "completion", where)
+    system = _get(row, "system", spec, where, optional=True)
     return _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                        spec.system)
+                        _text(system, "system", where) if system else spec.system)
 
 
 def text_format(row: dict, spec: Any, where: str) -> str:

@@ -14,6 +14,7 @@ and hands TRL token ids (DPO, KTO) or the exact texts (ORPO, CPO, which tokenize
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from tunekit.data.templates import TemplateFailure, renderer
@@ -21,20 +22,27 @@ from tunekit.data.turns import stop_header, turn_example
 from tunekit.errors import UserError
 
 
-def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str) -> tuple[str, str]:
-    """(the prompt with the generation prompt, the answer as the model writes it after it). A one-turn answer is
-    written as at inference (`turn_example`); an answer of several messages (tool calls, their results, further
-    turns) is the rendered conversation after the prompt when the rendering starts with the prompt, else its first
-    turn as written followed by the rest as rendered. A header-delimited template's stop header ends it."""
+def row_tools(row: dict) -> list[dict] | None:
+    """A preference / RL row's tool schemas (kept as JSON text in the row, as TRL keeps them), or None."""
+    return json.loads(row["tools"]) if row.get("tools") else None
+
+
+def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
+               tools: list[dict] | None = None) -> tuple[str, str]:
+    """(the prompt with the generation prompt, the answer as the model writes it after it), with the row's tool
+    schemas given to the template. A one-turn answer is written as at inference (`turn_example`); an answer of
+    several messages (tool calls, their results, further turns) is the rendered conversation after the prompt
+    when the rendering starts with the prompt, else its first turn as written followed by the rest as rendered.
+    A header-delimited template's stop header ends it."""
     msgs, i = [*prompt, *answer], len(prompt)
-    before = render(prompt, add_generation_prompt=True)
-    full = render(msgs) if len(answer) > 1 else ""
+    before = render(prompt, add_generation_prompt=True, tools=tools)
+    full = render(msgs, tools=tools) if len(answer) > 1 else ""
     if full.startswith(before) and full:
         written = full[len(before):]
     else:
-        written = _first_turn(render, msgs, i, len(before), where)
+        written = _first_turn(render, msgs, i, len(before), where, tools)
         if len(answer) > 1:
-            upto = render(msgs[: i + 1])
+            upto = render(msgs[: i + 1], tools=tools)
             if not full.startswith(upto):
                 raise UserError(f"{where}: {getattr(render, 'template_name', 'the chat template')} renders this "
                                 f"{len(answer)}-message answer neither after its generation prompt nor after its "
@@ -45,8 +53,8 @@ def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str) 
     return before, written
 
 
-def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str) -> str:
-    example = turn_example(render, msgs, i, None)
+def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str, tools: list[dict] | None) -> str:
+    example = turn_example(render, msgs, i, tools)
     if example is None or example[1] != context:
         raise UserError(f"{where}: {getattr(render, 'template_name', 'the chat template')} renders the answer in a "
                         "way that does not follow its own generation prompt, so what the model writes after the "
@@ -74,7 +82,7 @@ def tokenizer_renderer(tokenizer: Any) -> Any:
     return render
 
 
-def pair_columns(kind: str) -> list[str]:
+def pair_columns(kind: str) -> list[str]:  # what each trainer reads (the row's tools are rendered in the prompt)
     return {"dpo": ["prompt_ids", "chosen_ids", "rejected_ids"], "kto": ["prompt_ids", "completion_ids", "label"],
             "orpo": ["prompt", "chosen", "rejected"], "cpo": ["prompt", "chosen", "rejected"]}[kind]
 
@@ -90,7 +98,7 @@ def exact_pairs(ds: Any, tokenizer: Any, kind: str, process: int = 0) -> Any:
 
     def convert(row: dict) -> dict:
         try:
-            texts = {k: pair_texts(render, row["prompt"], row[k], "preference row") for k in answers}
+            texts = {k: pair_texts(render, row["prompt"], row[k], "preference row", row_tools(row)) for k in answers}
         except TemplateFailure as e:
             raise UserError(f"preference row: {e}") from None
         prompt = texts[answers[0]][0]

@@ -21,9 +21,9 @@ from typing import Any
 
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
-from tunekit.data.formats import RowError, _get
+from tunekit.data.formats import RowError, _get, _row_tools, _text, _with_system
 from tunekit.data.messages import message
-from tunekit.data.pair_tokens import pair_ids, pair_texts
+from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
 from tunekit.data.select_rows import row_scorer
@@ -75,23 +75,34 @@ def _messages(value: object, field: str, where: str) -> list[dict]:
     return out
 
 
-def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
+def _context(row: dict, spec: DatasetSpec, where: str) -> tuple[list[dict], dict]:
+    """The row's prompt with its system text (the row's `system` column, else the dataset's `system:`) in front
+    unless it starts with a system message, and its tool schemas (the row's `tools` column, else the dataset's
+    `tools:` file) as the JSON text the row keeps them in."""
     prompt = _prompt(_get(row, "prompt", spec, where), where)
+    system = _get(row, "system", spec, where, optional=True)
+    tools = _row_tools(row, spec, where)
+    return (_with_system(prompt, _text(system, "system", where) if system else spec.system),
+            {"tools": json.dumps(tools)} if tools else {})
+
+
+def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
+    prompt, tools = _context(row, spec, where)
     chosen = _answer(_get(row, "chosen", spec, where), "chosen", where)
     rejected = _answer(_get(row, "rejected", spec, where), "rejected", where)
     if chosen == rejected:
         raise RowError(f"{where}: `chosen` and `rejected` are identical, so the pair teaches nothing; fix or remove "
                        "the row (or set data.drop_invalid_pairs: true to drop such rows and count them)")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **tools}
 
 
 def unpaired_row(row: dict, spec: DatasetSpec, where: str) -> dict:
-    prompt = _prompt(_get(row, "prompt", spec, where), where)
+    prompt, tools = _context(row, spec, where)
     completion = _answer(_get(row, "completion", spec, where), "completion", where)
     label = _get(row, "label", spec, where)
     if not isinstance(label, bool):
         raise RowError(f"{where}: `label` must be true (desirable) or false (undesirable), found {label!r}")
-    return {"prompt": prompt, "completion": completion, "label": label}
+    return {"prompt": prompt, "completion": completion, "label": label, **tools}
 
 
 def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
@@ -104,8 +115,13 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     solution = _get(row, "solution", spec, where)
     if not isinstance(solution, str) or not solution.strip():
         raise RowError(f"{where}: `solution` (the reasoning path used by the warm-up) must be a non-empty string")
-    return {"prompt": [{"role": "user", "content": question}], "question": question, "answer": str(answer),
-            "solution": solution}
+    if _get(row, "tools", spec, where, optional=True) or spec.tools:
+        raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
+                       "without them); remove them from the rows or the dataset")
+    system = _get(row, "system", spec, where, optional=True)
+    prompt = _with_system([{"role": "user", "content": question}],
+                          _text(system, "system", where) if system else spec.system)
+    return {"prompt": prompt, "question": question, "answer": str(answer), "solution": solution}
 
 
 ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_row,
@@ -115,14 +131,21 @@ ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_
 def check_renders(render: Any, row: dict, where: str) -> None:
     """Render the row as the trainer will (`pair_tokens.pair_texts`: the prompt with the generation prompt, each
     answer as the model writes it after it), so that an error raised inside the chat template names the row
-    instead of escaping from the trainer's dataset map, and an answer's reasoning the template drops is an error
-    rather than silently left out of the pair."""
+    instead of escaping from the trainer's dataset map; tool schemas the template does not render, or an answer's
+    reasoning it drops, are errors rather than silently left out of the pair."""
     answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
     if "solution" in row:
         answers = {"solution": [{"role": "assistant", "content": row["solution"]}]}
+    tools = row_tools(row)
     try:
+        if tools and render(row["prompt"], add_generation_prompt=True, tools=tools) == render(
+                row["prompt"], add_generation_prompt=True):
+            raise UserError(f"{where}: the row has tool schemas (`tools`) but {getattr(render, 'template_name', '')} "
+                            "ignores them, so the model would never see the tools it may call. Choose a template "
+                            "that renders `tools` (data.chat_template: qwen2.5, or the model's own).")
         for field, answer in answers.items():
-            _check_reasoning_kept(render, pair_texts(render, row["prompt"], answer, where)[1], answer, field, where)
+            completion = pair_texts(render, row["prompt"], answer, where, tools)[1]
+            _check_reasoning_kept(render, completion, answer, field, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -198,7 +221,7 @@ def _answers(row: dict) -> list[list[dict]]:
 def row_text(row: dict, render: Any) -> str:
     """What dedup compares: the prompt rendered with each answer (chosen and rejected; the completion and its label;
     the ReFT solution and its answer)."""
-    parts = [render([*row["prompt"], *answer]) for answer in _answers(row)]
+    parts = [render([*row["prompt"], *answer], tools=row_tools(row)) for answer in _answers(row)]
     parts += [f"label: {row['label']}"] if "label" in row else []
     parts += [f"answer: {row['answer']}"] if "answer" in row and "solution" in row else []
     return "\n".join(parts)
@@ -210,8 +233,8 @@ def row_pool(fetch: Any, identity: Any, render: Any, tokenizer: Any, score: Any 
     import numpy as np
 
     def count(row: dict) -> tuple[int, int]:
-        where = "data.select"
-        pairs = [pair_ids(tokenizer, *pair_texts(render, row["prompt"], a, where)) for a in _answers(row)]
+        tools = row_tools(row)
+        pairs = [pair_ids(tokenizer, *pair_texts(render, row["prompt"], a, "select", tools)) for a in _answers(row)]
         return max(len(p) + len(a) for p, a in pairs), max(len(a) for _, a in pairs)
 
     def counts(idx: Any) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunekit.data.masking import tokenize_with_mask
-from tunekit.data.pair_tokens import pair_texts, tokenizer_renderer
+from tunekit.data.pair_tokens import pair_texts, row_tools, tokenizer_renderer
 
 OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 
@@ -61,7 +61,8 @@ def _trained(text: str) -> Text:
 def show_preference_row(console: Console, tokenizer: Any, row: dict, n: int) -> None:
     render = tokenizer_renderer(tokenizer)
     answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
-    texts = {k: pair_texts(render, row["prompt"], answer, f"example {n}") for k, answer in answers.items()}
+    tools = row_tools(row)
+    texts = {k: pair_texts(render, row["prompt"], answer, f"example {n}", tools) for k, answer in answers.items()}
     console.rule(escape(f"example {n} (prompt, then each answer as the model writes it after the prompt; "
                         f"trained text is {OPEN}marked{CLOSE})"))
     console.print(_label("prompt") + Text(next(iter(texts.values()))[0], style="dim"))

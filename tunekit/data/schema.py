@@ -16,6 +16,8 @@ FormatName = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "tex
 FORMATS: tuple[str, ...] = typing.get_args(FormatName)
 # Formats only the preference / RL trainers read; every other format is an SFT format.
 NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
+# Formats whose rows may come with tool schemas (a `tools` column, or a dataset's `tools:` file).
+TOOL_FORMATS = ("messages", "sharegpt", "preference", "unpaired_preference")
 # The columns each format requires (before a dataset's `columns:` renaming): how a JSON file holding one
 # object tells "this object is one row" from "this object wraps the rows".
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -36,9 +38,10 @@ class DatasetSpec(Section):
         description="Row layout. `alpaca`: {instruction, input?, output, system?}. `messages`: {messages: "
         "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
         "(see `roles`). `prompt_completion`: {prompt, completion}. `text`: {text} for continued pre-training "
-        "(every token trained, EOS appended). `preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected}. "
-        "`unpaired_preference` (kto): {prompt, completion, label: true|false}. "
-        "`prompt_answer` (reft): {question, answer, solution} (solution: a reasoning path ending in `#### answer`)."
+        "(every token trained, EOS appended). `preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected, system?, "
+        "tools?}. `unpaired_preference` (kto): {prompt, completion, label: true|false, system?, tools?}. "
+        "`prompt_answer` (reft): {question, answer, solution, system?} (solution: a reasoning path ending in "
+        "`#### answer`)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -50,13 +53,15 @@ class DatasetSpec(Section):
         "{system: system, human: user, user: user, gpt: assistant, assistant: assistant, tool: tool}.",
     )
     system: str | None = Field(
-        default=None, description="A system prompt added to every row that has none of its own (chat formats)."
+        default=None, description="A system prompt added to every row that has none of its own (a `system` column "
+        "or a first system message): every format but `text`; preference formats add it to the prompt."
     )
     tools: PathStr | None = Field(
         default=None,
         description="A JSON or YAML file of tool (function) schemas given to the chat template (`tools=`) for every "
         "row of this dataset that has no `tools` column of its own: a list in OpenAI shape ({type: function, "
-        "function: {name, description, parameters}}) or bare function schemas. `builtin:NAME/FILE` for shipped files.",
+        "function: {name, description, parameters}}) or bare function schemas. `builtin:NAME/FILE` for shipped files. "
+        "Chat and preference formats (not `prompt_answer`).",
     )
     weight: float | None = Field(
         default=None, gt=0,
@@ -82,6 +87,10 @@ class DatasetSpec(Section):
     def _mix(self) -> DatasetSpec:
         if self.weight is not None and self.samples is not None:
             raise ValueError("give either `weight` or `samples` for a dataset, not both")
+        if self.tools is not None and self.format not in TOOL_FORMATS:
+            raise ValueError(f"`tools` (tool schemas for the chat template) are read only by the formats "
+                             f"{', '.join(TOOL_FORMATS)}; format `{self.format}` has no tool calls to go with them. "
+                             "Remove `tools`, or convert the rows to `messages`")
         return self
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tunekit.data.pair_tokens import pair_ids, pair_texts
+from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import ScoreStep
 from tunekit.data.select_score import load_scorer, score_rows, scoring_model
 from tunekit.model.schema import ModelConfig
@@ -35,7 +35,8 @@ def answer_example(row: dict, render: Any, tokenizer: Any, max_length: int) -> t
     """(input_ids, labels) of the prompt and its scored answer; labels are -100 on the prompt."""
     import numpy as np
 
-    prompt_ids, answer_ids = pair_ids(tokenizer, *pair_texts(render, row["prompt"], scored_answer(row), "data.select"))
+    texts = pair_texts(render, row["prompt"], scored_answer(row), "data.select", row_tools(row))
+    prompt_ids, answer_ids = pair_ids(tokenizer, *texts)
     full, n = prompt_ids + answer_ids, len(prompt_ids)  # the answer as the model writes it after the prompt
     full = full[: max(max_length, n + 1)]
     labels = [-100] * n + full[n:]
