@@ -356,6 +356,36 @@ def test_a_system_column_is_kept_by_every_format_that_has_a_prompt() -> None:
     assert [m["role"] for m in kto["prompt"]] == ["system", "user"] and kto["prompt"][0]["content"] == "Mine."
 
 
+def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_path: Path) -> None:
+    """Peer datasets write pairs as whole conversations: HuggingFaceH4/ultrafeedback_binarized has a `prompt` string
+    and `chosen: [user, assistant]`; trl-lib/hh-rlhf-helpful-base has no prompt at all. The prompt is the messages
+    both share, the answers what follows (TRL's extract_prompt); before, every such row was refused."""
+    def turns(*pairs: tuple[str, str]) -> list[dict]:
+        return [{"role": r, "content": c} for r, c in pairs]
+
+    rows = [{"prompt": "2+2?", "chosen": turns(("user", "2+2?"), ("assistant", "4")), "score_chosen": 9.0,
+             "rejected": turns(("user", "2+2?"), ("assistant", "5"))},
+            {"chosen": turns(("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "3+3?"),
+                             ("assistant", "6")),
+             "rejected": turns(("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "3+3?"),
+                               ("assistant", "7"), ("user", "Sure?"), ("assistant", "Yes."))}]
+    train, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "p.jsonl", rows)), "format": "preference"})
+    got = {r["prompt"][-1]["content"]: r for r in train}
+    assert [m["content"] for m in got["2+2?"]["prompt"]] == ["2+2?"]
+    assert [m["content"] for m in got["2+2?"]["chosen"]] == ["4"]
+    assert [m["content"] for m in got["3+3?"]["prompt"]] == ["Be kind.", "Hi", "Hello!", "3+3?"]
+    assert [m["content"] for m in got["3+3?"]["chosen"]] == ["6"]
+    assert [m["content"] for m in got["3+3?"]["rejected"]] == ["7", "Sure?", "Yes."]
+    for bad, error in (
+            ({**rows[0], "prompt": "2+3?"}, r"row 1 .*`prompt` is not the conversation that `chosen` and `rejected`"),
+            ({"chosen": turns(("user", "a"), ("assistant", "b")), "rejected": turns(("user", "c"), ("assistant", "d"))},
+             r"row 1 .*share no first message"),
+            ({"chosen": "4", "rejected": "5"}, r"row 1 .*missing column `prompt`")):
+        f = _write(tmp_path / "bad.jsonl", [bad])
+        with pytest.raises(UserError, match=error):
+            _build(tok, tmp_path, {"path": str(f), "format": "preference"})
+
+
 def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text("[]")
     for fmt in ("alpaca", "prompt_completion", "text", "prompt_answer"):

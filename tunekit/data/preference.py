@@ -75,21 +75,51 @@ def _messages(value: object, field: str, where: str) -> list[dict]:
     return out
 
 
-def _context(row: dict, spec: DatasetSpec, where: str) -> tuple[list[dict], dict]:
+def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[list[dict], dict]:
     """The row's prompt with its system text (the row's `system` column, else the dataset's `system:`) in front
     unless it starts with a system message, and its tool schemas (the row's `tools` column, else the dataset's
     `tools:` file) as the JSON text the row keeps them in."""
-    prompt = _prompt(_get(row, "prompt", spec, where), where)
+    msgs = _prompt(prompt, where)
     system = _get(row, "system", spec, where, optional=True)
     tools = _row_tools(row, spec, where)
-    return (_with_system(prompt, _text(system, "system", where) if system else spec.system),
+    return (_with_system(msgs, _text(system, "system", where) if system else spec.system),
             {"tools": json.dumps(tools)} if tools else {})
 
 
+def _is_conversation(value: object) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+            and value[0].get("role") != "assistant")
+
+
+def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, object, object]:
+    """(prompt, chosen, rejected). Where `chosen` and `rejected` are whole conversations (UltraFeedback's
+    `chosen: [user, assistant]`, HH-RLHF's conversational copies without a `prompt` column), the prompt is the
+    messages they share and the answers what follows (TRL's `extract_prompt`); a `prompt` column beside them must
+    be that shared conversation (or its last user turn's text)."""
+    chosen, rejected = _get(row, "chosen", spec, where), _get(row, "rejected", spec, where)
+    if not (_is_conversation(chosen) and _is_conversation(rejected)):
+        return _get(row, "prompt", spec, where), chosen, rejected
+    prompt = _get(row, "prompt", spec, where, optional=True)
+    c, r = _messages(chosen, "chosen", where), _messages(rejected, "rejected", where)
+    k = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+    if k == 0 or k == len(c) or k == len(r):
+        raise RowError(f"{where}: `chosen` and `rejected` are whole conversations (they start with a "
+                       f"{c[0]['role']} turn) but {'share no first message' if k == 0 else 'one contains the other'}, "
+                       "so there is no shared prompt to answer. Give a `prompt` and answers that start with the "
+                       "assistant turn")
+    if prompt is not None and prompt != c[:k] and not (isinstance(prompt, str) and c[k - 1]["role"] == "user"
+                                                          and c[k - 1]["content"].strip() == prompt.strip()):
+        raise RowError(f"{where}: `prompt` is not the conversation that `chosen` and `rejected` share (their first "
+                       f"{k} message(s)), so it is unclear what the answers answer. Remove the `prompt` column (the "
+                       "prompt is then read from the conversations) or give answers without the prompt's turns")
+    return c[:k], c[k:], r[k:]
+
+
 def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
-    prompt, tools = _context(row, spec, where)
-    chosen = _answer(_get(row, "chosen", spec, where), "chosen", where)
-    rejected = _answer(_get(row, "rejected", spec, where), "rejected", where)
+    prompt_value, chosen_value, rejected_value = _split_pair(row, spec, where)
+    prompt, tools = _context(prompt_value, row, spec, where)
+    chosen = _answer(chosen_value, "chosen", where)
+    rejected = _answer(rejected_value, "rejected", where)
     if chosen == rejected:
         raise RowError(f"{where}: `chosen` and `rejected` are identical, so the pair teaches nothing; fix or remove "
                        "the row (or set data.drop_invalid_pairs: true to drop such rows and count them)")
@@ -97,7 +127,7 @@ def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
 
 
 def unpaired_row(row: dict, spec: DatasetSpec, where: str) -> dict:
-    prompt, tools = _context(row, spec, where)
+    prompt, tools = _context(_get(row, "prompt", spec, where), row, spec, where)
     completion = _answer(_get(row, "completion", spec, where), "completion", where)
     label = _get(row, "label", spec, where)
     if not isinstance(label, bool):
