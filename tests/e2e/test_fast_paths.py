@@ -131,11 +131,15 @@ def test_resume_in_the_second_epoch_continues_with_the_same_batches(budget_run: 
 
 @pytest.mark.full
 @pytest.mark.multiprocess
-def test_two_processes_see_every_row_once(tmp_path: Path) -> None:
-    """2 DDP processes (gloo): together they see each row's tokens exactly once per epoch (tokens_seen is summed
-    over the ranks), with the same number of steps on both (a rank with fewer batches would hang the other)."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed"])
+def test_two_processes_see_every_row_once(strategy: str, tmp_path: Path) -> None:
+    """2 processes (gloo; DDP, FSDP2, DeepSpeed ZeRO-2): together they see each row's tokens exactly once per epoch
+    (tokens_seen is summed over the ranks), with the same number of steps on both (a rank with fewer batches would
+    hang the other): the engines take the token-budget batches as DDP does, whatever their size."""
     recipe = budget_recipe(tmp_path, num_epochs=1)
-    proc = subprocess.run([sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "2"],
+    extra = {"ddp": [], "fsdp": ["--strategy", "fsdp"],
+             "deepspeed": ["--strategy", "deepspeed", "launch.deepspeed.config=zero2"]}[strategy]
+    proc = subprocess.run([sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "2", *extra],
                           capture_output=True, text=True, timeout=300, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
