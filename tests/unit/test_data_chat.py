@@ -128,6 +128,27 @@ def test_dataset_tools_file_reaches_rows_without_their_own_tools(tok, tmp_path: 
     assert "other_tool" in tok.decode(changed[0]["input_ids"])
 
 
+def test_roles_other_tools_write_train_as_the_four_roles(tok, tmp_path: Path) -> None:
+    """OpenAI's `developer` and legacy `function_call` / `function`, Llama 3.1's `ipython`, Gemma's `model`: the
+    same tokens and labels as the same conversation written with system / tool_calls / tool / assistant."""
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    canonical = {"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": call}]},
+        {"role": "tool", "name": "get_weather", "content": "18 C"}, {"role": "assistant", "content": "18 C."}]}
+    aliased = {"messages": [
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": call},
+        {"role": "function", "name": "get_weather", "content": "18 C"}, {"role": "model", "content": "18 C."}]}
+    ipython = {"messages": [{**m, "role": "ipython"} if m["role"] == "tool" else m for m in canonical["messages"]]}
+    built = [_build(tok, tmp_path / name, {"path": str(_write(tmp_path / f"{name}.jsonl", [row])),
+                                           "format": "messages"}, chat_template="qwen2.5", max_length=1024)[0][0]
+             for name, row in (("canonical", canonical), ("aliased", aliased), ("ipython", ipython))]
+    assert built[0]["labels"] == built[1]["labels"] == built[2]["labels"]
+    assert built[0]["input_ids"] == built[1]["input_ids"] == built[2]["input_ids"]
+    assert "get_weather" in _trained(tok, built[1])  # the legacy call is trained as a tool call
+
+
 @pytest.mark.parametrize("content,error", [
     ("[]", r"tools file .*empty.json holds no tool schemas"),
     ("{not json: [", r"tools file .*empty.json is not valid JSON or YAML"),

@@ -12,6 +12,9 @@
   the turn (checked when the turn is trained).
 - `train` (axolotl's per-message flag; `training: bool` and `weight: 0|1` are read as the same) overrides
   `data.train_on` for that assistant turn.
+- Roles other tools write for the same turns are read as the four roles (`ROLE_ALIASES`): OpenAI's `developer`
+  (system instructions), Gemma's / Vertex AI's `model` (assistant), Llama 3.1's `ipython` and OpenAI's legacy
+  `function` (tool results); a legacy `function_call` on an assistant turn is its one tool call.
 
 A conversation is a `Conversation`: the message list itself plus the row's tool schemas (`tools`), so code
 that only needs messages (eval, ReFT) keeps treating it as a list.
@@ -24,6 +27,7 @@ import json
 from tunekit.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system", "model": "assistant", "ipython": "tool", "function": "tool"}
 PASSED_KEYS = ("tool_call_id", "name")
 # A turn's reasoning, passed to the template as `reasoning_content` (what Qwen3 and DeepSeek-R1 templates read).
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # kept on tool turns for the templates that name the tool / call id
@@ -158,12 +162,13 @@ def message(m: object, field: str, where: str) -> dict:
     """One {role, content, ...} message checked and normalised (see the module docstring)."""
     if not isinstance(m, dict) or "role" not in m:
         raise RowError(f"{where}: {field} must be an object with `role` and `content`")
-    role = m["role"]
+    role = ROLE_ALIASES.get(m["role"], m["role"])
     if role not in ROLES:
-        raise RowError(f"{where}: {field}.role is {role!r}; expected one of {', '.join(ROLES)}")
-    calls = m.get("tool_calls") or None
+        raise RowError(f"{where}: {field}.role is {m['role']!r}; expected one of {', '.join(ROLES)} (also read: "
+                       f"{', '.join(f'{a} as {r}' for a, r in ROLE_ALIASES.items())})")
+    calls = m.get("tool_calls") or ([m["function_call"]] if m.get("function_call") else None)
     if calls is not None and role != "assistant":
-        raise RowError(f"{where}: {field} has `tool_calls` but role {role!r}; only assistant turns call tools")
+        raise RowError(f"{where}: {field} has a tool call but role {role!r}; only assistant turns call tools")
     if "content" not in m and calls is None:
         raise RowError(f"{where}: {field} must have `content`")
     out = {"role": role, "content": content_text(m.get("content"), f"{field}.content", where,

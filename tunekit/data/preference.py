@@ -22,7 +22,7 @@ from typing import Any
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get, _row_tools, _text, _with_system
-from tunekit.data.messages import message
+from tunekit.data.messages import ROLE_ALIASES, message
 from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
@@ -88,7 +88,7 @@ def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[
 
 def _is_conversation(value: object) -> bool:
     return (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
-            and value[0].get("role") != "assistant")
+            and ROLE_ALIASES.get(value[0].get("role"), value[0].get("role")) != "assistant")
 
 
 def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, object, object]:
