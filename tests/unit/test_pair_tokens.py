@@ -18,7 +18,15 @@ from types import SimpleNamespace
 import pytest
 
 from tests.unit.test_data_families import _tokenizer
-from tests.unit.test_template_fields import GEMMA4_LIKE, GLM_LIKE, KIMI_LIKE, NEMOTRON_LIKE, _tok
+from tests.unit.test_template_fields import (
+    GEMMA4_LIKE,
+    GLM_LIKE,
+    INDENTED,
+    KIMI_LIKE,
+    NEMOTRON_LIKE,
+    NOTHINK_LIKE,
+    _tok,
+)
 from tunekit.data.masking import conversation_examples, tokenize_texts
 from tunekit.data.messages import Conversation
 from tunekit.data.pair_tokens import exact_pairs
@@ -163,3 +171,23 @@ def test_an_answer_whose_later_turns_lose_their_reasoning_is_refused() -> None:
         "rejected": "Bye."}]).to_list()[0]
     with pytest.raises(UserError, match="x.jsonl:1: .* drops the reasoning of `chosen`"):
         check_renders(render, row, "x.jsonl:1")
+
+
+def test_templates_without_a_known_answer_text_are_refused_with_the_sft_reasons() -> None:
+    """Where SFT cannot say what the model writes after the prompt, neither can a pair: a template laid out for
+    reading (whitespace between its tags) gets SFT's whitespace message; reasoning under a generation prompt that
+    closes an empty think block (thinking off) names the switch. TRL's rule would have scored these pairs after a
+    context the model never sees."""
+    from tunekit.data.pair_tokens import pair_texts
+    from tunekit.data.templates import renderer
+    from tunekit.errors import UserError
+
+    tok = _tok()
+    row = _rows([RAW[0], REASONING]).to_list()
+    with pytest.raises(UserError, match="x:1: the chat template renders a conversation differently from its own "
+                                        "generation prompt only in whitespace"):
+        pair_texts(renderer(tok, INDENTED), row[0]["prompt"], row[0]["chosen"], "x:1")
+    nothink = renderer(tok, NOTHINK_LIKE)
+    assert pair_texts(nothink, row[0]["prompt"], row[0]["chosen"], "x:1")[1] == "4<|im_end|>\n"  # after the block
+    with pytest.raises(UserError, match="x:2: .*does not follow its own generation prompt.*enable_thinking"):
+        pair_texts(nothink, row[1]["prompt"], row[1]["chosen"], "x:2")

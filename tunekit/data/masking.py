@@ -81,7 +81,7 @@ class InconsistentPrefixes(UserError):
     pass
 
 
-def _only_whitespace_differs(render: Render, messages: list[dict], i: int, tools: list | None) -> bool:
+def only_whitespace_differs(render: Render, messages: list[dict], i: int, tools: list | None) -> bool:
     """The generation-prompt rendering before turn i and the rendering through it differ only in whitespace:
     the template writes its own indentation and line breaks (text outside its tags), not a rewrite of turns."""
     before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
@@ -90,7 +90,7 @@ def _only_whitespace_differs(render: Render, messages: list[dict], i: int, tools
     return not upto.startswith(before) and squeeze.sub("", upto).startswith(squeeze.sub("", before))
 
 
-def _inconsistent(where: str, per_turn: bool, whitespace: bool = False) -> InconsistentPrefixes:
+def inconsistent(where: str, per_turn: bool, whitespace: bool = False) -> InconsistentPrefixes:
     if whitespace:
         return InconsistentPrefixes(
             f"{where}: the chat template renders a conversation differently from its own generation prompt only in "
@@ -144,7 +144,7 @@ def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on
     for i in trained_turns(messages, train_on, where):
         example = turn_example(render, messages, i, tools)
         if example is None:
-            raise _inconsistent(where, True, _only_whitespace_differs(render, messages, i, tools))
+            raise inconsistent(where, True, only_whitespace_differs(render, messages, i, tools))
         text, start = example
         text += stop_header(render, messages, i, None)
         _check_turn(render, messages[i], text[start:], where)
@@ -178,9 +178,9 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         end = _end_in(full, upto, eos)
         if end is None or not full.startswith(before) or end < len(before):
-            raise _inconsistent(where, False, _only_whitespace_differs(render, messages, i, tools))
+            raise inconsistent(where, False, only_whitespace_differs(render, messages, i, tools))
         if fill_reasoning(full[len(before) : end], messages[i]) is not None:  # each turn alone, reasoning filled in
-            raise _inconsistent(where, per_turn=False)
+            raise inconsistent(where, per_turn=False)
         stop = stop_header(render, messages, i, full[end:] if end < len(full) else None)
         if end == len(full):  # the last turn: the header the template would write next is appended
             full += stop

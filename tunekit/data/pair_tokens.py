@@ -17,8 +17,9 @@ import hashlib
 import json
 from typing import Any
 
+from tunekit.data.masking import inconsistent, only_whitespace_differs
 from tunekit.data.templates import TemplateFailure, renderer
-from tunekit.data.turns import stop_header, turn_example
+from tunekit.data.turns import split_reasoning, stop_header, turn_example
 from tunekit.errors import UserError
 
 
@@ -55,10 +56,15 @@ def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
 
 def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str, tools: list[dict] | None) -> str:
     example = turn_example(render, msgs, i, tools)
+    if example is None and only_whitespace_differs(render, msgs, i, tools):
+        raise inconsistent(where, per_turn=True, whitespace=True)
     if example is None or example[1] != context:
+        hint = (" The answer has reasoning: if the template's generation prompt closes an empty think block (a "
+                "thinking switch that is off, e.g. Qwen3's enable_thinking), turn it on with "
+                "data.chat_template_kwargs, or leave the reasoning out." if split_reasoning(msgs[i])[0] else "")
         raise UserError(f"{where}: {getattr(render, 'template_name', 'the chat template')} renders the answer in a "
                         "way that does not follow its own generation prompt, so what the model writes after the "
-                        "prompt is not known. Use the model family's own template (data.chat_template).")
+                        f"prompt is not known. Use the model family's own template (data.chat_template).{hint}")
     text, start = example
     return text[start:]
 
