@@ -401,6 +401,9 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
             ({**rows[0], "prompt": "2+3?"}, r"row 1 .*`prompt` is not the conversation that `chosen` and `rejected`"),
             ({"chosen": turns(("user", "a"), ("assistant", "b")), "rejected": turns(("user", "c"), ("assistant", "d"))},
              r"row 1 .*share no first message"),
+            ({"chosen": turns(("user", "a"), ("assistant", "b"), ("user", "c")),
+              "rejected": turns(("user", "a"), ("assistant", "b"), ("user", "d"))},
+             r"row 1 .*first differ at message 3, a user turn"),
             ({"chosen": "4", "rejected": "5"}, r"row 1 .*missing column `prompt`")):
         f = _write(tmp_path / "bad.jsonl", [bad])
         with pytest.raises(UserError, match=error):

@@ -107,6 +107,10 @@ def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, objec
                        f"{c[0]['role']} turn) but {'share no first message' if k == 0 else 'one contains the other'}, "
                        "so there is no shared prompt to answer. Give a `prompt` and answers that start with the "
                        "assistant turn")
+    if c[k]["role"] != "assistant" or r[k]["role"] != "assistant":
+        raise RowError(f"{where}: `chosen` and `rejected` are whole conversations that first differ at message "
+                       f"{k + 1}, a {c[k]['role'] if c[k]['role'] != 'assistant' else r[k]['role']} turn; the "
+                       "answers of a pair must start with the assistant turn that follows a shared prompt")
     if prompt is not None and prompt != c[:k] and not (isinstance(prompt, str) and c[k - 1]["role"] == "user"
                                                           and c[k - 1]["content"].strip() == prompt.strip()):
         raise RowError(f"{where}: `prompt` is not the conversation that `chosen` and `rejected` share (their first "
@@ -145,7 +149,7 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     solution = _get(row, "solution", spec, where)
     if not isinstance(solution, str) or not solution.strip():
         raise RowError(f"{where}: `solution` (the reasoning path used by the warm-up) must be a non-empty string")
-    if _get(row, "tools", spec, where, optional=True) or spec.tools:
+    if _get(row, "tools", spec, where, optional=True):
         raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
                        "without them); remove them from the rows or the dataset")
     system = _get(row, "system", spec, where, optional=True)
