@@ -182,3 +182,38 @@ def test_online_dpo_trains_saves_resumes_and_reloads(tmp_path: Path) -> None:
     assert losses(stopped) == pytest.approx(losses(full), abs=1e-5)
     proc = run_cli("eval", full, "--task", "quickstart-arith", "--max-examples", "4", check=True)
     assert "quickstart-arith:" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["orpo", "cpo"])
+def test_orpo_and_cpo_count_the_tokens_they_train_on(kind: str, tmp_path: Path) -> None:
+    """ORPO's and CPO's batches have no `input_ids`, so transformers counted no tokens (no tokens/s, no MFU). Over
+    one epoch the count is every pair's chosen and rejected sequence (prompt + answer), padding excluded: the sum
+    of the tokenized rows' attention masks."""
+    from datasets import Dataset
+
+    from tunekit.data.preference import preference_row
+    from tunekit.data.schema import DatasetSpec
+    from tunekit.data.templates import apply_chat_template_choice
+    from tunekit.methods.registry import build_for_training
+    from tunekit.model.load import load_tokenizer, resolve_model_path
+    from tunekit.recipe.schema import Recipe
+    from tunekit.trainers.registry import BUILDERS
+
+    recipe = Recipe.model_validate({
+        "model": {"path": "builtin:tiny-llama", "dtype": "float32"}, "data": {"train": [PAIRS], "max_length": 256},
+        "method": {"name": "lora", "r": 8}, "output": {"dir": str(tmp_path)},
+        "trainer": {"kind": kind, "num_epochs": 1, "per_device_batch_size": 3, "logging_steps": 1}})
+    rows = [json.loads(line) for line in (Path(__file__).parents[2] / "tunekit/assets/data/arith/pref_train.jsonl")
+            .read_text().splitlines()[:7]]  # 3 batches, the last one short: padding in every batch
+    spec = DatasetSpec(path="x.jsonl", format="preference")
+    tokenizer_path = resolve_model_path(recipe.model)
+    tok = load_tokenizer(recipe.model, tokenizer_path)
+    apply_chat_template_choice(tok, "chatml")
+    train = Dataset.from_list([preference_row(r, spec, f"x:{i}") for i, r in enumerate(rows)])
+    trainer = BUILDERS[kind](recipe, build_for_training(recipe, tokenizer_path).model, tok, train, None,
+                             str(tmp_path / "ckpt"), [])
+    trainer.train()
+    ds = trainer.train_dataset
+    expected = sum(sum(m) for m in ds["chosen_attention_mask"]) + sum(sum(m) for m in ds["rejected_attention_mask"])
+    assert len(ds) == 7 and trainer.state.global_step == 3  # nothing dropped: every pair counted once
+    assert trainer.state.num_input_tokens_seen == expected > 0

@@ -174,7 +174,7 @@ def build_orpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_d
 
     args = ORPOConfig(**training_kwargs(recipe, checkpoint_dir, eval_ds is not None),
                       max_length=recipe.data.max_length, beta=recipe.trainer.beta)
-    return without_empty_completions(ORPOTrainer(
+    return without_empty_completions(_counting_pairs(ORPOTrainer)(
         model=model, args=args, train_dataset=_pairs(train_ds, tokenizer, "orpo"),
         eval_dataset=_pairs(eval_ds, tokenizer, "orpo"), processing_class=tokenizer, callbacks=callbacks))
 
@@ -194,9 +194,28 @@ def build_cpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         simpo_gamma=t.simpo_gamma,
         alpha=t.alpha,
     )
-    return without_empty_completions(CPOTrainer(
+    return without_empty_completions(_counting_pairs(CPOTrainer)(
         model=model, args=args, train_dataset=_pairs(train_ds, tokenizer, "cpo"),
         eval_dataset=_pairs(eval_ds, tokenizer, "cpo"), processing_class=tokenizer, callbacks=callbacks))
+
+
+def _counting_pairs(trainer_class: type) -> type:
+    """ORPO's / CPO's batches hold `chosen_input_ids` and `rejected_input_ids` (each the prompt and one answer), no
+    `input_ids`, so transformers counted no tokens and the run had no tokens/s or MFU. The tokens a step processes
+    are the non-padding tokens of both sequences of every pair, summed over the processes as transformers does."""
+
+    class Counted(trainer_class):  # type: ignore[misc, valid-type]
+        def _track_num_input_tokens(self, inputs: dict) -> None:
+            if self.args.include_num_input_tokens_seen == "no" or "chosen_attention_mask" not in inputs:
+                return super()._track_num_input_tokens(inputs)
+            import torch
+
+            n = inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum()
+            n = torch.as_tensor(n, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += self.accelerator.gather(n).sum().item()
+
+    Counted.__name__ = Counted.__qualname__ = f"Tunekit{trainer_class.__name__}"
+    return Counted
 
 
 def without_empty_completions(trainer: Any) -> Any:
