@@ -180,6 +180,11 @@ def test_online_dpo_trains_saves_resumes_and_reloads(tmp_path: Path) -> None:
     run_cli("train", recipe, "trainer.max_steps=2", f"output.dir={stopped}", check=True)
     run_cli("train", recipe, f"output.dir={stopped}", "--resume", "--allow-changes", check=True)
     assert losses(stopped) == pytest.approx(losses(full), abs=1e-5)
+    # the tokens of the pairs trained on are counted (the batches hold prompts only): tokens/s in every row, and
+    # the resumed run, drawing the same completions, counts the same tokens
+    seen = [m["tokens_seen"] for m in read_metrics(full) if "loss" in m]
+    assert all(m["tokens_per_s"] for m in read_metrics(full) if "loss" in m) and seen == sorted(seen) and seen[0] > 0
+    assert read_metrics(stopped)[-1]["tokens_seen"] == read_metrics(full)[-1]["tokens_seen"]
     proc = run_cli("eval", full, "--task", "quickstart-arith", "--max-examples", "4", check=True)
     assert "quickstart-arith:" in proc.stderr
 

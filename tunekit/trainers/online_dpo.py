@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunekit.trainers.rewards import build_reward_funcs
-from tunekit.trainers.training_args import training_kwargs
+from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -62,7 +62,11 @@ def trainer_class() -> type:
             pick = torch.cat([rows + n * best, rows + n * worst]).to(completion_ids.device)
             if vision is not None:
                 raise NotImplementedError("tunekit's online_dpo reads text prompts only")
+            add_tokens_seen(self, prompt_mask[pick].sum() + completion_mask[pick].sum())  # the pair trained on
             return prompt_ids[pick], prompt_mask[pick], completion_ids[pick], completion_mask[pick], None
+
+        def _track_num_input_tokens(self, inputs: Any) -> None:
+            pass  # the batch holds prompts only: the trained pairs are counted in _generate
 
         def _sample_rewards(self, prompts: list, completion_ids: Any) -> Any:
             """Each sample's reward as TRL computes it in `training_step` (the reward functions' weighted sum, less

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import UserError
 from tunekit.trainers import ppo_losses as losses
-from tunekit.trainers.training_args import training_kwargs
+from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -337,7 +337,7 @@ def trainer_class() -> type:
 
         def _prepare_inputs(self, rows: Any) -> dict:  # the question rows of the rollout (see _rows)
             batch = self.ppo.next_micro_batch(self.accelerator.unwrap_model(self.model), rows, self.state.global_step)
-            self.state.num_input_tokens_seen += int(batch["attention_mask"].sum())
+            add_tokens_seen(self, batch["attention_mask"].sum())
             return batch
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:

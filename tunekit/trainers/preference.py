@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tunekit.data.pair_tokens import exact_pairs
 from tunekit.launch.runtime import rank
 from tunekit.model.load import load_model, resolve_model_path
-from tunekit.trainers.training_args import training_kwargs
+from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -208,11 +208,7 @@ def _counting_pairs(trainer_class: type) -> type:
         def _track_num_input_tokens(self, inputs: dict) -> None:
             if self.args.include_num_input_tokens_seen == "no" or "chosen_attention_mask" not in inputs:
                 return super()._track_num_input_tokens(inputs)
-            import torch
-
-            n = inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum()
-            n = torch.as_tensor(n, device=self.args.device, dtype=torch.int64)
-            self.state.num_input_tokens_seen += self.accelerator.gather(n).sum().item()
+            add_tokens_seen(self, inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
 
     Counted.__name__ = Counted.__qualname__ = f"Tunekit{trainer_class.__name__}"
     return Counted

@@ -171,3 +171,14 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
         dataloader_pin_memory=torch.cuda.is_available(),
         **launch_kwargs(recipe.launch),  # DDP backend/timeout, DeepSpeed config, FSDP2 config
     )
+
+
+def add_tokens_seen(trainer: Any, count: Any) -> None:
+    """Add `count` (this process's non-padding tokens of a micro-batch) to the trainer's `num_input_tokens_seen`,
+    summed over the processes as transformers counts them (`include_num_input_tokens_seen="non_padding"`), for the
+    trainers whose batches are not token ids (ORPO, CPO, online DPO, PPO): tokens/s and MFU come from this count.
+    Every process calls it once per micro-batch (a collective)."""
+    import torch
+
+    n = torch.as_tensor(count, device=trainer.args.device, dtype=torch.int64)
+    trainer.state.num_input_tokens_seen += int(trainer.accelerator.gather(n).sum().item())
