@@ -319,6 +319,11 @@ def test_preference_template_errors_name_the_row(tok, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"p.jsonl: row 2 .*System role not supported"):
         _build(tok, tmp_path, {"path": str(f), "format": "preference"}, chat_template=str(template))
     assert tok.chat_template == NO_SYSTEM  # the recipe's template is the one TRL will render with
+    # the fix the error names works for preference rows too (it was applied to SFT rows only)
+    train, _, _ = _build(tok, tmp_path, {"path": str(f), "format": "preference", "system": "Be brief."},
+                         chat_template=str(template), system_role="merge_into_first_user")
+    assert sorted(r["prompt"][0]["content"] for r in train) == ["Be brief.\n\na", "s\n\na"]
+    assert all([m["role"] for m in r["prompt"]] == ["user"] for r in train)
 
 
 def _pairs(tok, train) -> dict:  # noqa: ANN001

@@ -22,7 +22,7 @@ from typing import Any
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get, _row_tools, _text, _with_system
-from tunekit.data.messages import ROLE_ALIASES, message
+from tunekit.data.messages import ROLE_ALIASES, merge_system_into_first_user, message
 from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
 from tunekit.data.select import Pool, check_records, reason, select
@@ -209,6 +209,8 @@ def encode_pairs(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataCon
         for i, row, where in zip(chunk, raw, wheres):
             try:
                 out = convert(row, spec, where)
+                if cfg.system_role == "merge_into_first_user":  # the prompt holds the row's system text
+                    out["prompt"] = list(merge_system_into_first_user(out["prompt"]))
             except RowError as e:
                 if not drop:
                     raise
