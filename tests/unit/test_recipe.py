@@ -83,6 +83,32 @@ def test_cross_field_rule(tmp_path: Path) -> None:
     assert "warmup_ratio or warmup_steps" in msg
 
 
+def test_a_whole_recipe_rule_points_at_the_key_it_names(tmp_path: Path) -> None:
+    """Rules that read several sections (data.packing with a dpo trainer) have no location from pydantic; the error
+    points at the line of the key the rule names, or at the override that set it."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "dpo.yaml").read_text().replace("data:\n", "data:\n  packing: true\n", 1))
+    msg = _error(bad)
+    assert f"{bad}:{_line_of(bad, 'packing: true')}:" in msg and "data.packing: only trainer.kind sft packs" in msg
+    assert "data.packing: data.packing" not in msg  # the key is named once
+    msg = _error(RECIPES / "dpo.yaml", ("data.padding_free=true",))
+    assert "override `data.padding_free=true`: data.padding_free: only trainer.kind sft packs" in msg
+
+
+@pytest.mark.parametrize(("kind", "option", "refused"), [
+    ("dpo", "data.train_reasoning=false", True), ("kto", "data.train_on=all", True),
+    ("dpo", "data.length_policy=drop", True), ("reft", "data.multi_turn=per_turn", True),
+    ("reft", "data.train_on=all", False)])  # ReFT's warm-up is SFT on the solution: train_on applies there
+def test_sft_example_options_are_refused_where_they_would_do_nothing(kind: str, option: str, refused: bool) -> None:
+    recipe = RECIPES / f"{kind}.yaml"
+    if not refused:
+        load_recipe(recipe, (option,))
+        return
+    name = option.split("=")[0]
+    assert f"override `{option}`: {name}: shapes SFT examples" in _error(recipe, (option,))
+    assert "would be ignored. Remove it" in _error(recipe, (option,))
+
+
 def test_every_field_has_a_description() -> None:
     from pydantic import BaseModel
 

@@ -7,6 +7,7 @@ An override error names the override instead of a file position.
 
 from __future__ import annotations
 
+import re
 import reprlib
 import types
 import typing
@@ -36,7 +37,7 @@ def format_validation_error(
 
 def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Override]) -> str:
     loc = tuple(e["loc"])
-    keys = _data_keys(loc)  # loc without union tags
+    keys = _data_keys(loc) or _named_keys(e)  # loc without union tags; a whole-recipe rule names its key
     etype = e["type"]
     if etype in ("union_tag_invalid", "union_tag_not_found"):
         tag_key = e.get("ctx", {}).get("discriminator", "").strip("'")
@@ -82,7 +83,16 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
             msg += f", found {found_s}"
         if msg.startswith("value error, "):
             msg = msg[len("value error, ") :]
+        if msg.startswith(f"{dotted}: "):  # the key is named once, in front
+            msg = msg[len(dotted) + 2 :]
     return f"  {where}: {dotted}: {msg}"
+
+
+def _named_keys(e: dict) -> tuple:
+    """The key path a cross-section rule's message starts with (`data.packing: only trainer.kind sft ...`): the
+    rules check the whole recipe, so pydantic gives them no location; the key they name is where the error is."""
+    m = re.match(r"(?:Value error, )?([a-z_]+(?:\.[a-z_]+)+): ", e.get("msg", ""))
+    return tuple(m.group(1).split(".")) if m and e["type"] == "value_error" else ()
 
 
 def error_keys(err: ValidationError) -> list[tuple[str, tuple]]:

@@ -17,7 +17,7 @@ from tunekit.launch.schema import LaunchConfig
 from tunekit.methods.schema import MethodConfig
 from tunekit.model.schema import ModelConfig
 from tunekit.recipe.base import PathStr, Section
-from tunekit.trainers.schema import TrainerConfig, check_data_formats, check_packing
+from tunekit.trainers.schema import TrainerConfig, check_data_formats, check_packing, check_sft_options
 
 
 class OutputConfig(Section):
@@ -103,6 +103,7 @@ class Recipe(Section):
             raise ValueError("trainer.eval_steps is set but data has no eval split: add data.eval or data.eval_fraction")
         check_data_formats(self.trainer.kind, [s.format for s in [*self.data.train, *self.data.eval]])
         check_packing(self.trainer.kind, self.data.packing, self.data.padding_free)
+        check_sft_options(self.trainer.kind, self.data)
         check_token_budget(self)
         if getattr(self.trainer, "optim", None) == "mezo":  # reft has no top-level optim
             check_mezo(self)

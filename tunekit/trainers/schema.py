@@ -61,6 +61,25 @@ def check_packing(kind: str, packing: bool, padding_free: bool) -> None:
                          f"unpacked, so {name} would be ignored. Remove it")
 
 
+# data options that shape SFT examples (which tokens carry loss, how long rows are cut), with their defaults; the
+# trainers reading preference / RL rows score whole answers, so a changed value would silently do nothing. ReFT's
+# warm-up is SFT and honours `train_on`.
+SFT_EXAMPLE_OPTIONS = {"train_on": "assistant", "multi_turn": "auto", "train_reasoning": True,
+                       "length_policy": "truncate", "drop_untrained": False}
+
+
+def check_sft_options(kind: str, data: object) -> None:
+    """Raise ValueError when a data option that shapes SFT examples is changed for a trainer kind without them."""
+    if kind not in DATA_FORMATS:
+        return
+    warmup = " (its SFT warm-up reads only train_on)" if kind == "reft" else ""
+    for name, default in SFT_EXAMPLE_OPTIONS.items():
+        if getattr(data, name) != default and not (kind == "reft" and name == "train_on"):
+            raise ValueError(f"data.{name}: shapes SFT examples (which tokens carry loss, how rows are cut); the "
+                             f"{kind} trainer scores whole answers{warmup}, so `{name}: {getattr(data, name)}` would "
+                             "be ignored. Remove it")
+
+
 def check_data_formats(kind: str, formats: list[str]) -> None:
     """Raise ValueError when a dataset's format cannot feed this trainer kind."""
     allowed = DATA_FORMATS.get(kind)
