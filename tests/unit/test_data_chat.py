@@ -128,6 +128,23 @@ def test_dataset_tools_file_reaches_rows_without_their_own_tools(tok, tmp_path: 
     assert "other_tool" in tok.decode(changed[0]["input_ids"])
 
 
+def test_alpaca_history_is_the_conversation_before_the_instruction(tok, tmp_path: Path) -> None:
+    """LLaMA-Factory's alpaca rows carry earlier turns in `history` ([instruction, response] pairs); they were
+    silently dropped. The row trains as the same conversation written as messages; a malformed history names the
+    row."""
+    alpaca = {"instruction": "3+3?", "output": "6", "system": "Be brief.", "history": [["Hi", "Hello!"], ["2+2?", "4"]]}
+    messages = {"messages": [{"role": r, "content": c} for r, c in (
+        ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "2+2?"), ("assistant", "4"),
+        ("user", "3+3?"), ("assistant", "6"))]}
+    built = [_build(tok, tmp_path / fmt, {"path": str(_write(tmp_path / f"{fmt}.jsonl", [row])), "format": fmt},
+                    chat_template="qwen2.5")[0][0] for fmt, row in (("alpaca", alpaca), ("messages", messages))]
+    assert built[0]["input_ids"] == built[1]["input_ids"] and built[0]["labels"] == built[1]["labels"]
+    assert "Hello!" in _trained(tok, built[0])  # the history's answers are assistant turns like any other
+    f = _write(tmp_path / "bad.jsonl", [{**alpaca, "history": [["only one"]]}])
+    with pytest.raises(UserError, match=r"bad.jsonl: row 1 .*`history` must be a list of \[instruction, response\]"):
+        _build(tok, tmp_path, {"path": str(f), "format": "alpaca"})
+
+
 def test_roles_other_tools_write_train_as_the_four_roles(tok, tmp_path: Path) -> None:
     """OpenAI's `developer` and legacy `function_call` / `function`, Llama 3.1's `ipython`, Gemma's `model`: the
     same tokens and labels as the same conversation written with system / tool_calls / tool / assistant."""

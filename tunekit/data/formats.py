@@ -65,8 +65,20 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
     output = _text(_get(row, "output", spec, where), "output", where)
     system = _get(row, "system", spec, where, optional=True)
     user = instruction + (f"\n\n{_text(extra, 'input', where)}" if extra else "")
-    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    msgs = [*_history(_get(row, "history", spec, where, optional=True), where),
+            {"role": "user", "content": user}, {"role": "assistant", "content": output}]
     return _with_system(msgs, _text(system, "system", where) if system else spec.system)
+
+
+def _history(value: object, where: str) -> list[dict]:
+    """LLaMA-Factory's alpaca `history`: earlier [instruction, response] pairs, the turns before this one."""
+    if value is None or value == []:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        raise RowError(f"{where}: `history` must be a list of [instruction, response] pairs (LLaMA-Factory's alpaca "
+                       f"format), found {str(value)[:60]!r}")
+    return [{"role": role, "content": _text(text, f"history[{k}][{j}]", where)}
+            for k, pair in enumerate(value) for j, (role, text) in enumerate(zip(("user", "assistant"), pair))]
 
 
 def _row_tools(row: dict, spec: Any, where: str) -> list[dict] | None:

@@ -35,7 +35,7 @@ class DatasetSpec(Section):
         "the current directory."
     )
     format: FormatName = Field(
-        description="Row layout. `alpaca`: {instruction, input?, output, system?}. `messages`: {messages: "
+        description="Row layout. `alpaca`: {instruction, input?, output, system?, history?}. `messages`: {messages: "
         "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
         "(see `roles`). `prompt_completion`: {prompt, completion}. `text`: {text} for continued pre-training "
         "(every token trained, EOS appended). `preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected, system?, "
