@@ -47,6 +47,12 @@ def _text(value: object, field: str, where: str) -> str:
     return value
 
 
+def _row_system(row: dict, spec: Any, where: str) -> str | None:
+    """The row's `system` column, else the dataset's `system:` (None: neither)."""
+    system = _get(row, "system", spec, where, optional=True)
+    return _text(system, "system", where) if system else spec.system
+
+
 def _with_system(msgs: list[dict], system: str | None) -> list[dict]:
     if system and not (msgs and msgs[0]["role"] == "system"):
         return [{"role": "system", "content": system}, *msgs]
@@ -63,11 +69,10 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
     instruction = _text(_get(row, "instruction", spec, where), "instruction", where)
     extra = _get(row, "input", spec, where, optional=True)
     output = _text(_get(row, "output", spec, where), "output", where)
-    system = _get(row, "system", spec, where, optional=True)
     user = instruction + (f"\n\n{_text(extra, 'input', where)}" if extra else "")
     msgs = [*_history(_get(row, "history", spec, where, optional=True), where),
             {"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return _with_system(msgs, _text(system, "system", where) if system else spec.system)
+    return _with_system(msgs, _row_system(row, spec, where))
 
 
 def _history(value: object, where: str) -> list[dict]:
@@ -106,8 +111,7 @@ def read_tools(path: str) -> list[dict]:
 
 
 def _conversation(msgs: list[dict], row: dict, spec: Any, where: str) -> Conversation:
-    system = _get(row, "system", spec, where, optional=True)
-    msgs = _with_system(msgs, _text(system, "system", where) if system else spec.system)
+    msgs = _with_system(msgs, _row_system(row, spec, where))
     return Conversation.of(_check_trainable(msgs, where), _row_tools(row, spec, where))
 
 
@@ -145,9 +149,8 @@ def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
 def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
     prompt = _text(_get(row, "prompt", spec, where), "prompt", where)
     completion = _text(_get(row, "completion", spec, where), "completion", where)
-    system = _get(row, "system", spec, where, optional=True)
     return _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                        _text(system, "system", where) if system else spec.system)
+                        _row_system(row, spec, where))
 
 
 def text_format(row: dict, spec: Any, where: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
-from tunekit.data.formats import RowError, _get, _row_tools, _text, _with_system
+from tunekit.data.formats import RowError, _get, _row_system, _row_tools, _with_system
 from tunekit.data.messages import ROLE_ALIASES, merge_system_into_first_user, message
 from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
@@ -79,11 +79,9 @@ def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[
     """The row's prompt with its system text (the row's `system` column, else the dataset's `system:`) in front
     unless it starts with a system message, and its tool schemas (the row's `tools` column, else the dataset's
     `tools:` file) as the JSON text the row keeps them in."""
-    msgs = _prompt(prompt, where)
-    system = _get(row, "system", spec, where, optional=True)
     tools = _row_tools(row, spec, where)
-    return (_with_system(msgs, _text(system, "system", where) if system else spec.system),
-            {"tools": json.dumps(tools)} if tools else {})
+    msgs = _with_system(_prompt(prompt, where), _row_system(row, spec, where))
+    return msgs, {"tools": json.dumps(tools)} if tools else {}
 
 
 def _is_conversation(value: object) -> bool:
@@ -152,9 +150,7 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     if _get(row, "tools", spec, where, optional=True):
         raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
                        "without them); remove them from the rows or the dataset")
-    system = _get(row, "system", spec, where, optional=True)
-    prompt = _with_system([{"role": "user", "content": question}],
-                          _text(system, "system", where) if system else spec.system)
+    prompt = _with_system([{"role": "user", "content": question}], _row_system(row, spec, where))
     return {"prompt": prompt, "question": question, "answer": str(answer), "solution": solution}
 
 
