@@ -8,8 +8,8 @@ only does what TRL does after tokenizing), ORPO and CPO texts (which TRL tokeniz
 Reference model (dpo, kto): with `ref_model: null` TRL uses the initial policy: for a PeftModel it keeps a
 frozen copy of the adapter as it was before training (identical to the adapter-disabled base for a freshly
 initialised LoRA, and still right for adapters whose init changes the base, e.g. PiSSA); for full training it
-loads a second copy of the base model. An explicit `ref_model` is loaded like the base model. When the adapter is a fresh LoRA
-(every lora_B is zero, so the adapter is a no-op) the copy is dropped again and the reference is
+loads a second copy of the base model. An explicit `ref_model` is loaded like the base model. When the adapter
+is a fresh LoRA (every lora_B is zero, so the adapter is a no-op) the copy is dropped again and the reference is
 the adapter-disabled base: the same numbers, half the adapter memory, and no `ref/` folder saved.
 """
 

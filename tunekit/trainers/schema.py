@@ -61,11 +61,10 @@ def check_packing(kind: str, packing: bool, padding_free: bool) -> None:
                          f"unpacked, so {name} would be ignored. Remove it")
 
 
-# data options that shape SFT examples (which tokens carry loss, how long rows are cut), with their defaults; the
-# trainers reading preference / RL rows score whole answers, so a changed value would silently do nothing. ReFT's
-# warm-up is SFT and honours `train_on`.
-SFT_EXAMPLE_OPTIONS = {"train_on": "assistant", "multi_turn": "auto", "train_reasoning": True,
-                       "length_policy": "truncate", "drop_untrained": False}
+# data options that shape SFT examples (which tokens carry loss, how long rows are cut); the trainers reading
+# preference / RL rows score whole answers, so a value other than the schema's default would silently do nothing.
+# ReFT's warm-up is SFT and honours `train_on`.
+SFT_EXAMPLE_OPTIONS = ("train_on", "multi_turn", "train_reasoning", "length_policy", "drop_untrained")
 
 
 def check_sft_options(kind: str, data: object) -> None:
@@ -73,8 +72,9 @@ def check_sft_options(kind: str, data: object) -> None:
     if kind not in DATA_FORMATS:
         return
     warmup = " (its SFT warm-up reads only train_on)" if kind == "reft" else ""
-    for name, default in SFT_EXAMPLE_OPTIONS.items():
-        if getattr(data, name) != default and not (kind == "reft" and name == "train_on"):
+    fields = type(data).model_fields  # type: ignore[attr-defined]
+    for name in SFT_EXAMPLE_OPTIONS:
+        if getattr(data, name) != fields[name].default and not (kind == "reft" and name == "train_on"):
             raise ValueError(f"data.{name}: shapes SFT examples (which tokens carry loss, how rows are cut); the "
                              f"{kind} trainer scores whole answers{warmup}, so `{name}: {getattr(data, name)}` would "
                              "be ignored. Remove it")
