@@ -69,10 +69,12 @@ def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str,
     return text[start:]
 
 
-def pair_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+def pair_ids(tokenizer: Any, prompt: str, completion: str,
+             prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the completion after it, from one tokenization of the whole text (as the
-    model reads it); where a token straddles the boundary the prompt ends before it, as TRL's rule does."""
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    model reads it); where a token straddles the boundary the prompt ends before it, as TRL's rule does.
+    `prompt_ids`: the prompt's own tokenization, when the caller has it (one prompt, several answers)."""
+    ids = prompt_ids if prompt_ids is not None else tokenizer(prompt, add_special_tokens=False).input_ids
     full = tokenizer(prompt + completion, add_special_tokens=False).input_ids
     n = 0
     while n < min(len(ids), len(full)) and ids[n] == full[n]:
@@ -110,7 +112,8 @@ def exact_pairs(ds: Any, tokenizer: Any, kind: str, process: int = 0) -> Any:
         prompt = texts[answers[0]][0]
         if kind in ("orpo", "cpo"):
             return {"prompt": prompt, **{k: texts[k][1] for k in answers}}
-        ids = {k: pair_ids(tokenizer, *texts[k]) for k in answers}
+        alone = tokenizer(prompt, add_special_tokens=False).input_ids  # one prompt for every answer
+        ids = {k: pair_ids(tokenizer, *texts[k], alone) for k in answers}
         n = min(len(p) for p, _ in ids.values())  # one prompt for both answers: the shorter (a merged last token)
         return {"prompt_ids": ids[answers[0]][0][:n], **{f"{k}_ids": p[n:] + c for k, (p, c) in ids.items()}}
 
