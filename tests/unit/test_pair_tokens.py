@@ -25,6 +25,7 @@ from tests.unit.test_template_fields import (
     KIMI_LIKE,
     NEMOTRON_LIKE,
     NOTHINK_LIKE,
+    _agentic_trace,
     _tok,
 )
 from tunekit.data.masking import conversation_examples, tokenize_texts
@@ -52,6 +53,10 @@ MULTI = {"prompt": "Weather in Paris?",  # an answer of several messages: a call
 REASONING = {"prompt": "5+5?", "chosen": [{"role": "assistant", "reasoning_content": "Add five and five.",
                                             "content": "10"}],
              "rejected": [{"role": "assistant", "reasoning_content": "Guess.", "content": "11"}]}
+
+AGENTIC = {"prompt": _agentic_trace()[:5],  # tool-call turns with their reasoning, then the final answer's pair
+           "chosen": [{"role": "assistant", "reasoning_content": "Both known.", "content": "18 and 21."}],
+           "rejected": [{"role": "assistant", "reasoning_content": "Guess.", "content": "Cold."}]}
 
 
 def _rows(raw: list[dict]):
@@ -125,7 +130,7 @@ def test_a_pair_is_the_sft_example_of_its_conversation(shape: str, tmp_path) -> 
         tok.chat_template = template
     render = renderer(tok, tok.chat_template)
     raw = [*RAW[:2], *([REASONING] if shape in ("deepseek-r1-distill", "kimi-like", "qwen3", "nemotron-like")
-                       else [])]
+                       else []), *([AGENTIC] if shape in ("kimi-like", "qwen3") else [])]
     ds = _rows(raw)
     ours = exact_pairs(ds, tok, "dpo").to_list()
     for row, pair in zip(ds.to_list(), ours):
@@ -145,7 +150,10 @@ def test_a_pair_is_the_sft_example_of_its_conversation(shape: str, tmp_path) -> 
         assert tok.decode(ours[1]["prompt_ids"]).endswith("[INST] Be brief.\n\n3+3?[/INST]")
         assert tok.decode(ours[1]["chosen_ids"]) == " 6</s>"
     elif shape == "kimi-like":  # TRL's completion keeps an empty think block; the reasoning row is refused there
-        assert tok.decode(ours[-1]["chosen_ids"]).startswith("<think>Add five and five.</think>")
+        assert tok.decode(ours[2]["chosen_ids"]).startswith("<think>Add five and five.</think>")
+        # the agentic row: its answer is written after the calls' reasoning, which the prompt keeps
+        assert "<think>Now Rome.</think>" in tok.decode(ours[3]["prompt_ids"])
+        assert tok.decode(ours[3]["chosen_ids"]) == "<think>Both known.</think>18 and 21.<|im_end|>"
     elif lacks:  # the rows without reasoning (Nemotron's template renders a last turn's reasoning as written)
         for p, t in zip(ours[:2], theirs[:2]):
             assert tok.decode(p["prompt_ids"]).endswith(lacks)

@@ -320,6 +320,45 @@ def test_reasoning_goes_into_the_empty_think_block_of_the_latest_answer(train_re
     assert "<think></think>4<|im_end|>" in examples[1][0]  # history as the template renders it
 
 
+def _agentic_trace() -> list[dict]:
+    def call(k: int, city: str) -> dict:
+        return {"id": f"functions.get_weather:{k}", "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": city}}}
+
+    return [{"role": "user", "content": "Paris and Rome?"},
+            {"role": "assistant", "reasoning_content": "Paris first.", "content": "", "tool_calls": [call(0, "Paris")]},
+            {"role": "tool", "content": "18 C", "tool_call_id": "functions.get_weather:0"},
+            {"role": "assistant", "reasoning_content": "Now Rome.", "content": "", "tool_calls": [call(1, "Rome")]},
+            {"role": "tool", "content": "21 C", "tool_call_id": "functions.get_weather:1"},
+            {"role": "assistant", "reasoning_content": "Both known.", "content": "18 and 21."}]
+
+
+@pytest.mark.parametrize("train_reasoning", [True, False])
+def test_final_answer_of_a_tool_calling_trace_is_written_after_the_calls_reasoning(train_reasoning: bool) -> None:
+    """Kimi-K2-Thinking keeps the reasoning of the tool-call turns of the step under way (the model answers after
+    it) but empties every think block once an answer ends the conversation: the final answer is trained after the
+    prompt that keeps the calls' reasoning, with its own reasoning in its block (it was refused)."""
+    render = renderer(_tok(), KIMI_LIKE)
+    raw = _agentic_trace()
+    examples = conversation_examples(render, _conv(raw), "assistant", "auto", "test", train_reasoning=train_reasoning)
+    (text, [(a, b)]) = examples[-1]
+    context = render(_conv(raw)[:5], add_generation_prompt=True)
+    assert "<think>Paris first.</think>" in context and "<think>Now Rome.</think>" in context
+    assert text[:a] == (context if train_reasoning else context + "<think>Both known.")
+    assert text[a:b] == ("<think>Both known.</think>" if train_reasoning else "</think>") + "18 and 21.<|im_end|>"
+    assert len(examples) == 3 and all(e[0].startswith(examples[0][0]) for e in examples)  # one trace, growing
+
+
+def test_a_template_dropping_more_than_reasoning_from_earlier_turns_is_still_refused() -> None:
+    """Only think blocks' contents may differ between the prompt and the conversation ending with the answer; a
+    template that also rewrites the earlier turns' text is refused as before."""
+    rewrites = KIMI_LIKE.replace("{{ m.content or '' }}", "{{ (m.content or '') if loop.index0 >= ns.last else '' }}")
+    raw = _agentic_trace()
+    raw[1]["content"] = "Let me check."
+    with pytest.raises(UserError, match="does not render conversation prefixes consistently"):
+        conversation_examples(renderer(_tok(), rewrites), _conv(raw), "assistant", "auto", "test")
+
+
 def test_fill_reasoning_keeps_the_blocks_whitespace_and_applies_only_to_one_empty_block() -> None:
     from tunekit.data.turns import fill_reasoning
 

@@ -1,7 +1,7 @@
 """One assistant turn as the model produces it at inference: the rendered context and the turn's trained text.
 
 The rule stays "the trained text of turn i is what rendering messages[:i+1] adds to rendering messages[:i] with
-the generation prompt". Two families' real templates break the rule for reasons the template itself makes clear,
+the generation prompt". Several families' real templates break the rule for reasons the template itself makes clear,
 and are handled here, each checked so it never applies by accident:
 
 - **The system message moves** (Mistral v0.3: it is rendered inside the *last* user turn, and dropped from a
@@ -18,6 +18,11 @@ and are handled here, each checked so it never applies by accident:
 - **The answer's reasoning is replaced by an empty think block** (Kimi-K2-Thinking renders the answer a
   conversation ends with as `<think></think>answer`): the turn is trained alone, as the model writes it, with
   its reasoning inside that block (`fill_reasoning`); the single-example path defers to it.
+- **Earlier turns' reasoning is dropped once an answer ends the conversation** (Kimi-K2-Thinking keeps the reasoning
+  of the tool-call turns of the step under way, so the model writes the final answer after them, but renders a
+  conversation ending with that answer with every think block emptied): the trained text is the rendered turn
+  after the generation prompt, reasoning filled in, written after the prompt that keeps the earlier reasoning
+  (`_earlier_reasoning_dropped`; only when the two renderings differ in nothing but think blocks' contents).
 - **The generation prompt ends with a block the rendered turn does not have** (Gemma 4 with thinking off:
   `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, while a turn renders as
   `<|turn>model\\nanswer<turn|>`): the trained text is the rendered turn after the header both share, written after
@@ -174,11 +179,34 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
             return upto, len(before)
     rest = _reasoning_continuation(render, before, upto, messages[i])
     if rest is None:
-        rest = _after_prompt_block(render(messages[:i], tools=tools) if i else "", before, upto,
-                                   getattr(render, "special_tokens", None) or [])
+        history = render(messages[:i], tools=tools) if i else ""
+        rest = (_after_prompt_block(history, before, upto, getattr(render, "special_tokens", None) or [])
+                or _earlier_reasoning_dropped(history, before, upto, messages[i]))
     if rest is not None:
         return before + rest, len(before)
     return None
+
+
+ANY_THINK = re.compile(rf"{THINK_OPEN}.*?{THINK_CLOSE}", re.DOTALL)
+
+
+def _hollow(text: str) -> str:
+    return ANY_THINK.sub(THINK_OPEN + THINK_CLOSE, text)
+
+
+def _earlier_reasoning_dropped(history: str, before: str, upto: str, m: dict) -> str | None:
+    """The turn as the model writes it after a prompt that still holds earlier turns' reasoning, which the template
+    drops once an answer ends the conversation (Kimi-K2-Thinking keeps the reasoning of the turns since the last
+    answer without tool calls, the agentic step under way, so the final answer of a tool-calling trace is written
+    after the calls' reasoning): the rendered turn after the generation prompt, its reasoning filled into the empty
+    block. None unless the rendering through the turn is exactly the context with think blocks emptied, then the
+    generation prompt and the turn."""
+    prompt = before[len(history):] if history and before.startswith(history) else ""
+    at = upto.rfind(prompt) if prompt else -1
+    if at < 0 or upto[:at] == history or _hollow(upto[:at]) != _hollow(history):
+        return None
+    turn = upto[at + len(prompt):]
+    return fill_reasoning(turn, m) or turn
 
 
 def _starts(text: str, token: str) -> list[int]:
