@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tunekit.data.formats import read_tools
+from tunekit.data.templates import tokenizer_renderer
 from tunekit.errors import UserError
 from tunekit.targets import load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
@@ -48,11 +49,10 @@ class Session:
 
         self.history.append({"role": "user", "content": text})
         try:
-            prompt = self.tokenizer.apply_chat_template(self.messages(), tools=self.tools, add_generation_prompt=True,
-                                                        tokenize=False)
-        except ValueError as e:  # e.g. a base tokenizer without a chat template
+            prompt = tokenizer_renderer(self.tokenizer)(self.messages(), add_generation_prompt=True, tools=self.tools)
+        except UserError as e:  # e.g. a base tokenizer without a chat template, or the template refused
             self.history.pop()
-            raise UserError(f"the tokenizer has no usable chat template ({e}); chat needs one") from None
+            raise UserError(f"chat: {e}") from None
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         streamer = _Streamer(self.tokenizer, out) if out is not sys.stdout else TextStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True)

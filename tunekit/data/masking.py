@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tunekit.data.templates import TemplateFailure, renderer
-from tunekit.data.turns import fill_reasoning, stop_header, turn_example, untrained_reasoning
+from tunekit.data.templates import TemplateFailure, renderer, shown, tools_ignored
+from tunekit.data.turns import fill_reasoning, split_reasoning, stop_header, turn_example, untrained_reasoning
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -59,6 +59,13 @@ def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
             "`reasoning_content`, so the reasoning would not be trained. Choose a template that renders it (the "
             "model family's own, e.g. Qwen3's or DeepSeek-R1's) or put the reasoning inline in `content` "
             "(`<think>...</think>` before the answer).")
+    answer = split_reasoning(m)[1].strip()
+    if not m.get("tool_calls") and not shown(answer, trained):
+        raise UserError(
+            f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render the assistant turn's "
+            f"text (`{answer[:60]}` is not in what would be trained), so the answer would be lost. Check the "
+            "rendering with `tunekit preprocess RECIPE --show 2` and choose a template that renders `content` "
+            "(data.chat_template).")
     content = (m["content"] or "").strip()
     end = trained.rfind(content)
     if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():
@@ -71,10 +78,7 @@ def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
 
 def _check_tools_rendered(render: Render, messages: list[dict], tools: list[dict], full: str, where: str) -> None:
     if render(messages, tools=None) == full:
-        raise UserError(
-            f"{where}: the row has tool schemas (`tools`) but {getattr(render, 'template_name', 'the chat template')} "
-            "ignores them, so the model would never see the tools it may call. Choose a template that renders "
-            "`tools` (data.chat_template: qwen2.5, or the model's own tool-capable template).")
+        raise UserError(f"{where}: {tools_ignored(getattr(render, 'template_name', 'the chat template'))}")
 
 
 class InconsistentPrefixes(UserError):

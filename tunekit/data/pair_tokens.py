@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from tunekit.data.masking import inconsistent, only_whitespace_differs
-from tunekit.data.templates import TemplateFailure, renderer
+from tunekit.data.templates import TemplateFailure, tokenizer_renderer
 from tunekit.data.turns import split_reasoning, stop_header, turn_example
 from tunekit.errors import UserError
 
@@ -80,14 +80,6 @@ def pair_ids(tokenizer: Any, prompt: str, completion: str,
     while n < min(len(ids), len(full)) and ids[n] == full[n]:
         n += 1
     return full[:n], full[n:]
-
-
-def tokenizer_renderer(tokenizer: Any) -> Any:
-    """A renderer for the tokenizer's (default) chat template: the one the data stage set (data.chat_template)."""
-    template = tokenizer.chat_template
-    render = renderer(tokenizer, template.get("default") if isinstance(template, dict) else template)
-    render.template = template
-    return render
 
 
 def pair_columns(kind: str) -> list[str]:  # what each trainer reads (the row's tools are rendered in the prompt)

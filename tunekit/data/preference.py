@@ -30,7 +30,7 @@ from tunekit.data.select_rows import row_scorer
 from tunekit.data.select_sft import Provenance
 from tunekit.data.sources import Rows
 from tunekit.data.stats import DataStats
-from tunekit.data.templates import TemplateFailure
+from tunekit.data.templates import TemplateFailure, tools_ignored
 from tunekit.data.turns import split_reasoning
 from tunekit.errors import UserError
 from tunekit.model.schema import ModelConfig
@@ -170,9 +170,7 @@ def check_renders(render: Any, row: dict, where: str) -> None:
     try:
         if tools and render(row["prompt"], add_generation_prompt=True, tools=tools) == render(
                 row["prompt"], add_generation_prompt=True):
-            raise UserError(f"{where}: the row has tool schemas (`tools`) but {getattr(render, 'template_name', '')} "
-                            "ignores them, so the model would never see the tools it may call. Choose a template "
-                            "that renders `tools` (data.chat_template: qwen2.5, or the model's own).")
+            raise UserError(f"{where}: {tools_ignored(getattr(render, 'template_name', 'the chat template'))}")
         for field, answer in answers.items():
             completion = pair_texts(render, row["prompt"], answer, where, tools)[1]
             _check_reasoning_kept(render, completion, answer, field, where)

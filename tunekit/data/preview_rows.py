@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tunekit.data.masking import tokenize_with_mask
-from tunekit.data.pair_tokens import pair_texts, row_tools, tokenizer_renderer
+from tunekit.data.pair_tokens import pair_texts, row_tools
+from tunekit.data.templates import tokenizer_renderer
 
 OPEN, CLOSE = "[[", "]]"  # around trained text, so the marking survives a terminal without colour
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,106 @@ def _with_reasoning_as(field: str, messages: list[dict]) -> list[dict]:
             if m.get("reasoning_content") is not None else m for m in messages]
 
 
+_PROBE, _SYSTEM_PROBE = "tunekit probe", "tunekit system probe"
+
+
+def _probe(render: Callable[..., str], messages: list[dict], text: str) -> bool | None:
+    """Whether `text` is in the rendering of a probe conversation; None when the template refuses it."""
+    try:
+        return text in render(messages, True, None)
+    except Exception:  # noqa: BLE001  (a template refusing a made-up conversation tells nothing)
+        return None
+
+
+def _content_shape(render: Callable[..., str]) -> str:
+    """How the template reads a message's text: "string"; "parts" when it renders text only from a list of parts
+    (`[{type: text, text}]`: vision-language processors' templates, Idefics3/SmolVLM and LLaVA-NeXT, index
+    `content[0]['text']` or loop over the parts, so a string is an error or, worse, renders as nothing); "none" when
+    it renders neither (the user's text would be lost)."""
+    as_string = _probe(render, [{"role": "user", "content": _PROBE}], _PROBE)
+    if as_string is not False:
+        return "string"
+    as_parts = _probe(render, [{"role": "user", "content": [{"type": "text", "text": _PROBE}]}], _PROBE)
+    return "parts" if as_parts else "string" if as_parts is None else "none"
+
+
+def _drops_system(render: Callable[..., str], parts: bool) -> bool:
+    """The template renders a conversation with a system message without error but without the system text (a
+    template handling only user and assistant roles)."""
+    msgs = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": _PROBE}]
+    return _probe(render, _as_parts(msgs) if parts else msgs, _SYSTEM_PROBE) is False
+
+
+_TOOL_PROBE = [{"type": "function", "function": {"name": "tunekit_probe_tool", "description": "probe",
+                                                  "parameters": {"type": "object", "properties": {}}}}]
+
+
+def _ignores_tools(render: Callable[..., str], parts: bool) -> bool:
+    """The template renders a conversation the same with tool schemas as without (it has no tool support)."""
+    msgs = [{"role": "user", "content": _PROBE}]
+    msgs = _as_parts(msgs) if parts else msgs
+    try:
+        return render(msgs, True, _TOOL_PROBE) == render(msgs, True, None)
+    except Exception:  # noqa: BLE001  (a template refusing the probe tells nothing)
+        return False
+
+
+def tools_ignored(label: str) -> str:
+    return (f"the row has tool schemas (`tools`) but {label} ignores them, so the model would never see the tools "
+            "it may call. Choose a template that renders `tools` (data.chat_template: qwen2.5, or the model's own "
+            "tool-capable template).")
+
+
+def _as_parts(messages: list[dict]) -> list[dict]:
+    """String contents as one text part each (what processors' templates read; None stays None)."""
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
+            for m in messages]
+
+
+def _check_content(label: str, shape: str, drops_system: bool, messages: list[dict]) -> None:
+    if shape == "none":
+        raise TemplateFailure(f"{label} renders no message text (neither a string `content` nor a list of text "
+                              "parts), so the conversation would be lost; choose another data.chat_template.")
+    if drops_system and messages and messages[0]["role"] == "system":
+        raise TemplateFailure(f"{label} does not render system messages (it handles only other roles), so the "
+                              "system text would be silently lost. Set `data.system_role: merge_into_first_user` "
+                              "(the system text is put before the first user message), choose a template with a "
+                              "system turn, or remove the system messages / `system:` prompt.")
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def shown(content: str, text: str) -> bool:
+    """`content` is in `text` as written, JSON-escaped (`| tojson`), or with its whitespace changed (templates that
+    trim lines or collapse blank lines: falcon-instruct's `.replace('\\n\\n', '\\n')`)."""
+    return (not content or content in text or json.dumps(content)[1:-1] in text
+            or _SPACE.sub(" ", content) in _SPACE.sub(" ", text))
+
+
+def _check_rendered(label: str, messages: list[dict], text: str) -> None:
+    """Every tool call and every user or tool message's text is in the rendering (a call by its function's name, or
+    by its id for a template writing ids that name the function; a text as written or JSON-escaped): a template
+    without tool support drops calls and results, trained turns or not. System texts are checked by a probe (one
+    family moves them), assistant answers where their turn is trained (`masking._check_turn`)."""
+    for m in messages:
+        for call in m.get("tool_calls") or ():
+            name, call_id = call["function"]["name"], call.get("id")
+            if name not in text and not (call_id and str(call_id) in text):
+                raise TemplateFailure(
+                    f"{label} does not render tool calls (the assistant turn's call to `{name}` is missing from the "
+                    "rendered conversation), so the model would see tool results without the calls that asked for "
+                    "them. Choose a template that renders `tool_calls` (data.chat_template: qwen2.5, or the model's "
+                    "own tool-capable template).")
+        content = m.get("content")
+        if m["role"] in ("user", "tool") and isinstance(content, str) and not shown(content.strip(), text):
+            raise TemplateFailure(
+                f"{label} does not render the text of a `{m['role']}` message (`{content.strip()[:60]}` is missing "
+                "from the rendered conversation), so the model would be trained without it. Check the rendering "
+                "with `tunekit preprocess RECIPE --show 2` and choose a template that renders every role "
+                "(data.chat_template).")
+
+
 def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
     """A function (messages, add_generation_prompt, tools) -> str rendering with `template` like apply_chat_template.
 
@@ -199,10 +300,19 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
                                                  add_generation_prompt=add_generation_prompt)
 
     field = reasoning_field(template)
+    shape = _content_shape(_render)
+    drops_system = _drops_system(_render, shape == "parts")
+    no_tools = _ignores_tools(_render, shape == "parts")
 
     def render(messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
+        _check_content(label, shape, drops_system, messages)
+        if tools and no_tools:
+            raise TemplateFailure(tools_ignored(label))
         try:
-            return _render(_with_reasoning_as(field, messages), add_generation_prompt, tools)
+            shaped = _with_reasoning_as(field, messages)
+            text = _render(_as_parts(shaped) if shape == "parts" else shaped, add_generation_prompt, tools)
+            _check_rendered(label, messages, text)
+            return text
         except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a template adding a string to None
             has_tools = bool(tools) or any(m.get("tool_calls") for m in messages)
             raise TemplateFailure(f"{label} raised an error: {e}.{_hint(str(e), has_tools)}") from None
@@ -213,3 +323,22 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
     render.special_tokens = sorted({*special.values(), *(t.content for t in added.values() if t.special)},  # type: ignore[attr-defined]
                                    key=len, reverse=True)
     return render
+
+
+def tokenizer_renderer(tokenizer: Any) -> Any:
+    """A renderer for the tokenizer's (default) chat template: the one the data stage set (data.chat_template)."""
+    template = getattr(tokenizer, "chat_template", None)
+    text = template.get("default") if isinstance(template, dict) else template
+    if not text:
+        raise UserError("the tokenizer has no chat template, so chat prompts cannot be rendered: set "
+                        f"data.chat_template (a built-in one: {', '.join(BUILTIN_TEMPLATES)}; or a .jinja file)")
+    render = renderer(tokenizer, text)
+    render.template = template  # type: ignore[attr-defined]
+    return render
+
+
+def generation_prompts(tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
+    """Each prompt rendered up to the assistant's turn (with its tool schemas, if any) by the renderer training
+    uses, so generation sees what training showed (text parts for processors' templates, the same checks)."""
+    render = tokenizer_renderer(tokenizer)
+    return [render(list(p), add_generation_prompt=True, tools=getattr(p, "tools", None)) for p in prompts]

@@ -19,6 +19,7 @@ from tunekit.data.masking import tokenize_with_mask
 from tunekit.data.messages import Conversation
 from tunekit.data.schema import DatasetSpec
 from tunekit.data.sources import read_rows
+from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError, did_you_mean
 from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
@@ -214,8 +215,7 @@ def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -
 
 def prompt_texts(tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
     """Each prompt rendered by the chat template up to the assistant's turn, with its tool schemas, if any."""
-    return [tokenizer.apply_chat_template(list(p), tools=getattr(p, "tools", None), tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+    return generation_prompts(tokenizer, prompts)
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, batch_size: int, label: str) -> list:

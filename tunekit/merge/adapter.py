@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError
 from tunekit.targets import load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
@@ -26,8 +27,8 @@ def prepare_out(out: Path) -> None:
 
 
 def probe_batch(tokenizer: Any) -> dict:
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in PROBES]
+    chat = getattr(tokenizer, "chat_template", None)  # a run on plain text (no template) is probed with the text
+    texts = generation_prompts(tokenizer, [[{"role": "user", "content": p}] for p in PROBES]) if chat else PROBES
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
         return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))

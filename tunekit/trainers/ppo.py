@@ -39,6 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError
 from tunekit.trainers import ppo_losses as losses
 from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
@@ -161,7 +162,7 @@ class PPO:
         import torch
 
         rl, tok = self.rl, self.tokenizer
-        texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+        texts = generation_prompts(tok, [r["prompt"] for r in rows])
         side, tok.padding_side = tok.padding_side, "left"
         try:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

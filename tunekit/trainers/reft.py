@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit import metrics, run_dir
 from tunekit.data.masking import tokenize_with_mask
+from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError
 from tunekit.launch.runtime import world_size
 from tunekit.methods.plan import MethodPlan
@@ -209,7 +210,7 @@ def heldout_reward(model: Any, tokenizer: Any, ds: Any, recipe: Recipe, batch_si
     try:
         for start in range(0, len(ds), batch_size):
             rows = ds[start: start + batch_size]
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in rows["prompt"]]
+            texts = generation_prompts(tokenizer, rows["prompt"])
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             with torch.no_grad():
