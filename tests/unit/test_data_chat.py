@@ -419,8 +419,13 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
     assert [m["content"] for m in got["3+3?"]["prompt"]] == ["Be kind.", "Hi", "Hello!", "3+3?"]
     assert [m["content"] for m in got["3+3?"]["chosen"]] == ["6"]
     assert [m["content"] for m in got["3+3?"]["rejected"]] == ["7", "Sure?", "Yes."]
+    # argilla/distilabel-capybara-dpo: `prompt` is the conversation's opening question, the pair a later turn's
+    capybara = {**rows[1], "prompt": "Hi"}
+    train, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "c.jsonl", [capybara])), "format": "preference"})
+    assert train[0]["prompt"] == got["3+3?"]["prompt"] and train[0]["chosen"] == got["3+3?"]["chosen"]
     for bad, error in (
             ({**rows[0], "prompt": "2+3?"}, r"row 1 .*`prompt` is not the conversation that `chosen` and `rejected`"),
+            ({**rows[1], "prompt": "Hello!"}, r"row 1 .*`prompt` is not the conversation"),  # an assistant turn
             ({"chosen": turns(("user", "a"), ("assistant", "b")), "rejected": turns(("user", "c"), ("assistant", "d"))},
              r"row 1 .*share no first message"),
             ({"chosen": turns(("user", "a"), ("assistant", "b"), ("user", "c")),

@@ -93,7 +93,7 @@ def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, objec
     """(prompt, chosen, rejected). Where `chosen` and `rejected` are whole conversations (UltraFeedback's
     `chosen: [user, assistant]`, HH-RLHF's conversational copies without a `prompt` column), the prompt is the
     messages they share and the answers what follows (TRL's `extract_prompt`); a `prompt` column beside them must
-    be that shared conversation (or its last user turn's text)."""
+    name that shared conversation (`_names_prompt`)."""
     chosen, rejected = _get(row, "chosen", spec, where), _get(row, "rejected", spec, where)
     if not (_is_conversation(chosen) and _is_conversation(rejected)):
         return _get(row, "prompt", spec, where), chosen, rejected
@@ -109,12 +109,22 @@ def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, objec
         raise RowError(f"{where}: `chosen` and `rejected` are whole conversations that first differ at message "
                        f"{k + 1}, a {c[k]['role'] if c[k]['role'] != 'assistant' else r[k]['role']} turn; the "
                        "answers of a pair must start with the assistant turn that follows a shared prompt")
-    if prompt is not None and prompt != c[:k] and not (isinstance(prompt, str) and c[k - 1]["role"] == "user"
-                                                          and c[k - 1]["content"].strip() == prompt.strip()):
+    if prompt is not None and not _names_prompt(prompt, c[:k]):
         raise RowError(f"{where}: `prompt` is not the conversation that `chosen` and `rejected` share (their first "
                        f"{k} message(s)), so it is unclear what the answers answer. Remove the `prompt` column (the "
                        "prompt is then read from the conversations) or give answers without the prompt's turns")
     return c[:k], c[k:], r[k:]
+
+
+def _names_prompt(prompt: object, shared: list[dict]) -> bool:
+    """A `prompt` column beside whole conversations is their shared messages, or the text of its first user turn
+    (argilla/distilabel-capybara-dpo: the conversation's opening question) or of its last, the one answered
+    (HuggingFaceH4/ultrafeedback_binarized, where the two are the same)."""
+    if prompt == shared:
+        return True
+    users = [m["content"].strip() for m in shared if m["role"] == "user" and isinstance(m.get("content"), str)]
+    return (isinstance(prompt, str) and shared[-1]["role"] == "user" and bool(users)
+            and prompt.strip() in (users[0], users[-1]))
 
 
 def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
