@@ -81,6 +81,29 @@ def test_prompt_completion_from_csv_with_column_mapping(tok) -> None:
     assert any("What is 2, plus 2?" in t for t in _texts(tok, train))
 
 
+def test_conversational_prompt_completion_trains_only_the_completion(tok, tmp_path: Path) -> None:
+    """TRL's conversational prompt-completion rows (a `prompt` list of messages, a `completion` list or string):
+    the same tokens as the `messages` row of the whole conversation, and labels on the completion only (the
+    prompt's assistant turn is context). Before, every such row was refused (`prompt` must be a string)."""
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+    rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": "4"}]},
+            {"prompt": prompt, "completion": "4"}]
+    f = _write(tmp_path / "pc.jsonl", rows)
+    train, _, _ = _build(tok, {"path": str(f), "format": "prompt_completion"})
+    whole, _, _ = _build(tok, {"path": str(_write(tmp_path / "m.jsonl", [
+        {"messages": [*prompt, {"role": "assistant", "content": "4"}]}])), "format": "messages"})
+    for row in train:
+        assert row["input_ids"] == whole[0]["input_ids"]
+        assert _trained(tok, row) == "4<|im_end|>\n"
+    assert "Hello!" in _trained(tok, whole[0])  # the messages row trains every assistant turn
+    for bad, error in (({"prompt": prompt[:3], "completion": "4"}, r"prompt ends with a `assistant` turn"),
+                       ({"prompt": prompt, "completion": [{"role": "user", "content": "4"}]}, r"completion starts with a `user` turn"),
+                       ({"prompt": [], "completion": "4"}, r"`prompt` is an empty list")):
+        with pytest.raises(UserError, match=rf"bad.jsonl: row 1.*{error}"):
+            _build(tok, {"path": str(_write(tmp_path / "bad.jsonl", [bad])), "format": "prompt_completion"})
+
+
 def test_text_from_parquet_trains_every_token_and_ends_with_eos(tok) -> None:
     train, _, stats = _build(tok, {"path": str(FIX / "text.parquet"), "format": "text"})
     row = train[0]

@@ -439,7 +439,7 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
 
 def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text("[]")
-    for fmt in ("alpaca", "prompt_completion", "text", "prompt_answer"):
+    for fmt in ("alpaca", "text", "prompt_answer"):
         with pytest.raises(ValueError, match=f"format `{fmt}` has no tool calls"):
             DataConfig(train=[{"path": "x.jsonl", "format": fmt, "tools": str(tmp_path / "tools.json")}])
 

@@ -120,7 +120,7 @@ def messages_format(row: dict, spec: Any, where: str) -> list[dict]:
     if not isinstance(msgs, list) or not msgs:
         raise RowError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects, "
                        f"found {type(msgs).__name__}")
-    return _conversation([message(m, f"messages[{i}]", where) for i, m in enumerate(msgs)], row, spec, where)
+    return _conversation(_messages(msgs, "messages", where), row, spec, where)
 
 
 def _sharegpt_turn(t: dict, role: str | None, i: int, roles: dict, where: str) -> dict:
@@ -147,10 +147,30 @@ def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:
 
 
 def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
-    prompt = _text(_get(row, "prompt", spec, where), "prompt", where)
-    completion = _text(_get(row, "completion", spec, where), "completion", where)
-    return _with_system([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                        _row_system(row, spec, where))
+    """Strings, or TRL's conversational prompt-completion: `prompt` a list of messages ending with the user (or
+    tool) turn answered, `completion` the assistant message(s) answering it (or a string). Only the completion is
+    trained: the prompt's assistant turns are context (`train: false` unless a message says otherwise)."""
+    prompt, completion = _get(row, "prompt", spec, where), _get(row, "completion", spec, where)
+    if not isinstance(prompt, list) and not isinstance(completion, list):
+        msgs = [{"role": "user", "content": _text(prompt, "prompt", where)},
+                {"role": "assistant", "content": _text(completion, "completion", where)}]
+        return _with_system(msgs, _row_system(row, spec, where))
+    context = (_messages(prompt, "prompt", where) if isinstance(prompt, list)
+               else [{"role": "user", "content": _text(prompt, "prompt", where)}])
+    answer = (_messages(completion, "completion", where) if isinstance(completion, list)
+              else [{"role": "assistant", "content": _text(completion, "completion", where)}])
+    if context[-1]["role"] not in ("user", "tool") or answer[0]["role"] != "assistant":
+        raise RowError(f"{where}: a conversational `prompt` must end with the user (or tool) turn the `completion` "
+                       f"answers, and the completion start with an assistant turn; here the prompt ends with a "
+                       f"`{context[-1]['role']}` turn and the completion starts with a `{answer[0]['role']}` turn")
+    context = [{**m, "train": m.get("train", False)} if m["role"] == "assistant" else m for m in context]
+    return _conversation([*context, *answer], row, spec, where)
+
+
+def _messages(value: list, field: str, where: str) -> list[dict]:
+    if not value:
+        raise RowError(f"{where}: `{field}` is an empty list; give messages ({{role, content}}) or a string")
+    return [message(m, f"{field}[{i}]", where) for i, m in enumerate(value)]
 
 
 def text_format(row: dict, spec: Any, where: str) -> str:

@@ -29,8 +29,9 @@ def trained_turns(messages: list[dict], train_on: str, where: str) -> list[int]:
     flagged = [i for i in turns if messages[i].get("train") is not None]
     if train_on == "all":
         if any(not messages[i]["train"] for i in flagged):
-            raise UserError(f"{where}: a message is marked `train: false` but data.train_on is `all` (every token "
-                            "trained); use data.train_on: assistant to honour per-message flags")
+            raise UserError(f"{where}: a message is marked `train: false` (or is an assistant turn of a "
+                            "prompt_completion row's prompt, which is context) but data.train_on is `all` (every "
+                            "token trained); use data.train_on: assistant to honour per-message flags")
         return turns
     default = turns[-1:] if train_on == "last_assistant" else turns
     return [i for i in turns if messages[i].get("train", i in default)]
