@@ -310,6 +310,21 @@ def test_per_message_train_flags_override_train_on(tok, tmp_path: Path) -> None:
         _build(tok, tmp_path, {"path": str(f), "format": "messages"})
 
 
+def test_sharegpt_per_turn_weights_are_honoured(tok, tmp_path: Path) -> None:
+    """Open-Orca/SlimOrca writes `weight` on every ShareGPT turn (null on system, 0.0 on human, 1.0 or 0.0 on gpt):
+    a gpt turn weighted 0 is context, as in the messages format (the flag was dropped, so it was trained)."""
+    turns = [{"from": "system", "value": "Be kind.", "weight": None}, {"from": "human", "value": "a", "weight": 0.0},
+             {"from": "gpt", "value": "bad answer", "weight": 0.0}, {"from": "human", "value": "c", "weight": 0.0},
+             {"from": "gpt", "value": "good answer", "weight": 1.0}]
+    f = _write(tmp_path / "s.jsonl", [{"conversations": turns}])
+    train, _, _ = _build(tok, tmp_path, {"path": str(f), "format": "sharegpt"})
+    assert _trained(tok, train[0]) == "good answer<|im_end|>\n"
+    turns[1]["weight"] = 1
+    f = _write(tmp_path / "u.jsonl", [{"conversations": turns}])
+    with pytest.raises(UserError, match=r"u.jsonl: row 1.*conversations\[1\] is a user turn marked as trained"):
+        _build(tok, tmp_path, {"path": str(f), "format": "sharegpt"})
+
+
 # ------------------------------------------------------------------------------------------- preference rows
 
 

@@ -20,6 +20,7 @@ from tunekit.data.messages import (
     message,
     tool_calls,
     tools_schema,
+    with_train_flag,
 )
 from tunekit.data.sources import resolve_path
 from tunekit.errors import UserError
@@ -129,8 +130,10 @@ def _sharegpt_turn(t: dict, role: str | None, i: int, roles: dict, where: str) -
         raise RowError(f"{where}: {field}.from is {t['from']!r}, which the role map does not know; "
                        f"add it under `roles:` (known: {', '.join(sorted(roles))})")
     if t["from"] == "function_call":  # LLaMA-Factory: the value is the call(s) as JSON
-        return {"role": "assistant", "content": "", "tool_calls": tool_calls(t["value"], f"{field}.value", where)}
-    return {"role": role, "content": content_text(t["value"], f"{field}.value", where)}
+        out = {"role": "assistant", "content": "", "tool_calls": tool_calls(t["value"], f"{field}.value", where)}
+    else:
+        out = {"role": role, "content": content_text(t["value"], f"{field}.value", where)}
+    return with_train_flag(out, t, field, where)  # SlimOrca's per-turn `weight`, axolotl's `train`
 
 
 def sharegpt_format(row: dict, spec: Any, where: str) -> list[dict]:

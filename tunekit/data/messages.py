@@ -182,12 +182,18 @@ def message(m: object, field: str, where: str) -> dict:
         out["reasoning_content"] = content_text(reasoning, f"{field}.reasoning_content", where)
     if role == "tool":
         out.update({k: str(m[k]) for k in PASSED_KEYS if m.get(k) is not None})
-    flag = train_flag(m, field, where)
+    return with_train_flag(out, m, field, where)
+
+
+def with_train_flag(out: dict, raw: dict, field: str, where: str) -> dict:
+    """`out` (a normalised message) with the raw message's training flag (`train_flag`): kept on assistant turns;
+    on another role only `false` is accepted (it is never trained anyway)."""
+    flag = train_flag(raw, field, where)
     if flag is not None:
-        if role != "assistant" and flag:
-            raise RowError(f"{where}: {field} is a {role} turn marked as trained; only assistant turns can be "
+        if out["role"] != "assistant" and flag:
+            raise RowError(f"{where}: {field} is a {out['role']} turn marked as trained; only assistant turns can be "
                            "trained (use data.train_on: all to train on every token)")
-        if role == "assistant":
+        if out["role"] == "assistant":
             out["train"] = flag
     return out
 
