@@ -396,8 +396,9 @@ def test_preference_rows_keep_their_system_text_and_tool_schemas(tok, tmp_path: 
 
 
 def test_a_system_column_is_kept_by_every_format_that_has_a_prompt() -> None:
-    """A row's `system` column, else the dataset's `system:`, in front of the prompt (never a second one)."""
-    from tunekit.data.formats import prompt_completion_format
+    """A row's `system` column, else the dataset's `system:`, in front of the prompt (never a second one); a column
+    differing from the row's own system message is an error (one of them was silently dropped)."""
+    from tunekit.data.formats import messages_format, prompt_completion_format
     from tunekit.data.preference import prompt_answer_row, unpaired_row
     from tunekit.data.schema import DatasetSpec
 
@@ -409,9 +410,17 @@ def test_a_system_column_is_kept_by_every_format_that_has_a_prompt() -> None:
         "role": "system", "content": "Own."}
     assert prompt_answer_row({"question": "q", "answer": "1", "solution": "s #### 1"}, spec("prompt_answer"),
                              "x")["prompt"][0] == {"role": "system", "content": "Default."}
-    kto = unpaired_row({"prompt": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "q"}],
+    kto = unpaired_row({"prompt": [{"role": "system", "content": "Own."}, {"role": "user", "content": "q"}],
                         "completion": "a", "label": True, **own}, spec("unpaired_preference"), "x")
-    assert [m["role"] for m in kto["prompt"]] == ["system", "user"] and kto["prompt"][0]["content"] == "Mine."
+    assert [m["role"] for m in kto["prompt"]] == ["system", "user"] and kto["prompt"][0]["content"] == "Own."
+    mine = {"prompt": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "q"}], "completion": "a",
+            "label": True}
+    assert unpaired_row(mine, spec("unpaired_preference"), "x")["prompt"][0]["content"] == "Mine."  # `system:` a default
+    with pytest.raises(UserError, match=r"x: the row has a `system` column and a different system message"):
+        unpaired_row({**mine, **own}, spec("unpaired_preference"), "x")
+    with pytest.raises(UserError, match=r"x: the row has a `system` column and a different system message"):
+        messages_format({"messages": [mine["prompt"][0], *mine["prompt"][1:], {"role": "assistant", "content": "a"}],
+                         **own}, spec("messages"), "x")
 
 
 def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_path: Path) -> None:

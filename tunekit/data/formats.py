@@ -48,16 +48,19 @@ def _text(value: object, field: str, where: str) -> str:
     return value
 
 
-def _row_system(row: dict, spec: Any, where: str) -> str | None:
-    """The row's `system` column, else the dataset's `system:` (None: neither)."""
-    system = _get(row, "system", spec, where, optional=True)
-    return _text(system, "system", where) if system else spec.system
-
-
-def _with_system(msgs: list[dict], system: str | None) -> list[dict]:
-    if system and not (msgs and msgs[0]["role"] == "system"):
-        return [{"role": "system", "content": system}, *msgs]
-    return msgs
+def with_row_system(msgs: list[dict], row: dict, spec: Any, where: str) -> list[dict]:
+    """`msgs` with the row's `system` column, else the dataset's `system:`, in front when they have no system
+    message. A `system` column that differs from the row's own system message is an error: one of them would be
+    silently lost."""
+    column = _get(row, "system", spec, where, optional=True)
+    system = _text(column, "system", where) if column else spec.system
+    if msgs and msgs[0]["role"] == "system":
+        if column and system.strip() != (msgs[0]["content"] or "").strip():
+            raise RowError(f"{where}: the row has a `system` column and a different system message "
+                           f"({system.strip()[:40]!r} vs {(msgs[0]['content'] or '').strip()[:40]!r}); one would be "
+                           "lost. Keep one of them (map the column away with `columns: {system: ...}`)")
+        return msgs
+    return [{"role": "system", "content": system}, *msgs] if system else msgs
 
 
 def _check_trainable(msgs: list[dict], where: str) -> list[dict]:
@@ -73,7 +76,7 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
     user = instruction + (f"\n\n{_text(extra, 'input', where)}" if extra else "")
     msgs = [*_history(_get(row, "history", spec, where, optional=True), where),
             {"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return _with_system(msgs, _row_system(row, spec, where))
+    return with_row_system(msgs, row, spec, where)
 
 
 def _history(value: object, where: str) -> list[dict]:
@@ -112,7 +115,7 @@ def read_tools(path: str) -> list[dict]:
 
 
 def _conversation(msgs: list[dict], row: dict, spec: Any, where: str) -> Conversation:
-    msgs = _with_system(msgs, _row_system(row, spec, where))
+    msgs = with_row_system(msgs, row, spec, where)
     return Conversation.of(_check_trainable(msgs, where), _row_tools(row, spec, where))
 
 
@@ -157,7 +160,7 @@ def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
     if not isinstance(prompt, list) and not isinstance(completion, list):
         msgs = [{"role": "user", "content": _text(prompt, "prompt", where)},
                 {"role": "assistant", "content": _text(completion, "completion", where)}]
-        return _with_system(msgs, _row_system(row, spec, where))
+        return with_row_system(msgs, row, spec, where)
     context = (_messages(prompt, "prompt", where) if isinstance(prompt, list)
                else [{"role": "user", "content": _text(prompt, "prompt", where)}])
     answer = (_messages(completion, "completion", where) if isinstance(completion, list)

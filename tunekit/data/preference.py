@@ -21,7 +21,7 @@ from typing import Any
 
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
-from tunekit.data.formats import RowError, _get, _row_system, _row_tools, _with_system
+from tunekit.data.formats import RowError, _get, _row_tools, with_row_system
 from tunekit.data.messages import ROLE_ALIASES, merge_system_into_first_user, message
 from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
@@ -80,7 +80,7 @@ def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[
     unless it starts with a system message, and its tool schemas (the row's `tools` column, else the dataset's
     `tools:` file) as the JSON text the row keeps them in."""
     tools = _row_tools(row, spec, where)
-    msgs = _with_system(_prompt(prompt, where), _row_system(row, spec, where))
+    msgs = with_row_system(_prompt(prompt, where), row, spec, where)
     return msgs, {"tools": json.dumps(tools)} if tools else {}
 
 
@@ -160,7 +160,7 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     if _get(row, "tools", spec, where, optional=True):
         raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
                        "without them); remove them from the rows or the dataset")
-    prompt = _with_system([{"role": "user", "content": question}], _row_system(row, spec, where))
+    prompt = with_row_system([{"role": "user", "content": question}], row, spec, where)
     return {"prompt": prompt, "question": question, "answer": str(answer), "solution": solution}
 
 
