@@ -29,19 +29,20 @@ def row_tools(row: dict) -> list[dict] | None:
 
 
 def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
-               tools: list[dict] | None = None) -> tuple[str, str]:
+               tools: list[dict] | None = None, before: str | None = None) -> tuple[str, str]:
     """(the prompt with the generation prompt, the answer as the model writes it after it), with the row's tool
     schemas given to the template. A one-turn answer is written as at inference (`turn_example`); an answer of
     several messages (tool calls, their results, further turns) is the rendered conversation after the prompt
     when the rendering starts with the prompt, else its first turn as written followed by the rest as rendered.
-    A header-delimited template's stop header ends it."""
+    A header-delimited template's stop header ends it. `before`: the prompt rendered so, when the caller has it."""
     msgs, i = [*prompt, *answer], len(prompt)
-    before = render(prompt, add_generation_prompt=True, tools=tools)
+    if before is None:
+        before = render(prompt, add_generation_prompt=True, tools=tools)
     full = render(msgs, tools=tools) if len(answer) > 1 else ""
     if full.startswith(before) and full:
         written = full[len(before):]
     else:
-        written = _first_turn(render, msgs, i, len(before), where, tools)
+        written = _first_turn(render, msgs, i, before, where, tools)
         if len(answer) > 1:
             upto = render(msgs[: i + 1], tools=tools)
             if not full.startswith(upto):
@@ -54,11 +55,11 @@ def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
     return before, written
 
 
-def _first_turn(render: Any, msgs: list[dict], i: int, context: int, where: str, tools: list[dict] | None) -> str:
-    example = turn_example(render, msgs, i, tools)
+def _first_turn(render: Any, msgs: list[dict], i: int, before: str, where: str, tools: list[dict] | None) -> str:
+    example = turn_example(render, msgs, i, tools, before)
     if example is None and only_whitespace_differs(render, msgs, i, tools):
         raise inconsistent(where, per_turn=True, whitespace=True)
-    if example is None or example[1] != context:
+    if example is None or example[1] != len(before):
         hint = (" The answer has reasoning: if the template's generation prompt closes an empty think block (a "
                 "thinking switch that is off, e.g. Qwen3's enable_thinking), turn it on with "
                 "data.chat_template_kwargs, or leave the reasoning out." if split_reasoning(msgs[i])[0] else "")
@@ -98,7 +99,9 @@ def exact_pairs(ds: Any, tokenizer: Any, kind: str, process: int = 0) -> Any:
 
     def convert(row: dict) -> dict:
         try:
-            texts = {k: pair_texts(render, row["prompt"], row[k], "preference row", row_tools(row)) for k in answers}
+            tools = row_tools(row)
+            before = render(row["prompt"], add_generation_prompt=True, tools=tools)  # one prompt for every answer
+            texts = {k: pair_texts(render, row["prompt"], row[k], "preference row", tools, before) for k in answers}
         except TemplateFailure as e:
             raise UserError(f"preference row: {e}") from None
         prompt = texts[answers[0]][0]

@@ -178,11 +178,11 @@ def check_renders(render: Any, row: dict, where: str) -> None:
         answers = {"solution": [{"role": "assistant", "content": row["solution"]}]}
     tools = row_tools(row)
     try:
-        if tools and render(row["prompt"], add_generation_prompt=True, tools=tools) == render(
-                row["prompt"], add_generation_prompt=True):
+        before = render(row["prompt"], add_generation_prompt=True, tools=tools)
+        if tools and before == render(row["prompt"], add_generation_prompt=True):
             raise UserError(f"{where}: {tools_ignored(getattr(render, 'template_name', 'the chat template'))}")
         for field, answer in answers.items():
-            completion = pair_texts(render, row["prompt"], answer, where, tools)[1]
+            completion = pair_texts(render, row["prompt"], answer, where, tools, before)[1]
             _check_reasoning_kept(render, completion, answer, field, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None

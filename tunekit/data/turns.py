@@ -164,10 +164,13 @@ def _reasoning_separator(render: Render) -> str:
     return _memo(render, "reasoning_separator", compute)  # type: ignore[return-value]
 
 
-def turn_example(render: Render, messages: list[dict], i: int, tools: list | None) -> tuple[str, int] | None:
+def turn_example(render: Render, messages: list[dict], i: int, tools: list | None,
+                 before: str | None = None) -> tuple[str, int] | None:
     """(text, start of the trained text) for assistant turn i rendered as the conversation ending there, or None
-    when the template renders it inconsistently with its own generation prompt in a way not handled here."""
-    before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+    when the template renders it inconsistently with its own generation prompt in a way not handled here.
+    `before`: messages[:i] rendered with the generation prompt, when the caller has it."""
+    if before is None:
+        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
     upto = render(messages[: i + 1], tools=tools)
     if upto.startswith(before):
         filled = fill_reasoning(upto[len(before):], messages[i])
