@@ -443,6 +443,13 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
     assert [m["content"] for m in got["3+3?"]["prompt"]] == ["Be kind.", "Hi", "Hello!", "3+3?"]
     assert [m["content"] for m in got["3+3?"]["chosen"]] == ["6"]
     assert [m["content"] for m in got["3+3?"]["rejected"]] == ["7", "Sure?", "Yes."]
+    # Anthropic/hh-rlhf: whole transcripts as text, no prompt column (it was "missing column `prompt`")
+    hh = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 3+3?\n\nAssistant: 6",
+          "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 3+3?\n\nAssistant: 7"}
+    train, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "hh.jsonl", [hh])), "format": "preference"})
+    assert [(m["role"], m["content"]) for m in train[0]["prompt"]] == [("user", "Hi"), ("assistant", "Hello!"),
+                                                                      ("user", "3+3?")]
+    assert [m["content"] for m in train[0]["chosen"]] == ["6"] and [m["content"] for m in train[0]["rejected"]] == ["7"]
     # argilla/distilabel-capybara-dpo: `prompt` is the conversation's opening question, the pair a later turn's
     capybara = {**rows[1], "prompt": "Hi"}
     train, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "c.jsonl", [capybara])), "format": "preference"})

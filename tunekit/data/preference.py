@@ -16,6 +16,7 @@ order as typed Arrow columns into the cache entry, which the trainers read memor
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -89,12 +90,27 @@ def _is_conversation(value: object) -> bool:
             and ROLE_ALIASES.get(value[0].get("role"), value[0].get("role")) != "assistant")
 
 
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def hh_dialogue(text: object) -> list[dict] | None:
+    """Anthropic/hh-rlhf's transcript (`\\n\\nHuman: ...\\n\\nAssistant: ...`) as messages; None for other text."""
+    if not isinstance(text, str) or not text.lstrip(" ").startswith("\n\nHuman:"):
+        return None
+    parts = HH_TURN.split(text.lstrip(" "))
+    return [{"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+            for who, said in zip(parts[1::2], parts[2::2])]
+
+
 def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, object, object]:
     """(prompt, chosen, rejected). Where `chosen` and `rejected` are whole conversations (UltraFeedback's
-    `chosen: [user, assistant]`, HH-RLHF's conversational copies without a `prompt` column), the prompt is the
+    `chosen: [user, assistant]`, HH-RLHF's conversational copies without a `prompt` column, Anthropic/hh-rlhf's
+    `Human:` / `Assistant:` transcripts), the prompt is the
     messages they share and the answers what follows (TRL's `extract_prompt`); a `prompt` column beside them must
     name that shared conversation (`_names_prompt`)."""
     chosen, rejected = _get(row, "chosen", spec, where), _get(row, "rejected", spec, where)
+    if _get(row, "prompt", spec, where, optional=True) is None and hh_dialogue(chosen) and hh_dialogue(rejected):
+        chosen, rejected = hh_dialogue(chosen), hh_dialogue(rejected)  # Anthropic/hh-rlhf: whole transcripts
     if not (_is_conversation(chosen) and _is_conversation(rejected)):
         return _get(row, "prompt", spec, where), chosen, rejected
     prompt = _get(row, "prompt", spec, where, optional=True)
