@@ -468,6 +468,22 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
             _build(tok, tmp_path, {"path": str(f), "format": "preference"})
 
 
+def test_gsm8k_rows_as_they_ship_are_prompt_answer_rows() -> None:
+    """openai/gsm8k's rows are {question, answer} with the reasoning path in `answer`, ending in `#### N`: the path
+    is the solution and N the answer (they needed converting); a mapped `solution` column must exist."""
+    from tunekit.data.preference import prompt_answer_row
+    from tunekit.data.schema import DatasetSpec
+
+    row = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}
+    got = prompt_answer_row(row, DatasetSpec(path="g.jsonl", format="prompt_answer"), "g.jsonl:1")
+    assert (got["answer"], got["solution"]) == ("7", row["answer"])
+    with pytest.raises(UserError, match=r"g.jsonl:1: missing column `cot`"):
+        prompt_answer_row(row, DatasetSpec(path="g.jsonl", format="prompt_answer", columns={"solution": "cot"}),
+                          "g.jsonl:1")
+    with pytest.raises(UserError, match=r"g.jsonl:1: missing column `solution`"):
+        prompt_answer_row({**row, "answer": "7"}, DatasetSpec(path="g.jsonl", format="prompt_answer"), "g.jsonl:1")
+
+
 def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text("[]")
     for fmt in ("alpaca", "text", "prompt_answer"):

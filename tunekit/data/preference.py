@@ -168,9 +168,13 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     if not isinstance(question, str) or not question.strip():
         raise RowError(f"{where}: `question` must be a non-empty string")
     answer = _get(row, "answer", spec, where)
+    solution = _get(row, "solution", spec, where, optional="solution" not in spec.columns)
+    if solution is None and isinstance(answer, str) and "####" in answer:  # GSM8K as it ships: the CoT is the answer
+        solution, answer = answer, answer.rsplit("####", 1)[1].strip()
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
         raise RowError(f"{where}: `answer` must be a non-empty string or a number, found {answer!r}")
-    solution = _get(row, "solution", spec, where)
+    if solution is None:
+        solution = _get(row, "solution", spec, where)  # the missing-column error
     if not isinstance(solution, str) or not solution.strip():
         raise RowError(f"{where}: `solution` (the reasoning path used by the warm-up) must be a non-empty string")
     if _get(row, "tools", spec, where, optional=True):
