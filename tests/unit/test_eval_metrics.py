@@ -183,3 +183,59 @@ def test_default_task_on_each_eval_format() -> None:
     assert qa.data.columns == {"prompt": "q", "answer": "answer"}
     with pytest.raises(UserError, match="data.eval: format preference has no default eval task"):
         heldout_task(DatasetSpec(path="p.jsonl", format="preference"), "")
+
+
+def test_reasoning_is_not_the_answer() -> None:
+    """Generation metrics score what follows the reasoning block; a block that never closed (cut by
+    max_new_tokens, or opened by the prompt as DeepSeek-R1's) is no answer, not a number picked from it."""
+    from tunekit.eval.tasks import final_answer
+
+    assert final_answer("<think>2 and 2 make 4, not 5</think>\n\n4", "") == "4"
+    assert final_answer("2 and 2 make 4\n</think>\n\n4", "<｜Assistant｜><think>\n") == "4"
+    assert final_answer("2 and 2 make 4, or 5", "<｜Assistant｜><think>\n") == ""
+    assert final_answer("<think>2 and 2 make 4", "") == ""
+    assert final_answer("4", "<|im_start|>assistant\n") == "4"
+    assert m.numeric_match(final_answer("<think>maybe 5</think>4", ""), "4") == 1.0
+
+
+def test_rows_without_scored_tokens_are_counted_apart_and_never_win() -> None:
+    """A loss row whose answer max_length cut off adds no token: it is left out of `n` and reported; a cut-off
+    multiple-choice option would score log-probability 0 (probability 1) and win, so it is an error."""
+    from tunekit.errors import UserError
+    from tunekit.eval.tasks import loss_result
+
+    task = EvalTask(name="t", kind="loss", data={"path": "x.jsonl", "format": "messages"})
+    got = loss_result(task, [(-4.0, 2), (0.0, 0)], {"max_length": 8})
+    assert got["n"] == 1 and got["rows_without_tokens"] == 1 and got["metrics"]["loss"] == 2.0
+    with pytest.raises(UserError, match="no row has a scored token within max_length 8"):
+        loss_result(task, [(0.0, 0)], {"max_length": 8})
+
+
+@pytest.mark.parametrize(("row", "error"), [({"prompt": "1+1?", "answer": None}, "`answer` must be a non-empty"),
+                                            ({"prompt": ["1+1?"], "answer": "2"}, "`prompt` must be a non-empty")])
+def test_qa_rows_with_null_or_non_text_fields_are_errors(row: dict, error: str) -> None:
+    from tunekit.errors import UserError
+    from tunekit.eval.tasks import parse_row
+
+    with pytest.raises(UserError, match=f"row 1: {error}"):  # it was scored against the text "None"
+        parse_row(row, "qa", {}, "row 1")
+
+
+def test_a_cut_off_choice_is_an_error(tmp_path) -> None:  # noqa: ANN001
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunekit.errors import UserError
+    from tunekit.eval.tasks import run_multiple_choice
+    from tunekit.model.builtin import TOKENIZER_DIR, materialize
+
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"prompt": "Pick the sum of two and two. " * 8, "choices": ["four", "five"], "answer": 0})
+                 + "\n")
+    task = EvalTask(name="c", kind="multiple_choice", data={"path": str(f), "format": "choice"})
+    model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-llama", 0), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    ctx = {"batch_size": 2, "which": "tuned"}
+    assert run_multiple_choice(task, model, tok, {**ctx, "max_length": 256})["n"] == 1
+    with pytest.raises(UserError, match=r"c.jsonl: row 1 \(line 1\): a choice has no scored token within max_length 16"):
+        run_multiple_choice(task, model, tok, {**ctx, "max_length": 16})

@@ -39,7 +39,9 @@ def build(meta: dict, results: dict[str, dict], training: dict | None) -> dict:
                 row["base"] = base["samples"][i]["prediction"]
             samples.append(row)
         tasks[name] = {"kind": r["kind"], "n": tuned["n"], "tuned": t_m, "base": b_m,
-                       "diff": _round(diff(t_m, b_m)) if b_m else None, "samples": samples}
+                       "diff": _round(diff(t_m, b_m)) if b_m else None, "samples": samples,
+                       **({"rows_without_tokens": tuned["rows_without_tokens"]} if "rows_without_tokens" in tuned
+                          else {})}
     return {**meta, "training": _round(training) if training else None, "tasks": tasks}
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tunekit import run_dir as rd
 from tunekit.errors import UserError, did_you_mean
 from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
-from tunekit.eval.tasks import RUNNERS, read_examples, shipped_task
+from tunekit.eval.tasks import RUNNERS, check_run_data, read_examples, shipped_task
 from tunekit.model_card import write_card
 from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
@@ -49,6 +50,7 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
         console.print(f"tasks: the recipe's eval.tasks ({', '.join(t.name for t in recipe.eval.tasks)})")
         return list(recipe.eval.tasks)
     if recipe is not None and recipe.data.eval:
+        check_run_data(recipe, target.run_dir)
         answers = all(s.format == "prompt_answer" for s in recipe.data.eval)
         console.print(f"tasks: none given; {'answers (numeric match)' if answers else 'loss and perplexity'} on the "
                       f"run's eval split (data.eval: {', '.join(s.path for s in recipe.data.eval)})")
@@ -96,6 +98,16 @@ def default_out(target: Any) -> Path:
     if target.run_dir is not None:
         return target.run_dir / "eval"
     return Path("eval-reports") / (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(target.label).stem or target.label) or "model")
+
+
+def say_which_weights(target: Target) -> None:
+    """A run without final/ is evaluated at its latest complete checkpoint: say which, and which newer ones were
+    incomplete (torn) and passed over."""
+    if target.run_dir is None or Path(target.weights) == target.run_dir / rd.FINAL:
+        return
+    torn = [c.name for c, _ in rd.torn_checkpoints(target.run_dir)]
+    console.print(f"weights: {target.weights} (the run has no final/: its latest complete checkpoint"
+                  + (f"; passed over, incomplete: {', '.join(torn)}" if torn else "") + ")")
 
 
 def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> dict[str, dict]:
@@ -154,11 +166,12 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
     ctx = {"max_length": target.recipe.data.max_length if target.recipe else 1024,
            "train_on": target.recipe.data.train_on if target.recipe else "assistant",
            "batch_size": batch_size or (cfg.batch_size if cfg else 8), "recipe": target.recipe,
-           "cache": {}}
+           "run_dir": target.run_dir, "cache": {}}
     out = report_dir(out or default_out(target), overwrite)
 
     tokenizer = load_tokenizer_for(target)
     console.rule(f"[bold]tunekit eval[/] {target.label} -> {out}")
+    say_which_weights(target)
     tuned = run_tasks(load_tuned(target), tokenizer, tasks, {**ctx, "which": "tuned"})
     gc.collect()
     base = run_tasks(load_base(target), tokenizer, tasks, {**ctx, "which": "base"}) if compare else {}
@@ -175,6 +188,7 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
                          for m, v in t["tuned"].items() if m != "tokens")
         console.print(f"{name}: {line}")
     console.print(f"report: {out / 'report.md'}")
-    if target.run_dir is not None and target.recipe is not None and out == target.run_dir / "eval":
-        write_card(target.run_dir, target.recipe)  # the card shows the new results
+    if (target.run_dir is not None and target.recipe is not None and out == target.run_dir / "eval"
+            and (target.run_dir / rd.FINAL).is_dir()):
+        write_card(target.run_dir, target.recipe)  # the card shows the new results (an unfinished run has none)
     return out

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunekit.data.formats import FORMATS
@@ -20,6 +21,7 @@ from tunekit.data.messages import Conversation
 from tunekit.data.schema import DatasetSpec
 from tunekit.data.sources import read_rows
 from tunekit.data.templates import generation_prompts
+from tunekit.data.turns import THINK_CLOSE, THINK_OPEN
 from tunekit.errors import UserError, did_you_mean
 from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
@@ -52,6 +54,7 @@ class Example:
     choices: list[str] = field(default_factory=list)
     label: int = -1  # index of the right choice
     reply: dict | None = None  # the reference assistant turn itself (tool calls kept), for the loss
+    where: str = ""  # the row (file:line), for errors
 
     def conversation(self, answer: str | None = None) -> Conversation:
         """The prompt plus the reference turn (or `answer` as the assistant's reply), with the prompt's tools."""
@@ -83,9 +86,15 @@ def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str, tools: s
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
         return Example(Conversation.of(msgs[:last], getattr(msgs, "tools", None)), answer_text(msgs[last]),
                        reply=msgs[last])
-    prompt = [{"role": "user", "content": str(_col(row, "prompt", columns, where))}]
+    text = _col(row, "prompt", columns, where)
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"{where}: `{columns.get('prompt', 'prompt')}` must be a non-empty string, found {text!r:.60}")
+    prompt = [{"role": "user", "content": text}]
     answer = _col(row, "answer", columns, where)
     if fmt == "qa":
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+            raise UserError(f"{where}: `{columns.get('answer', 'answer')}` must be a non-empty string or a number, "
+                            f"found {answer!r:.60}")
         return Example(prompt, str(answer))
     choices = _col(row, "choices", columns, where)
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
@@ -107,8 +116,11 @@ def read_examples(task: EvalTask) -> list[Example]:
 
     loaded = read_rows(DatasetSpec(path=task.data.path, format="messages"))  # format is not used to read
     n = task.max_examples or len(loaded.rows)
-    return [parse_row(r, task.data.format, task.data.columns, where, task.data.tools)
-            for r, where in zip(loaded.rows[:n], loaded.where[:n])]
+    examples = [parse_row(r, task.data.format, task.data.columns, where, task.data.tools)
+                for r, where in zip(loaded.rows[:n], loaded.where[:n])]
+    for e, where in zip(examples, loaded.where[:n]):
+        e.where = where
+    return examples
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -145,6 +157,7 @@ def sequence_logprobs(model: Any, tokenizer: Any, encs: list[dict], batch_size: 
             # handed over beside the call, so the model computes no loss of its own
             with labels_for_positions(model, ids.masked_fill(~mask, -100)):
                 logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            logits = logits[:, -ids.shape[1]:]  # prompt tuning / p-tuning put their virtual tokens' logits first
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = ids[:, 1:].to(device)
             tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].to(device)
@@ -164,11 +177,25 @@ def run_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     examples = read_examples(task)
     encs = [encode(tokenizer, e.conversation(), ctx["max_length"], task.name, ctx.get("train_on", "assistant"))
             for e in examples]
-    res = sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})")
+    return loss_result(task, sequence_logprobs(model, tokenizer, encs, ctx["batch_size"],
+                                               f"{task.name} ({ctx['which']})"), ctx)
+
+
+def loss_result(task: EvalTask, res: list[tuple], ctx: dict) -> dict:
+    """Mean loss over the scored tokens; rows left with none (their answer cut by max_length) are counted apart
+    and reported, not counted as scored rows; a task with none scored is an error."""
     tokens = sum(c for _, c in res)
-    loss = -sum(s for s, _ in res) / max(tokens, 1)
-    return {"n": len(examples), "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                                            "tokens": float(tokens)}}
+    empty = sum(1 for _, c in res if c == 0)
+    if tokens == 0:
+        raise UserError(f"eval task `{task.name}`: no row has a scored token within max_length {ctx['max_length']} "
+                        "(every answer was cut off); raise data.max_length or shorten the prompts")
+    if empty:
+        console.print(f"[yellow]eval task `{task.name}`: {empty} of {len(res)} rows have no scored token within "
+                      f"max_length {ctx['max_length']} (their answers were cut off); left out of the loss[/]")
+    loss = -sum(s for s, _ in res) / tokens
+    return {"n": len(res) - empty, "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                                               "tokens": float(tokens)},
+            **({"rows_without_tokens": empty} if empty else {})}
 
 
 def run_heldout_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
@@ -182,6 +209,7 @@ def run_heldout_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> d
     if "heldout" not in cache:  # built once, for the tuned and the base model
         from tunekit.data.build import build_datasets
 
+        check_run_data(recipe, ctx.get("run_dir"))
         data = recipe.data.model_copy(update={"packing": False, "padding_free": False})
         _, cache["heldout"], _ = build_datasets(data, tokenizer, recipe.trainer.seed)
     rows = cache["heldout"]
@@ -189,10 +217,34 @@ def run_heldout_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> d
         rows = rows.select(range(min(task.max_examples, len(rows))))
     encs = [{"input_ids": r["input_ids"][: ctx["max_length"]],
              "mask": [lab != -100 for lab in r["labels"][: ctx["max_length"]]]} for r in rows]
-    res = sequence_logprobs(model, tokenizer, encs, ctx["batch_size"], f"{task.name} ({ctx['which']})")
-    tokens = sum(c for _, c in res)
-    loss = -sum(s for s, _ in res) / max(tokens, 1)
-    return {"n": len(encs), "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(tokens)}}
+    return loss_result(task, sequence_logprobs(model, tokenizer, encs, ctx["batch_size"],
+                                               f"{task.name} ({ctx['which']})"), ctx)
+
+
+def check_run_data(recipe: Any, run: Path | None) -> None:
+    """The files a run's hold-out is rebuilt from must be the ones it trained with (data.json's sha256): its
+    recipe keeps relative paths, which resolve against the current directory, not the one it was trained in."""
+    from tunekit.data.cache import source_fingerprints
+
+    record = run / "data.json" if run is not None else None
+    if record is None or not record.is_file():
+        return
+    recorded = json.loads(record.read_text()).get("files", {})
+    used = recipe.data.model_copy(update={"train": recipe.data.eval or recipe.data.train, "eval": []})
+    hint = (f"its relative paths resolve against the current directory ({Path.cwd()}): run tunekit eval from the "
+            "directory the run was trained in, or give the data with --task-file")
+    try:
+        now = source_fingerprints(used)
+    except UserError as e:
+        raise UserError(f"{run}: the run's data cannot be read ({e}); {hint}") from None
+
+    def digests(v: Any) -> Any:
+        return sorted(v.values()) if isinstance(v, dict) else v
+
+    changed = [k for k, v in now.items() if k in recorded and digests(v) != digests(recorded[k])]
+    if changed:
+        raise UserError(f"{run}: the run's data `{changed[0]}` is not what it was trained with (sha256 differs from "
+                        f"{record}); {hint}")
 
 
 def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
@@ -204,6 +256,9 @@ def run_multiple_choice(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -
     samples = []
     for e in examples:
         scores = [next(res) for _ in e.choices]
+        if any(c == 0 for _, c in scores):
+            raise UserError(f"{e.where}: a choice has no scored token within max_length {ctx['max_length']} (cut off), "
+                            "so it would score probability 1 and win; raise data.max_length or shorten the prompt")
         best = max(range(len(scores)), key=lambda i: scores[i][0])
         best_norm = max(range(len(scores)), key=lambda i: scores[i][0] / max(scores[i][1], 1))
         acc += best == e.label
@@ -248,18 +303,32 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, ba
     return out
 
 
+def final_answer(output: str, prompt: str) -> str:
+    """What a generated output answers: the text after its reasoning block (`<think>...</think>`, opened by the model
+    or by the generation prompt, as DeepSeek-R1's `<think>\\n`); "" when the reasoning never closed (cut off by
+    max_new_tokens: no answer, rather than a number picked out of the reasoning)."""
+    if THINK_CLOSE in output:
+        return output.rsplit(THINK_CLOSE, 1)[1].strip()
+    if THINK_OPEN in output or prompt.rstrip().endswith(THINK_OPEN):
+        return ""
+    return output
+
+
 def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
 
     examples = read_examples(task)
-    preds = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],
-                     f"{task.name} ({ctx['which']})")
+    outputs = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],
+                       f"{task.name} ({ctx['which']})")
+    prompts = prompt_texts(tokenizer, [e.prompt for e in examples])
+    preds = [[final_answer(o, p) for o in outs] for outs, p in zip(outputs, prompts)]
     totals: dict[str, float] = {}
     samples = []
-    for e, k_preds in zip(examples, preds):
+    for e, k_preds, outs in zip(examples, preds, outputs):
         for metric in task.metrics:
             for key, v in score_samples(k_preds, e.answer, metric, task.regex).items():
                 totals[key] = totals.get(key, 0.0) + v
         samples.append({"prompt": e.prompt[-1]["content"], "reference": e.answer, "prediction": k_preds[0],
+                        **({"output": outs[0]} if outs[0] != k_preds[0] else {}),
                         **({"samples": k_preds} if len(k_preds) > 1 else {})})
     n = len(examples)
     return {"n": n, "metrics": {k: v / n for k, v in totals.items()}, "samples": samples}
