@@ -235,12 +235,14 @@ def eval_(
     max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most N examples of each task."),
     task_file: Path = typer.Option(None, "--task-file", help="Your own task: a JSONL file (see --kind).",
                                    show_default=False),
-    kind: str = typer.Option("generation", "--kind", help="With --task-file: generation ({prompt, answer} rows, "
-                             "scored by --metric), choice ({prompt, choices, answer}) or loss (chat `messages` rows)."),
+    kind: str = typer.Option(None, "--kind", help="With --task-file: generation ({prompt, answer} rows, scored by "
+                             "--metric; the default), choice ({prompt, choices, answer}) or loss (chat `messages` rows).",
+                             show_default=False),
     data_format: str = typer.Option(None, "--format", help="With --task-file: row format if not the kind's default "
                                     "(qa, choice, messages, prompt_completion).", show_default=False),
     metric: list[str] = typer.Option(None, "--metric", help="With --kind generation: exact_match (default), "
-                                     "numeric_match, contains, regex, token_f1, rouge_l; repeatable."),
+                                     "numeric_match, contains, regex, token_f1, rouge_l, tool_call_format, "
+                                     "tool_call_name, tool_call_match; repeatable."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
@@ -252,7 +254,11 @@ def eval_(
     _state["debug"] |= debug
     from tunekit.eval.run import evaluate, file_task
 
-    extra = [file_task(task_file, kind, data_format, metric)] if task_file else []
+    if not task_file and (kind or data_format or metric):
+        flags = ", ".join(f for f, v in (("--kind", kind), ("--format", data_format), ("--metric", metric)) if v)
+        raise UserError(f"{flags}: describe(s) a --task-file; give --task-file FILE, or leave them out to run the "
+                        "recipe's tasks")
+    extra = [file_task(task_file, kind or "generation", data_format, metric)] if task_file else []
     evaluate(target, task or [], out, overwrite, False if no_base else None, batch_size, max_examples, extra)
 
 

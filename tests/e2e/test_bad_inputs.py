@@ -71,6 +71,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     ("methods-show-no-name", lambda t: ["methods", "show"], "Missing argument 'name'"),
     ("eval-batch-size-0", lambda t: ["eval", t, "--batch-size", "0"], "'--batch-size'"),
     ("eval-max-examples-neg", lambda t: ["eval", t, "--max-examples", "-1"], "'--max-examples'"),
+    ("eval-kind-without-file", lambda t: ["eval", t, "--kind", "choice", "--metric", "contains"],
+     "--kind, --metric: describe(s) a --task-file"),
     # merge options
     ("merge-weights-nan", lambda t: ["merge", "a", "b", "--out", t / "m", "--weights", "nan,1"], "nan is not a finite"),
     ("merge-weights-inf", lambda t: ["merge", "a", "b", "--out", t / "m", "--weights", "1,inf"], "inf is not a finite"),

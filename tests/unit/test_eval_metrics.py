@@ -185,6 +185,20 @@ def test_default_task_on_each_eval_format() -> None:
         heldout_task(DatasetSpec(path="p.jsonl", format="preference"), "")
 
 
+def test_a_dpo_run_without_tasks_is_refused_before_announcing_tasks(capsys) -> None:  # noqa: ANN001
+    """It printed "tasks: none given; loss and perplexity on the run's eval split" and then refused."""
+    from types import SimpleNamespace
+
+    from tests.conftest import RECIPES
+    from tunekit.eval.run import choose_tasks
+    from tunekit.recipe.load import load_recipe
+
+    recipe = load_recipe(RECIPES / "dpo.yaml")
+    with pytest.raises(UserError, match="format preference has no default eval task"):
+        choose_tasks(SimpleNamespace(recipe=recipe, run_dir=None, label="runs/dpo"), [])
+    assert "tasks: none given" not in capsys.readouterr().err
+
+
 def test_reasoning_is_not_the_answer() -> None:
     """Generation metrics score what follows the reasoning block; a block that never closed (cut by
     max_new_tokens, or opened by the prompt as DeepSeek-R1's) is no answer, not a number picked from it."""

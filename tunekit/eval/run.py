@@ -50,11 +50,13 @@ def choose_tasks(target: Any, names: list[str], extra: list[EvalTask] | None = N
         console.print(f"tasks: the recipe's eval.tasks ({', '.join(t.name for t in recipe.eval.tasks)})")
         return list(recipe.eval.tasks)
     if recipe is not None and recipe.data.eval:
+        tasks = [heldout_task(s, "" if len(recipe.data.eval) == 1 else f"-{i + 1}")
+                 for i, s in enumerate(recipe.data.eval)]  # a format no task reads is refused before anything is said
         check_run_data(recipe, target.run_dir)
         answers = all(s.format == "prompt_answer" for s in recipe.data.eval)
         console.print(f"tasks: none given; {'answers (numeric match)' if answers else 'loss and perplexity'} on the "
                       f"run's eval split (data.eval: {', '.join(s.path for s in recipe.data.eval)})")
-        return [heldout_task(s, "" if len(recipe.data.eval) == 1 else f"-{i + 1}") for i, s in enumerate(recipe.data.eval)]
+        return tasks
     if recipe is not None and recipe.data.eval_fraction:
         console.print(f"tasks: none given; loss and perplexity on the run's hold-out (data.eval_fraction "
                       f"{recipe.data.eval_fraction:g} of the training rows, rebuilt by the data stage)")
