@@ -88,7 +88,10 @@ def load_session(target: str, settings: Generation, system: str | None, tools: s
     console.print(f"chat: {t.label} ({t.kind}{', base ' + t.model_cfg.path if t.kind == 'adapter' else ''})")
     trained_with = next((s.tools for s in t.recipe.data.train if s.tools), None) if t.recipe is not None else None
     source = tools or trained_with
-    schemas = read_tools(source) if source else None
+    try:
+        schemas = read_tools(source) if source else None
+    except UserError as e:  # read_tools names a dataset's `tools:` file; here the file came from --tools
+        raise UserError(str(e).replace("data: tools file", "--tools: file", 1) if tools else str(e)) from None
     if schemas:
         probe = [{"role": "user", "content": "hi"}]
         if tokenizer.apply_chat_template(probe, tools=schemas, tokenize=False) == \

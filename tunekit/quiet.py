@@ -8,7 +8,8 @@ heavy library is imported:
   display (`trainers/display.py`) is the one progress bar;
 - bitsandbytes (imported by peft for every adapter, QLoRA or not) does not warn about optional CPU kernels;
 - DeepSpeed (imported by accelerate when installed) does not announce that it fell back to the CPU;
-- deprecation warnings raised inside libraries (peft still reads `is_gradient_checkpointing`) are not shown.
+- deprecation warnings raised inside libraries (peft still reads `is_gradient_checkpointing`) are not shown, nor
+  warnings about what a library handles itself (`DROPPED_WARNINGS`).
 
 The settings are environment variables, so processes relaunched under torchrun inherit them.
 """
@@ -32,6 +33,9 @@ ENV = {
 QUIET_LOGGERS = ("bitsandbytes", "trl", "torch.distributed.elastic.multiprocessing.redirects")
 # single messages dropped from loggers that otherwise stay at their level
 DROPPED_MESSAGES = {"DeepSpeed": ("Setting accelerator to CPU",)}
+# library warnings about something the library handles itself (peft ignores the position ids generate passes to a
+# prompt-tuning model, and says so at every call)
+DROPPED_WARNINGS = ("Position ids are not supported for parameter efficient tuning",)
 
 
 def is_verbose() -> bool:
@@ -61,3 +65,5 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).addFilter(_DropMessages(starts))
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
+    for message in DROPPED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)

@@ -174,3 +174,6 @@ def test_chat_uses_the_tools_the_run_trained_with(trained: tuple[Path, subproces
     assert "tools: calc, weather (from builtin:tools/tools.json, the run’s training data)" in proc.stderr
     refused = _chat(trained[0], "--tools", str(REPO_TOOLS), "--prompt", "hi")
     assert refused.returncode == 2 and "ignores tool schemas" in refused.stderr and "Traceback" not in refused.stderr
+    (tmp_path / "bad.json").write_text("[{")
+    bad = _chat(tmp_path / "run", "--tools", str(tmp_path / "bad.json"), "--prompt", "hi")
+    assert bad.returncode == 2 and "--tools: file" in bad.stderr and "data:" not in bad.stderr  # the flag, not data:
