@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunekit.data.formats import FORMATS
 from tunekit.data.masking import tokenize_with_mask
@@ -27,6 +27,9 @@ from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
 from tunekit.methods.interventions import labels_for_positions
 from tunekit.ui import console
+
+if TYPE_CHECKING:
+    from tunekit.recipe.schema import Recipe
 
 QA_METRICS = ["numeric_match", "exact_match", "contains", "regex", "token_f1", "rouge_l"]
 SHIPPED: dict[str, dict] = {
@@ -221,7 +224,7 @@ def run_heldout_loss(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> d
                                                f"{task.name} ({ctx['which']})"), ctx)
 
 
-def check_run_data(recipe: Any, run: Path | None) -> None:
+def check_run_data(recipe: Recipe, run: Path | None) -> None:
     """The files a run's hold-out is rebuilt from must be the ones it trained with (data.json's sha256): its
     recipe keeps relative paths, which resolve against the current directory, not the one it was trained in."""
     from tunekit.data.cache import source_fingerprints
