@@ -16,7 +16,7 @@ import typer
 
 from tunekit import __version__
 from tunekit.errors import RunStopped, UserError, did_you_mean
-from tunekit.paths import shipped_dir
+from tunekit.paths import create_dir, shipped_dir
 
 app = typer.Typer(
     name="tunekit",
@@ -265,21 +265,32 @@ def eval_(
 @app.command()
 def merge(
     inputs: list[str] = typer.Argument(..., help="Run directories, adapter directories or full model directories."),
-    out: Path = typer.Option(..., "--out", help="Directory for the merged model (must not exist or be empty)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged model (must not exist or be empty); "
+                             "written as OUT.partial-PID next to it and renamed when complete."),
     method: str = typer.Option(None, "--method", help="With several inputs: linear (default), soup, greedy_soup, "
                                "task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, breadcrumbs, model_stock."),
-    weights: str = typer.Option(None, "--weights", help="Comma-separated weight per input, e.g. 0.7,0.3."),
-    density: float = typer.Option(0.5, "--density", help="Fraction of each delta kept (ties, dare, pruning)."),
-    scale: float = typer.Option(1.0, "--scale", help="Scaling of the summed task vectors (lambda)."),
-    base: str = typer.Option(None, "--base", help="Base model (default: from the inputs' recipes / adapter configs)."),
+    weights: str = typer.Option(None, "--weights", help="Comma-separated weight per input, e.g. 0.7,0.3 (not "
+                                "greedy_soup, model_stock)."),
+    density: float = typer.Option(0.5, "--density", help="Fraction of each delta kept, in (0, 1] (ties, dare_*, "
+                                  "magnitude_prune, breadcrumbs)."),
+    scale: float = typer.Option(1.0, "--scale", help="Scaling of the summed task vectors, lambda (task_arithmetic, "
+                                "ties, dare_*, magnitude_prune, breadcrumbs; the averaging methods take none)."),
+    base: str = typer.Option(None, "--base", help="Base model of a multi-input merge (default: from the inputs' "
+                             "recipes / adapter configs)."),
     eval_data: str = typer.Option(None, "--eval-data", help="Held-out JSONL (messages) for greedy_soup."),
     dtype: str = typer.Option("float32", "--dtype", help="Dtype of the merged weights: float32, bfloat16, float16."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference (adapter merge)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops."),
-    outliers: float = typer.Option(0.01, "--outliers", help="breadcrumbs: fraction of largest deltas dropped."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed logit difference, >= 0 (adapter "
+                                    "merge)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops (dare_linear, dare_ties)."),
+    outliers: float = typer.Option(0.01, "--outliers", help="breadcrumbs: fraction of largest deltas dropped, in "
+                                   "[0, 1), with --outliers + --density <= 1."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Merge an adapter into its base model, or merge several models / adapters with the same base.
+
+    An option the chosen method does not use is refused. LoReFT/LoFiT/bottleneck and virtual-token (prompt,
+    prefix, p-tuning) runs cannot be merged: use them attached. Several inputs must share the tokenizer and
+    chat template. See docs/eval-merge.md.
 
     Examples: tunekit merge runs/quickstart --out merged/
               tunekit merge runs/a runs/b --method ties --density 0.3 --out merged-ties/
@@ -288,6 +299,12 @@ def merge(
     from tunekit.merge.run import merge_cli
 
     merge_cli(inputs, out, method, weights, density, scale, base, eval_data, dtype, tolerance, seed, outliers)
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"{value} is not > 0 (1 means no penalty)")
+    return value
 
 
 @app.command()
@@ -302,7 +319,8 @@ def chat(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens generated per reply at most."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0: greedy decoding."),
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.0, help="> 1 discourages repeats."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", callback=_positive,
+                                             help="Must be > 0; 1: none, > 1 discourages repeats."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
@@ -406,8 +424,11 @@ def recipes_copy(
     target = dest / src.name if dest.is_dir() else dest
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, target)
+    create_dir(target.parent, "DEST")
+    try:
+        shutil.copyfile(src, target)
+    except OSError as e:
+        raise UserError(f"DEST {target}: cannot write the file ({e.strerror or e})") from None
     typer.echo(f"copied {src.stem} -> {target}")
 
 

@@ -45,3 +45,16 @@ def decode_utf8(raw: bytes, name: str, line_offset: int = 0) -> str:
 def cache_root() -> Path:
     """$TUNEKIT_CACHE, or ~/.cache/tunekit: builtin models and the data cache live below it."""
     return Path(os.environ.get("TUNEKIT_CACHE", Path.home() / ".cache" / "tunekit")).expanduser()
+
+
+def create_dir(path: Path, flag: str, given: Path | None = None) -> Path:
+    """Create the output directory `path` (and its parents) for the option `flag`; one that cannot be created (a
+    file in the way, a read-only or virtual filesystem) is a UserError naming the flag, the path and the reason.
+    `given` is what the user passed when `path` is a directory made next to it (a merge's partial output)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = f"{given}: cannot create directory {path}" if given else f"{path}: cannot create directory"
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise UserError(f"{flag} {where} ({why})") from None
+    return path

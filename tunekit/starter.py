@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from tunekit.data.schema import ROW_KEYS
 from tunekit.errors import UserError, did_you_mean
 from tunekit.methods.schema import LORA_VARIANTS
+from tunekit.paths import create_dir
 from tunekit.recipe import reference
 from tunekit.recipe.schema import Recipe
 
@@ -88,8 +89,11 @@ def init_recipe(out: Path, model: str, data: str, fmt: str | None, method: str, 
     check_exists(recipe.data.train)
     header = (f"# Starter recipe written by `tunekit init`. Check it: tunekit validate {out}  (--explain lists every\n"
               f"# key with its default).  Train: tunekit train {out}\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + reference.commented(sections, recipe), encoding="utf-8")
+    create_dir(out.parent, "OUT")
+    try:
+        out.write_text(header + reference.commented(sections, recipe), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"OUT {out}: cannot write the file ({e.strerror or e})") from None
     yaml.safe_load(out.read_text(encoding="utf-8"))  # the comments never break the YAML
     return recipe
 

@@ -96,10 +96,14 @@ def _with_dtype(cfg: ModelConfig, dtype: str | None) -> ModelConfig:
     return cfg.model_copy(update={"dtype": dtype}) if dtype else cfg
 
 
-def load_tokenizer_for(t: Target) -> Any:
+def tokenizer_source(t: Target) -> str:
+    """Where `t`'s tokenizer comes from: its weights directory when it saved one, else its base model."""
     w = Path(t.weights)
-    src = str(w) if (w / "tokenizer_config.json").is_file() else resolve_model_path(t.model_cfg)
-    return load_tokenizer(t.model_cfg, src)
+    return str(w) if (w / "tokenizer_config.json").is_file() else resolve_model_path(t.model_cfg)
+
+
+def load_tokenizer_for(t: Target) -> Any:
+    return load_tokenizer(t.model_cfg, tokenizer_source(t))
 
 
 def load_base(t: Target, dtype: str | None = None) -> Any:

@@ -27,6 +27,12 @@ def _recipe(tmp: Path, edit: Callable[[dict], None] | None = None, text: str | N
     return path
 
 
+def _file(tmp: Path) -> Path:
+    """A plain file where a command's output directory would go."""
+    (tmp / "afile").write_text("x")
+    return tmp / "afile"
+
+
 def _set(dotted: str, value: object) -> Callable[[dict], None]:
     def edit(data: dict) -> None:
         *parents, last = dotted.split(".")
@@ -80,6 +86,26 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     ("merge-weights-zero", lambda t: ["merge", "a", "b", "--out", t / "m", "--weights", "0,0"], "--weights `0,0`"),
     ("merge-dtype", lambda t: ["merge", "a", "--out", t / "m", "--dtype", "float8"], "--dtype float8"),
     ("merge-scale-inf", lambda t: ["merge", "a", "b", "--out", t / "m", "--scale", "inf"], "--scale inf"),
+    ("merge-outliers-2", lambda t: ["merge", "a", "b", "--method", "breadcrumbs", "--outliers", "2", "--out", t / "m"],
+     "--outliers 2.0: must be in [0, 1)"),
+    ("merge-outliers-neg", lambda t: ["merge", "a", "b", "--method", "breadcrumbs", "--outliers=-0.5", "--out",
+                                      t / "m"], "--outliers -0.5: must be in [0, 1)"),
+    ("merge-outliers-density", lambda t: ["merge", "a", "b", "--method", "breadcrumbs", "--outliers", "0.6",
+                                          "--density", "0.6", "--out", t / "m"], "--outliers 0.6 --density 0.6"),
+    ("merge-scale-unused", lambda t: ["merge", "a", "b", "--scale", "0.5", "--out", t / "m"],
+     "--scale 0.5: --method linear does not use it"),
+    ("merge-scale-soup", lambda t: ["merge", "a", "b", "--method", "model_stock", "--scale", "2", "--out", t / "m"],
+     "--scale 2.0: --method model_stock does not use it"),
+    ("merge-density-adapter", lambda t: ["merge", "a", "--density", "0.3", "--out", t / "m"],
+     "--density 0.3: an adapter merge (one input, no --method) does not use it"),
+    ("merge-tolerance-neg", lambda t: ["merge", "a", "--tolerance=-1", "--out", t / "m"], "--tolerance -1.0: must be"),
+    ("chat-repetition-penalty-0", lambda t: ["chat", "a", "--repetition-penalty", "0"], "0.0 is not > 0"),
+    ("recipes-copy-unwritable", lambda t: ["recipes", "copy", "quickstart", _file(t) / "q.yaml"],
+     "DEST {t}/afile: cannot create directory (a file is in the way)"),
+    ("init-unwritable", lambda t: ["init", _file(t) / "x.yaml", "--model", "builtin:tiny-llama", "--data",
+                                   "builtin:quickstart/train.jsonl"], "OUT {t}/afile: cannot create directory"),
+    ("compare-unwritable", lambda t: ["compare", tiny_recipe(t), "--vary", "method.name=lora,dora", "--out",
+                                      _file(t)], "--out {t}/afile: cannot create directory (a file is in the way)"),
     # recipe text
     ("recipe-not-utf8", lambda t: ["validate", _raw(t, b"model:\n  path: caf\xe9\n")], "raw.yaml:2:12: byte 0xe9"),
     ("recipe-latin1-comment", lambda t: ["validate", _raw(t, b"# r\xe9sum\xe9\nmodel: {}\n")], "raw.yaml:1:4"),

@@ -168,3 +168,17 @@ def test_eval_of_a_run_with_an_eval_fraction_hold_out_scores_that_hold_out(tmp_p
     assert task["n"] == 100  # 5% of the 2000 quickstart rows
     assert task["tuned"]["loss"] == pytest.approx(trained, rel=1e-4)
     assert task["base"]["loss"] > task["tuned"]["loss"]
+
+
+@pytest.mark.parametrize("method", ["loreft", "bottleneck"])
+def test_merging_several_inputs_refuses_an_interventions_run(method: str, run: Path, tmp_path: Path) -> None:
+    """Their weights are not in the model's state dict: a multi-input merge must not treat them as the base."""
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, method={"name": method}, trainer={"max_steps": 2},
+                         output={"dir": str(tmp_path / method)})
+    run_cli("train", recipe, check=True)
+    proc = run_cli("merge", run, tmp_path / method, "--out", tmp_path / "m")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{tmp_path / method / 'final'}: holds LoReFT/LoFiT interventions or bottleneck adapters" in proc.stderr
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob("m.partial-*"))

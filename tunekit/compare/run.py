@@ -30,6 +30,7 @@ from tunekit import run_dir
 from tunekit.compare import check, grid, report
 from tunekit.compare.grid import Variant
 from tunekit.errors import RunStopped, UserError
+from tunekit.paths import create_dir
 from tunekit.ui import console
 
 STOPPED = (130, 143)  # tunekit train's exit codes after SIGINT / SIGTERM
@@ -50,7 +51,7 @@ def compare(recipe: Path, vary: list[str], overrides: list[str], steps: int | No
     parent = out or Path("runs") / f"compare-{recipe.stem}"
     grid.name_variants(variants, parent)
     actions = {v.name: action(v, overwrite) for v in variants if v.recipe is not None}
-    parent.mkdir(parents=True, exist_ok=True)
+    create_dir(parent, "--out")
     doc = report.start(recipe, axes, common, steps, parent, variants, command)
     invalid = sum(v.recipe is None for v in variants)
     say(f"compare: {len(variants)} variant{'s' * (len(variants) != 1)} of {recipe}"

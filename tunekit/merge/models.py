@@ -26,10 +26,17 @@ from typing import Any
 from tunekit.errors import UserError
 from tunekit.eval.schema import EvalTask, TaskData
 from tunekit.eval.tasks import run_loss
-from tunekit.merge.adapter import prepare_out, save
+from tunekit.merge.adapter import check_mergeable, partial_out, save
 from tunekit.model.load import resolve_model_path
 from tunekit.model.schema import ModelConfig
-from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
+from tunekit.targets import (
+    Target,
+    load_base,
+    load_tokenizer_for,
+    load_tuned,
+    resolve_target,
+    tokenizer_source,
+)
 from tunekit.ui import console
 
 METHODS = ("linear", "soup", "greedy_soup", "task_arithmetic", "ties", "dare_linear", "dare_ties",
@@ -119,6 +126,8 @@ def _input_origin(t: Target) -> str:
 def load_inputs(inputs: list[str], base: str | None) -> tuple[Target, list[Target], ModelConfig]:
     """(base target, input targets, base model); each input's base must be the same model."""
     targets = [resolve_target(i) for i in inputs]
+    for t in targets:
+        check_mergeable(t)
     known = [t for t in targets if t.kind == "adapter" or t.run_dir is not None]
     if base:
         cfg = ModelConfig(path=base, dtype="float32")
@@ -141,6 +150,22 @@ def full_state(t: Target) -> dict:
     if t.kind == "adapter":
         model = model.merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def shared_tokenizer(targets: list[Target]) -> Any:
+    """The inputs' tokenizer: the merged model keeps one, so every input's vocabulary and chat template must be
+    the first input's."""
+    toks = [load_tokenizer_for(t) for t in targets]
+    for t, tok in zip(targets[1:], toks[1:]):
+        differs = ("vocabulary" if tok.get_vocab() != toks[0].get_vocab() else
+                   "chat template" if getattr(tok, "chat_template", None) != getattr(toks[0], "chat_template", None)
+                   else None)
+        if differs:
+            raise UserError(f"merge: the inputs `{targets[0].label}` and `{t.label}` have different tokenizers (the "
+                            f"{differs} of {tokenizer_source(t)} is not the one of {tokenizer_source(targets[0])}); "
+                            "a merged model keeps one tokenizer, so merge only models trained with the same "
+                            "tokenizer and chat template")
+    return toks[0]
 
 
 def check_shapes(base: dict, state: dict, t: Target) -> None:
@@ -202,26 +227,27 @@ def merge_models(inputs: list[str], out: Path, method: str, weights: list[float]
     if method == "greedy_soup" and not eval_data:
         raise UserError("--method greedy_soup needs --eval-data FILE (JSONL, messages format) to score the soup")
     base_t, targets, _ = load_inputs(inputs, base)
-    prepare_out(out)
-    model = load_base(base_t, "float32")
-    base_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = []
-    for t in targets:
-        states.append(full_state(t))
-        check_shapes(base_sd, states[-1], t)
-    tokenizer = load_tokenizer_for(targets[0])
-    info: dict = {"method": method, "inputs": inputs, "base": base_t.label, "weights": weights, "density": density,
-                  "scale": scale, "seed": seed, "dtype": dtype}
-    if method == "greedy_soup":
-        kept, details = greedy_soup(base_sd, states, model, tokenizer, eval_data or "")
-        info.update(details, ingredients=[inputs[i] for i in kept])
-        states, weights = [states[i] for i in kept], None
-    torch.manual_seed(seed)
-    merged = merge_states(base_sd, states, method, weights, density, scale, outliers)
-    if method == "model_stock":
-        info["model_stock_t"] = model_stock_summary(base_sd, states)
-    model.load_state_dict(merged)
-    model.to(getattr(torch, dtype))
-    save(model, tokenizer, out, info)
+    tokenizer = shared_tokenizer(targets)
+    with partial_out(out) as partial:
+        model = load_base(base_t, "float32")
+        base_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        states = []
+        for t in targets:
+            states.append(full_state(t))
+            check_shapes(base_sd, states[-1], t)
+        info: dict = {"method": method, "inputs": inputs, "base": base_t.label,
+                      "tokenizer": tokenizer_source(targets[0]), "weights": weights, "density": density,
+                      "scale": scale, "seed": seed, "dtype": dtype}
+        if method == "greedy_soup":
+            kept, details = greedy_soup(base_sd, states, model, tokenizer, eval_data or "")
+            info.update(details, ingredients=[inputs[i] for i in kept])
+            states, weights = [states[i] for i in kept], None
+        torch.manual_seed(seed)
+        merged = merge_states(base_sd, states, method, weights, density, scale, outliers)
+        if method == "model_stock":
+            info["model_stock_t"] = model_stock_summary(base_sd, states)
+        model.load_state_dict(merged)
+        model.to(getattr(torch, dtype))
+        save(model, tokenizer, partial, out, info)
     console.print(f"merged {len(states)} models with {method} -> {out}")
     return info
