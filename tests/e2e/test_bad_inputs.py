@@ -106,6 +106,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
                                    "builtin:quickstart/train.jsonl"], "OUT {t}/afile: cannot create directory"),
     ("compare-unwritable", lambda t: ["compare", tiny_recipe(t), "--vary", "method.name=lora,dora", "--out",
                                       _file(t)], "--out {t}/afile: cannot create directory (a file is in the way)"),
+    ("eval-unwritable", lambda t: ["eval", tiny_recipe(t), "--task", "quickstart-loss", "--out", _file(t) / "r"],
+     "--out {t}/afile/r: cannot create directory (a file is in the way)"),
     # recipe text
     ("recipe-not-utf8", lambda t: ["validate", _raw(t, b"model:\n  path: caf\xe9\n")], "raw.yaml:2:12: byte 0xe9"),
     ("recipe-latin1-comment", lambda t: ["validate", _raw(t, b"# r\xe9sum\xe9\nmodel: {}\n")], "raw.yaml:1:4"),

@@ -20,6 +20,7 @@ from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
 from tunekit.eval.tasks import RUNNERS, check_run_data, read_examples, shipped_task
 from tunekit.model_card import write_card
+from tunekit.paths import create_dir
 from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
 from tunekit.ui import console
 
@@ -169,7 +170,7 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
            "train_on": target.recipe.data.train_on if target.recipe else "assistant",
            "batch_size": batch_size or (cfg.batch_size if cfg else 8), "recipe": target.recipe,
            "run_dir": target.run_dir, "cache": {}}
-    out = report_dir(out or default_out(target), overwrite)
+    out = create_dir(report_dir(out or default_out(target), overwrite), "--out")  # before any task runs
 
     tokenizer = load_tokenizer_for(target)
     console.rule(f"[bold]tunekit eval[/] {target.label} -> {out}")
