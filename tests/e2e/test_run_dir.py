@@ -169,3 +169,19 @@ def test_eval_of_a_run_with_torn_weights_or_a_file_as_out_exits_2(finished: Path
     proc = run_cli("eval", run, "--task", "quickstart-loss", "--max-examples", "2", "--no-base")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the saved weights cannot be read" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_runs_resolved_recipe_validates_plans_and_trains(method: str, tmp_path: Path) -> None:
+    """recipe.resolved.yaml is a working recipe: it holds every peft option, `runtime_config: null` (peft builds
+    a LoraRuntimeConfig) and `loftq_config: {}` among them, and each must mean what leaving it out means."""
+    recipe = tiny_recipe(tmp_path, method={"name": method, "r": 4, "alpha": 8}, trainer={"max_steps": 1})
+    run_cli("train", recipe, check=True)
+    resolved = tmp_path / "run" / "recipe.resolved.yaml"
+    assert "runtime_config: null" in resolved.read_text()
+    assert "valid" in run_cli("validate", resolved, check=True).stdout
+    plan = run_cli("plan", resolved, "--no-data", check=True)
+    assert "Traceback" not in plan.stderr
+    again = run_cli("train", resolved, f"output.dir={tmp_path / 'again'}", check=True)
+    assert "loftq_config" not in again.stderr  # peft warns when a LoftQ config comes without init loftq
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["global_step"] == 1
