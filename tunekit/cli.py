@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, ...) are imported inside the commands that
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -147,9 +148,10 @@ def plan(
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     gpu: str = typer.Option(None, "--gpu", help="GPU name: A100-40, A100-80, H100, H200, L40S, RTX-4090, ... "
                             "(default A100-80).", show_default=False),
-    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GiB (instead of --gpu).",
-                                     show_default=False),
-    nproc: int = typer.Option(None, "--nproc", help="Processes (GPUs) per node (launch.nproc).", show_default=False),
+    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GiB (with --gpu: that GPU's FLOP/s, "
+                                     "this memory).", show_default=False),
+    nproc: int = typer.Option(None, "--nproc", min=1, help="Processes (GPUs) per node (launch.nproc).",
+                              show_default=False),
     no_data: bool = typer.Option(False, "--no-data", help="Skip the data plan (no tokenisation)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
@@ -168,9 +170,12 @@ def plan(
     from tunekit.plan.report import render
     from tunekit.recipe.load import load_recipe
 
-    r = load_recipe(recipe, [*(overrides or []), *([f"launch.nproc={nproc}"] if nproc else [])])
+    if gpu_memory is not None and not (0 < gpu_memory < math.inf):
+        raise UserError(f"--gpu-memory: {gpu_memory:g} is not a memory size; give the GPU's memory in GiB (> 0)")
+    r = load_recipe(recipe, [*(overrides or []), *([f"launch.nproc={nproc}"] if nproc is not None else [])])
     named = hardware.gpu(gpu) if gpu else None
-    target = hardware.custom(gpu_memory, named) if gpu_memory else named or hardware.gpu(hardware.DEFAULT_GPU)
+    target = hardware.custom(gpu_memory, named) if gpu_memory is not None else named or \
+        hardware.gpu(hardware.DEFAULT_GPU)
     result = make_plan(r, target, with_data=not no_data)
     typer.echo(json.dumps(result, indent=2) if as_json else render(result), nl=False)
 
@@ -416,12 +421,16 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. quickst
 @recipes_app.command("copy")
 def recipes_copy(
     name: str = typer.Argument(..., help="Recipe name, e.g. quickstart."),
-    dest: Path = typer.Argument(..., help="Destination file or directory."),
+    dest: str = typer.Argument(..., help="Destination .yaml file, or a directory (made if DEST ends in /) to copy "
+                               "NAME.yaml into."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing destination file."),
 ) -> None:
     """Copy a shipped recipe to DEST so you can edit it."""
     src = _recipe_path(name)
-    target = dest / src.name if dest.is_dir() else dest
+    into_dir = Path(dest).is_dir() or dest.endswith(("/", os.sep))  # Path("newdir/") drops the slash
+    target = Path(dest) / src.name if into_dir else Path(dest)
+    if target.suffix not in (".yaml", ".yml"):
+        raise UserError(f"{dest}: give the copy a .yaml file name, or a directory ending in / to copy {src.name} into")
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it")
     create_dir(target.parent, "DEST")

@@ -20,7 +20,7 @@ from tunekit.data.select import summary_lines
 from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
-from tunekit.model.load import load_tokenizer, resolve_model_path
+from tunekit.model.load import absolute_local, load_tokenizer, resolve_model_path
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
@@ -62,6 +62,8 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     import transformers
 
     out = Path(recipe.output.dir)
+    recipe.model.path = absolute_local(recipe.model.path)  # what the run writes must not depend on the cwd
+    recipe.model.tokenizer = absolute_local(recipe.model.tokenizer)
     check_trackers(list(getattr(recipe.trainer, "report_to", [])))  # before anything is written
     check_fast_paths(recipe.trainer)
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files

@@ -1,7 +1,7 @@
 """The run directory: layout, overwrite/resume rules, metrics, versions and summary files.
 
     RUN_DIR/
-      recipe.resolved.yaml   the validated recipe with every default filled in
+      recipe.resolved.yaml   the validated recipe with every default filled in (a local model dir: absolute path)
       versions.json          python and library versions
       data.json              data fingerprint (sha256 of each file) and preprocessing statistics
       metrics.jsonl          one JSON object per logged step (schema in the README, written by tunekit/metrics.py)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from tunekit.data.schema import ROW_KEYS
+from tunekit.data.schema import ROW_KEYS, DatasetSpec
 from tunekit.errors import UserError, did_you_mean
 from tunekit.methods.schema import LORA_VARIANTS
 from tunekit.paths import create_dir
@@ -25,6 +25,7 @@ KIND_FOR_FORMAT = {"preference": "dpo", "unpaired_preference": "kto", "prompt_an
 # Formats tried in this order when a row's keys fit several (a `messages` row may also carry `text`, ...).
 DETECT_ORDER = ("messages", "sharegpt", "preference", "unpaired_preference", "prompt_answer", "alpaca",
                 "prompt_completion", "text")
+CHECKED_ROWS = 5  # rows `init` reads in the format before it writes the recipe
 ADAPTER_LR, FULL_LR = {"sft": 2e-4, "dpo": 5e-5, "kto": 5e-5, "orpo": 5e-5, "cpo": 5e-5, "reft": 1e-4}, 1e-5
 
 
@@ -78,6 +79,7 @@ def init_recipe(out: Path, model: str, data: str, fmt: str | None, method: str, 
         raise UserError(f"{out} exists; choose another file name or pass --force to replace it")
     if out.suffix not in (".yaml", ".yml"):
         raise UserError(f"{out}: give the recipe a .yaml file name")
+    fmt_given = fmt is not None
     fmt = fmt or detect_format(data)
     if fmt not in ROW_KEYS:
         raise UserError(f"--format: `{fmt}` is not a data format; choose one of {', '.join(ROW_KEYS)}")
@@ -87,6 +89,7 @@ def init_recipe(out: Path, model: str, data: str, fmt: str | None, method: str, 
     except ValidationError as e:
         raise UserError(_flag_error(e.errors()[0], f"--model {model} --method {method} --format {fmt}")) from None
     check_exists(recipe.data.train)
+    check_rows(recipe.data.train[0], "--format" if fmt_given else f"--data {data} (format read as `{fmt}`)")
     header = (f"# Starter recipe written by `tunekit init`. Check it: tunekit validate {out}  (--explain lists every\n"
               f"# key with its default).  Train: tunekit train {out}\n")
     create_dir(out.parent, "OUT")
@@ -96,6 +99,25 @@ def init_recipe(out: Path, model: str, data: str, fmt: str | None, method: str, 
         raise UserError(f"OUT {out}: cannot write the file ({e.strerror or e})") from None
     yaml.safe_load(out.read_text(encoding="utf-8"))  # the comments never break the YAML
     return recipe
+
+
+def check_rows(spec: DatasetSpec, flag: str) -> None:
+    """Read the first CHECKED_ROWS rows as `spec.format` says, with the format's own error (a missing column, a
+    wrong type) told in terms of `flag`: detect_format looks at the first row's keys only, and --format at none."""
+    from tunekit.data.formats import FORMATS
+    from tunekit.data.preference import ROW_CONVERTERS
+    from tunekit.data.sources import read_rows
+
+    convert = {**FORMATS, **ROW_CONVERTERS}[spec.format]
+    rows = read_rows(spec)
+    if not len(rows):
+        raise UserError(f"--data {spec.path}: the file has no rows")
+    raw, wheres = rows.fetch(list(range(min(CHECKED_ROWS, len(rows)))))
+    for row, where in zip(raw, wheres):
+        try:
+            convert(row, spec, where)
+        except UserError as e:
+            raise UserError(f"{flag}: the data does not read as format `{spec.format}`: {e}") from None
 
 
 def _flag_error(err: dict, flags: str) -> str:

@@ -66,8 +66,7 @@ def test_compare_two_variants_table_plot_listing_and_rerun(tmp_path: Path) -> No
 @pytest.mark.slow  # ~110 s on 2 cores (by hand: make test-all); the default test covers the common path
 def test_compare_train_failure_method_switch_resume_and_changed_recipe(tmp_path: Path) -> None:
     """A variant failing in training is listed with its `error:` line; ia3 leaves out LoRA's r/alpha and trains;
-    more --steps resumes each finished variant from its checkpoint; a changed recipe is refused unless
-    --overwrite."""
+    a changed recipe is refused unless --overwrite."""
     recipe = tiny_recipe(tmp_path, output={"save_steps": 1})
     parent = tmp_path / "cmp"
     vary = ("--vary", "method.name=lora,ia3,lora+method.target_modules=[nope]", "--out", parent)
@@ -83,16 +82,28 @@ def test_compare_train_failure_method_switch_resume_and_changed_recipe(tmp_path:
     md = (parent / "compare.md").read_text()
     assert "left out `method.r`, `method.alpha`" in md and "Target modules {'nope'} not found" in md
 
-    longer = run_cli("compare", recipe, *vary, "--steps", "3")
-    assert longer.returncode == 0, longer.stderr
-    assert longer.stderr.count("training (resuming from its checkpoint)") == 2
-    doc = json.loads((parent / "compare.json").read_text())
-    assert [v["steps"] for v in doc["variants"][:2]] == [3, 3]
-    assert "resuming from" in (parent / lora["dir"] / "train.log").read_text()
-
-    changed = ("compare", recipe, "trainer.learning_rate=0.02", *vary, "--steps", "3")
+    changed = ("compare", recipe, "trainer.learning_rate=0.02", *vary, "--steps", "2")
     refused = run_cli(*changed)
     assert refused.returncode == 2 and "holds a run of another recipe (changed: trainer.learning_rate)" in \
         refused.stderr and "Traceback" not in refused.stderr
     redone = run_cli(*changed, "--overwrite")
     assert redone.returncode == 0 and redone.stderr.count("again from step 0: --overwrite") == 2
+
+
+def test_a_rerun_with_other_steps_is_refused_or_retrained_never_resumed(tmp_path: Path) -> None:
+    """A finished 2-step variant resumed to 3 steps would train step 3 on the 2-step schedule (learning rate 0):
+    other --steps is refused naming the flag; with --overwrite the variant trains again from step 0 on the 3-step
+    schedule, and compare.md says so."""
+    recipe = tiny_recipe(tmp_path, output={"save_steps": 1})
+    parent = tmp_path / "cmp"
+    args = ("compare", recipe, "--vary", "method.name=lora", "--out", parent)
+    run_cli(*args, "--steps", "2", check=True)
+    refused = run_cli(*args, "--steps", "3")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "--steps 3:" in refused.stderr and "trainer.max_steps=2" in refused.stderr
+    assert "--overwrite" in refused.stderr and "another --out" in refused.stderr
+    run_cli(*args, "--steps", "3", "--overwrite", check=True)
+    rows = [r for r in read_metrics(parent / "method.name=lora") if "learning_rate" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["learning_rate"] > 0 for r in rows)
+    md = (parent / "compare.md").read_text()
+    assert "trained again from step 0 (--overwrite): the earlier run's recipe differed in `trainer.max_steps`" in md

@@ -169,3 +169,39 @@ def test_eval_of_a_run_with_torn_weights_or_a_file_as_out_exits_2(finished: Path
     proc = run_cli("eval", run, "--task", "quickstart-loss", "--max-examples", "2", "--no-base")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the saved weights cannot be read" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_runs_resolved_recipe_validates_plans_and_trains(method: str, tmp_path: Path) -> None:
+    """recipe.resolved.yaml is a working recipe: it holds every peft option, `runtime_config: null` (peft builds
+    a LoraRuntimeConfig) and `loftq_config: {}` among them, and each must mean what leaving it out means."""
+    recipe = tiny_recipe(tmp_path, method={"name": method, "r": 4, "alpha": 8}, trainer={"max_steps": 1})
+    run_cli("train", recipe, check=True)
+    resolved = tmp_path / "run" / "recipe.resolved.yaml"
+    assert "runtime_config: null" in resolved.read_text()
+    assert "valid" in run_cli("validate", resolved, check=True).stdout
+    plan = run_cli("plan", resolved, "--no-data", check=True)
+    assert "Traceback" not in plan.stderr
+    again = run_cli("train", resolved, f"output.dir={tmp_path / 'again'}", check=True)
+    assert "loftq_config" not in again.stderr  # peft warns when a LoftQ config comes without init loftq
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["global_step"] == 1
+
+
+def test_a_run_on_a_relative_model_dir_is_usable_from_another_directory(tmp_path: Path) -> None:
+    """model.path `localbase` (relative to the training cwd) is written as its absolute path to the run's
+    recipe.resolved.yaml and adapter_config.json; from elsewhere it was taken for a hub id."""
+    from tunekit.model.builtin import materialize
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(materialize("builtin:tiny-llama", 0), work / "localbase")
+    recipe = tiny_recipe(work, model={"path": "localbase", "dtype": "float32"}, trainer={"max_steps": 1},
+                         output={"dir": "run"})
+    run_cli("train", recipe, cwd=work, check=True)
+    resolved = yaml.safe_load((work / "run" / "recipe.resolved.yaml").read_text())
+    assert resolved["model"]["path"] == str(work / "localbase")
+    adapter = json.loads((work / "run" / "final" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(work / "localbase")
+    run_cli("plan", "work/run/recipe.resolved.yaml", "--no-data", cwd=tmp_path, check=True)
+    chat = run_cli("chat", "work/run", "--prompt", "hi", "--max-new-tokens", "2", cwd=tmp_path, check=True)
+    assert "is a Hugging Face Hub id" not in chat.stderr

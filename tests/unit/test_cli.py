@@ -100,3 +100,25 @@ def test_validate_checks_the_named_chat_template_and_its_variables() -> None:
     assert "Did you mean `enable_thinking`?" in typo.stderr
     unknown = run_cli("validate", quick, "data.chat_template=qwen9")
     assert unknown.returncode == 2 and "data.chat_template: `qwen9` is neither a built-in template" in unknown.stderr
+
+
+def test_recipes_copy_into_a_new_dir_or_a_yaml_file_only(tmp_path: Path) -> None:
+    """`newdir/` (the slash Path drops) means a directory: newdir/quickstart.yaml, not a file named newdir."""
+    proc = run_cli("recipes", "copy", "quickstart", "newdir/", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "newdir" / "quickstart.yaml").is_file(), proc.stderr
+    txt = run_cli("recipes", "copy", "quickstart", "my.txt", cwd=tmp_path)
+    assert txt.returncode == 2 and "my.txt: give the copy a .yaml file name" in txt.stderr
+    assert not (tmp_path / "my.txt").exists()
+
+
+def test_plan_refuses_a_gpu_memory_or_nproc_it_cannot_use() -> None:
+    """0 was ignored (truthiness) and -5 planned against; --gpu with --gpu-memory keeps the GPU's name."""
+    recipe = RECIPES / "quickstart.yaml"
+    for flag, value, message in [("--gpu-memory", "0", "--gpu-memory: 0 is not a memory size"),
+                                 ("--gpu-memory", "-5", "--gpu-memory: -5 is not a memory size"),
+                                 ("--gpu-memory", "nan", "--gpu-memory: nan is not a memory size"),
+                                 ("--nproc", "0", "'--nproc'")]:
+        proc = run_cli("plan", recipe, "--no-data", flag, value)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    both = run_cli("plan", recipe, "--no-data", "--gpu", "H100", "--gpu-memory", "40", check=True)
+    assert "H100 with 40 GiB (40.00 GiB): fits" in both.stdout

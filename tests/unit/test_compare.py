@@ -145,7 +145,17 @@ def test_a_rerun_skips_resumes_or_refuses_by_what_the_dir_holds(tmp_path: Path) 
     longer, = variants_of(recipe, ["method.r=4"], steps=20, parent=tmp_path / "cmp")
     assert run.action(longer, overwrite=False) == "again"  # no checkpoint to go on from
     _finished_run(v, checkpoint=True)
-    assert run.action(longer, overwrite=False) == "resume"
+    logs, = variants_of(recipe, ["method.r=4"], ["trainer.logging_steps=2"], parent=tmp_path / "cmp")
+    assert run.action(logs, overwrite=False) == "resume"  # nothing that changes what is trained
+    assert run.earlier_run(logs, "resume") == ("resumed from the earlier run's `checkpoint-3` (changed since: "
+                                               "`trainer.logging_steps`)")
+    # Another length is not resumed: the learning-rate schedule was built for the old one.
+    with pytest.raises(UserError, match=r"^--steps 20: .* holds a run of trainer.max_steps=8; resuming it would go "
+                                        r"on with the learning-rate schedule of a 8-step run .* pass --overwrite"):
+        run.action(longer, overwrite=False, steps=20)
+    assert run.action(longer, overwrite=True, steps=20) == "overwrite"
+    assert "(--overwrite): the earlier run's recipe differed in `trainer.max_steps`" in run.earlier_run(longer,
+                                                                                                         "overwrite")
     other, = variants_of(recipe, ["method.r=4"], ["trainer.learning_rate=0.1"], parent=tmp_path / "cmp")
     with pytest.raises(UserError, match=r"holds a run of another recipe \(changed: trainer.learning_rate\)"):
         run.action(other, overwrite=False)

@@ -64,3 +64,20 @@ def test_init_errors_name_the_flag(tmp_path: Path) -> None:
     again = run_cli(*args)
     assert again.returncode == 2 and "exists; choose another file name or pass --force" in again.stderr
     assert run_cli(*args, "--force").returncode == 0
+
+
+def test_init_reads_the_first_rows_in_the_format_before_writing(tmp_path: Path) -> None:
+    """A --format the rows do not have (alpaca on messages rows), or a later row that breaks the detected format,
+    is refused with the format's own error and nothing is written: the recipe would be 'validated' but unusable."""
+    out = tmp_path / "my.yaml"
+    good = {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]}
+    data = tmp_path / "msgs.jsonl"
+    data.write_text(json.dumps(good) + "\n" + json.dumps({"messages": "oops"}) + "\n")
+    alpaca = run_cli("init", out, "--model", "builtin:tiny-llama", "--data", data, "--format", "alpaca")
+    assert alpaca.returncode == 2 and "Traceback" not in alpaca.stderr, alpaca.stderr
+    assert "--format: the data does not read as format `alpaca`" in alpaca.stderr
+    assert "row 1 (line 1): missing column `instruction`" in alpaca.stderr
+    detected = run_cli("init", out, "--model", "builtin:tiny-llama", "--data", data)
+    assert detected.returncode == 2 and "(format read as `messages`)" in detected.stderr
+    assert "row 2 (line 2): `messages` must be a non-empty list" in detected.stderr
+    assert not out.exists()

@@ -93,7 +93,8 @@ def start(recipe: Path, axes: list[Axis], common: list[str], steps: int | None, 
 def update(doc: dict, v: Variant, result: dict, parent: Path) -> None:
     """Record a variant's result and rewrite compare.json, compare.md and (when it finished) compare.png."""
     entry = next(e for e in doc["variants"] if e["name"] == v.name)
-    entry.update(status=result["status"], reason=result.get("reason"), reused=bool(result.get("reused")))
+    entry.update(status=result["status"], reason=result.get("reason"), reused=bool(result.get("reused")),
+                 earlier=result.get("earlier"))
     if "wall_s" in result:
         entry["wall_s"] = result["wall_s"]
     if result["status"] == "finished":
@@ -120,6 +121,9 @@ def markdown(doc: dict) -> str:
              "variant's method / trainer kind: its defaults apply)" for v in doc["variants"] if v["left_out"]]
     if notes:
         lines += ["## Left out", "", *notes, ""]
+    earlier = [f"- `{v['name']}`: {v['earlier']}" for v in doc["variants"] if v.get("earlier")]
+    if earlier:
+        lines += ["## Earlier runs in the variants' dirs", "", *earlier, ""]
     bad = [v for v in doc["variants"] if v["status"] in ("failed", "invalid", "stopped")]
     if bad:
         lines += ["## Not finished", ""]

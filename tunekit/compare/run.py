@@ -7,9 +7,11 @@ own), the same seeding and the same code path as a plain `tunekit train`, includ
 when the launch section asks for several processes. Its console output goes to VARIANT_DIR/train.log.
 
 Rerunning the same command skips a variant whose dir holds a finished run (summary.json) of the same resolved
-recipe, resumes one with a checkpoint (`--resume`; also a finished one whose trainer.max_steps was raised), and
-restarts one that stopped before its first checkpoint. A dir holding a run of another recipe is refused before
-anything runs unless --overwrite.
+recipe, resumes one with a checkpoint (`--resume`), and restarts one that stopped before its first checkpoint. A
+dir holding a run of another recipe is refused before anything runs unless --overwrite; so is one of another
+length (`--steps`): the learning-rate schedule is built for trainer.max_steps, and a resumed run would go on with
+the old one (a finished 2-step run resumed to 3 steps trains step 3 at learning rate 0). compare.md says which
+variants reused, resumed or retrained an earlier run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ STOPPED = (130, 143)  # tunekit train's exit codes after SIGINT / SIGTERM
 HOW = {"resume": " (resuming from its checkpoint)", "overwrite": " (again from step 0: --overwrite)",
        "again": " (again from step 0: the earlier run left no checkpoint)"}
 ERROR_LINE = re.compile(r"^(?:rank \d+/\d+: )?error: ")
+LENGTH = "trainer.max_steps"  # may change on a plain --resume, but compare does not resume a run to another length
 
 
 def compare(recipe: Path, vary: list[str], overrides: list[str], steps: int | None = None, out: Path | None = None,
@@ -50,7 +53,7 @@ def compare(recipe: Path, vary: list[str], overrides: list[str], steps: int | No
     check.check_usable(variants, axes, common, steps)
     parent = out or Path("runs") / f"compare-{recipe.stem}"
     grid.name_variants(variants, parent)
-    actions = {v.name: action(v, overwrite) for v in variants if v.recipe is not None}
+    actions = {v.name: action(v, overwrite, steps) for v in variants if v.recipe is not None}
     create_dir(parent, "--out")
     doc = report.start(recipe, axes, common, steps, parent, variants, command)
     invalid = sum(v.recipe is None for v in variants)
@@ -71,9 +74,9 @@ def say(text: str) -> None:
     console.print(text, markup=False)
 
 
-def action(v: Variant, overwrite: bool) -> str:
+def action(v: Variant, overwrite: bool, steps: int | None = None) -> str:
     """What to do with a variant's dir: skip, fresh, resume, again (no checkpoint to resume from) or overwrite; a
-    dir holding a run of another recipe is refused (UserError) unless `overwrite`."""
+    dir holding a run of another recipe or length is refused (UserError) unless `overwrite`."""
     d = v.dir
     if not d.exists() or not any(d.iterdir()):
         return "fresh"
@@ -81,25 +84,32 @@ def action(v: Variant, overwrite: bool) -> str:
         raise UserError(f"`{d}` is not empty and was not made by tunekit (no {run_dir.MARKER}); move it or choose "
                         "another --out")
     changes = changed_keys(v)
-    if (d / "summary.json").is_file() and changes == []:
+    if (d / "summary.json").is_file() and changes == {}:
         return "skip"
     if not run_dir.has_progress(d):
         return "again"
-    if changes is not None and all(k.startswith(run_dir.MAY_CHANGE) for k in changes):
+    if changes is not None and all(k.startswith(run_dir.MAY_CHANGE) and k != LENGTH for k in changes):
         return "resume"
     if overwrite:
         return "overwrite"
+    if changes is not None and list(changes) == [LENGTH]:
+        old, new = changes[LENGTH]
+        flag = f"--steps {steps}" if steps is not None else f"trainer.max_steps={new}"
+        raise UserError(f"{flag}: `{d}` holds a run of trainer.max_steps={old}; resuming it would go on with the "
+                        f"learning-rate schedule of a {old}-step run (not that of a {new}-step one); pass --overwrite "
+                        "to train it again from step 0, or choose another --out")
     raise UserError(f"`{d}` holds a run of another recipe (changed: {', '.join(changes or ['unknown'])}); pass "
                     "--overwrite to train it again, or choose another --out")
 
 
-def changed_keys(v: Variant) -> list[str] | None:
-    """Recipe keys whose values differ from the run in the variant's dir (None: that run has no recipe)."""
+def changed_keys(v: Variant) -> dict[str, list] | None:
+    """Recipe key -> [old, new] for the values that differ from the run in the variant's dir (None: that run has no
+    recipe)."""
     path = v.dir / run_dir.RESOLVED
     if v.recipe is None or not path.is_file():
         return None
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return [k for k in run_dir.diff(old, v.recipe.model_dump(mode="json")) if k != "output.dir"]
+    return {k: c for k, c in run_dir.diff(old, v.recipe.model_dump(mode="json")).items() if k != "output.dir"}
 
 
 def train_command(v: Variant, recipe: Path, common: list[str], act: str, debug: bool) -> list[str]:
@@ -114,9 +124,10 @@ def run_one(v: Variant, act: str | None, recipe: Path, common: list[str], label:
     if v.recipe is None:
         say(f"{label}: not a valid recipe, not run: {first_line(v.error or '')}")
         return {"status": "invalid", "reason": v.error}
+    earlier = earlier_run(v, act)
     if act == "skip":
         say(f"{label}: already finished in {v.dir} (same recipe): skipped")
-        return {"status": "finished", "reused": True}
+        return {"status": "finished", "reused": True, "earlier": earlier}
     log = v.dir / run_dir.LOG
     cmd = train_command(v, recipe, common, act or "fresh", debug)
     say(f"{label}: training{HOW.get(act or '', '')}, log: {log}")
@@ -130,14 +141,32 @@ def run_one(v: Variant, act: str | None, recipe: Path, common: list[str], label:
     wall = round(time.perf_counter() - start, 1)
     if code in STOPPED:
         say(f"{label}: stopped after {wall:.0f} s (a signal); the log: {log}")
-        return {"status": "stopped", "exit_code": code, "wall_s": wall, "reason": "stopped by a signal"}
+        return {"status": "stopped", "exit_code": code, "wall_s": wall, "reason": "stopped by a signal",
+                "earlier": earlier}
     if code != 0 or not (v.dir / "summary.json").is_file():
         reason = failure_reason(log, code)
         say(f"{label}: failed after {wall:.0f} s: {first_line(reason)} (log: {log})")
-        return {"status": "failed", "reason": reason, "wall_s": wall}
+        return {"status": "failed", "reason": reason, "wall_s": wall, "earlier": earlier}
     numbers = report.numbers(v.dir)
     say(f"{label}: finished in {wall:.0f} s: {report.one_line(numbers)}")
-    return {"status": "finished", "wall_s": wall}
+    return {"status": "finished", "wall_s": wall, "earlier": earlier}
+
+
+def earlier_run(v: Variant, act: str | None) -> str | None:
+    """What this compare does with an earlier run in the variant's dir, for compare.md (None: there was none)."""
+    if act == "skip":
+        return "the earlier run's results (a finished run of the same recipe); not trained again"
+    if act == "resume":
+        ckpt = run_dir.latest_checkpoint(v.dir)
+        changes = ", ".join(f"`{k}`" for k in changed_keys(v) or {})
+        return f"resumed from the earlier run's `{ckpt.name if ckpt else 'checkpoint'}`" + \
+            (f" (changed since: {changes})" if changes else "")
+    if act == "again":
+        return "trained again from step 0: the earlier run stopped before its first checkpoint"
+    if act == "overwrite":
+        changes = ", ".join(f"`{k}`" for k in changed_keys(v) or {}) or "unknown"
+        return f"trained again from step 0 (--overwrite): the earlier run's recipe differed in {changes}"
+    return None
 
 
 def wait(proc: subprocess.Popen) -> int:

@@ -28,13 +28,19 @@ NOT_PEFT = {"name", "alpha", "dropout", "loraplus_lr_ratio", "loraplus_lr_embedd
 
 
 def peft_kwargs(cfg: Any, tuner: str) -> dict:
-    """The options a recipe set, as keyword arguments for peft's config class (sub-configs built)."""
+    """The options a recipe set, as keyword arguments for peft's config class (sub-configs built).
+
+    A null or empty mapping that is the snapshot's default is left to peft: a run's recipe.resolved.yaml writes
+    every option, and there `runtime_config: null` stands for the LoraRuntimeConfig() peft builds itself (the
+    snapshot records a sub-config default as null) and `loftq_config: {}` for no LoftQ config."""
     import peft
 
     options = snapshot()["tuners"][tuner]["options"]
     out = {}
     for key in cfg.model_fields_set - NOT_PEFT:
         value = getattr(cfg, key)
+        if key in options and value in (None, {}) and value == options[key]["default"]:
+            continue
         sub = subconfig_class(options[key]["type"]) if key in options else None
         if isinstance(value, dict) and sub and hasattr(peft, sub):
             value = getattr(peft, sub)(**value)

@@ -27,6 +27,14 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     return cfg.path
 
 
+def absolute_local(path: str | None) -> str | None:
+    """An existing local model directory as an absolute path, so that a run's recipe.resolved.yaml and
+    adapter_config.json find it from any directory (eval, merge, chat); a builtin or hub id as it is."""
+    if path is None or builtin.is_builtin(path) or not Path(path).expanduser().is_dir():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
 HUB_HINT = ("a hub id needs the network or the model in the local Hugging Face cache (HF_HUB_OFFLINE=1 uses the "
             "cache only); or give a local model directory")
 

@@ -51,7 +51,7 @@ def gpu(name: str) -> Gpu:
 def custom(memory_gib: float, like: Gpu | None = None) -> Gpu:
     """A GPU given by its memory (FLOP/s of `like`, else of the default GPU)."""
     base = like or GPUS[DEFAULT_GPU.lower()]
-    return Gpu(f"{memory_gib:g} GiB", memory_gib, base.bf16_tflops, f"memory given; FLOP/s of {base.name}")
+    return Gpu(f"{like.name} with {memory_gib:g} GiB" if like else f"{memory_gib:g} GiB", memory_gib, base.bf16_tflops, f"memory given; FLOP/s of {base.name}")
 
 
 # torch.cuda.get_device_name() -> the table's entry, first match wins ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB",
