@@ -87,8 +87,9 @@ def resolve_target(target: str | Path) -> Target:
         return Target(str(target), str(p), kind, ModelConfig(path=str(p.resolve()), dtype="float32"))
     if p.exists():
         raise UserError(f"{target}: not a run directory, model directory or recipe (.yaml)")
-    if str(target).startswith((".", "/", "~")):
-        raise UserError(f"{target}: no such run directory, model directory or recipe")
+    # a path into a local folder (`runs/typo`: `runs/` exists) or deeper than a hub id (ORG/NAME) is a local path
+    if str(target).startswith((".", "/", "~")) or len(p.parts) > 2 or (len(p.parts) == 2 and p.parent.is_dir()):
+        raise UserError(f"{target}: no such run directory, model directory or recipe (relative to {Path.cwd()})")
     return Target(str(target), str(target), "full", ModelConfig(path=str(target), dtype="float32"))
 
 

@@ -77,6 +77,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     ("methods-show-no-name", lambda t: ["methods", "show"], "Missing argument 'name'"),
     ("eval-batch-size-0", lambda t: ["eval", t, "--batch-size", "0"], "'--batch-size'"),
     ("eval-max-examples-neg", lambda t: ["eval", t, "--max-examples", "-1"], "'--max-examples'"),
+    ("merge-input-typo", lambda t: [(t / "runs").mkdir() or "merge", "runs/lora", "runs/nonexist", "--out", t / "m"],
+     "runs/lora: no such run directory, model directory or recipe"),
     ("eval-kind-without-file", lambda t: ["eval", t, "--kind", "choice", "--metric", "contains"],
      "--kind, --metric: describe(s) a --task-file"),
     # merge options
