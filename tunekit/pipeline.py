@@ -126,7 +126,7 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     checkpoint = resume_point(stage, inputs)
     guard = guards.stop_callback(inputs.recipe.output.save_minutes)
     writer = metrics.metrics_callback(inputs.out, stage.tags, speed(stage, inputs, plan.model, params))
-    own = [writer, guard, run_dir.checkpoint_callback()]
+    own = [writer, guard, run_dir.checkpoint_callback(), run_dir.resumed_schedule_callback()]
     trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
     display.attach(trainer, writer, stage.title)
     report_dropped_rows(stage, inputs, trainer)

@@ -269,6 +269,26 @@ def checkpoint_callback() -> Any:
     return ManifestWriter()
 
 
+def resumed_schedule_callback() -> Any:
+    """A TrainerCallback that, when a run resumes, sets each optimizer group's learning rate to what the schedule
+    gives at the checkpoint's step. transformers restores the rate the previous schedule left in the optimizer and
+    recomputes it only after the first resumed step: after `--resume` with another trainer.max_steps that step ran
+    at the old schedule's last rate (0 at the end of a decaying one), then jumped onto the new curve."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import TrainerCallback
+
+    class ResumedSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):  # noqa: ANN001
+            sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+            if state.global_step == 0 or optimizer is None or not isinstance(sched, LambdaLR):
+                return
+            for group, base, lr_at in zip(optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * lr_at(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the step logs
+
+    return ResumedSchedule()
+
+
 def has_progress(out: Path) -> bool:
     """Whether `--resume` has something to go on from: a checkpoint, or a finished stage of a staged run."""
     stages = sorted((out / STAGES).glob("*"))

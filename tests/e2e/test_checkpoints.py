@@ -122,3 +122,22 @@ def test_a_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path: Path) -> Non
         assert json.loads((small / "run" / "summary.json").read_text())["global_step"] == 30
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+@pytest.mark.full
+def test_resuming_with_more_steps_continues_on_the_new_schedule(tmp_path: Path) -> None:
+    """`--resume trainer.max_steps=8` on a finished 4-step run (linear decay): the first resumed step ran at the
+    old schedule's last rate (0: no update at all), then jumped onto the 8-step curve. Now every resumed step has
+    the rate an uninterrupted 8-step run has at that step (the same float: base rate x the schedule's factor)."""
+    def rates(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["learning_rate"] for r in rows if "learning_rate" in r}
+
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 4, "lr_scheduler": "linear", "learning_rate": 1e-2},
+                         output={"dir": str(tmp_path / "run"), "save_steps": 2})
+    run_cli("train", recipe, check=True)
+    run_cli("train", recipe, "trainer.max_steps=8", "--resume", check=True)
+    run_cli("train", recipe, "trainer.max_steps=8", f"output.dir={tmp_path / 'run8'}", check=True)
+    resumed, whole = rates(tmp_path / "run"), rates(tmp_path / "run8")
+    assert [resumed[s] for s in range(5, 9)] == [whole[s] for s in range(5, 9)]
+    assert resumed[5] > 0

@@ -150,8 +150,8 @@ def test_a_rerun_skips_resumes_or_refuses_by_what_the_dir_holds(tmp_path: Path) 
     assert run.earlier_run(logs, "resume") == ("resumed from the earlier run's `checkpoint-3` (changed since: "
                                                "`trainer.logging_steps`)")
     # Another length is not resumed: the learning-rate schedule was built for the old one.
-    with pytest.raises(UserError, match=r"^--steps 20: .* holds a run of trainer.max_steps=8; resuming it would go "
-                                        r"on with the learning-rate schedule of a 8-step run .* pass --overwrite"):
+    with pytest.raises(UserError, match=r"^--steps 20: .* holds a run of trainer.max_steps=8; its steps so far "
+                                        r"followed the learning-rate schedule of a 8-step run.* pass --overwrite"):
         run.action(longer, overwrite=False, steps=20)
     assert run.action(longer, overwrite=True, steps=20) == "overwrite"
     assert "(--overwrite): the earlier run's recipe differed in `trainer.max_steps`" in run.earlier_run(longer,

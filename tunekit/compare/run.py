@@ -9,8 +9,8 @@ when the launch section asks for several processes. Its console output goes to V
 Rerunning the same command skips a variant whose dir holds a finished run (summary.json) of the same resolved
 recipe, resumes one with a checkpoint (`--resume`), and restarts one that stopped before its first checkpoint. A
 dir holding a run of another recipe is refused before anything runs unless --overwrite; so is one of another
-length (`--steps`): the learning-rate schedule is built for trainer.max_steps, and a resumed run would go on with
-the old one (a finished 2-step run resumed to 3 steps trains step 3 at learning rate 0). compare.md says which
+length (`--steps`): the learning-rate schedule is built for trainer.max_steps, so the steps it already took followed
+another schedule than the other variants' and the comparison would not be like for like. compare.md says which
 variants reused, resumed or retrained an earlier run.
 """
 
@@ -95,9 +95,10 @@ def action(v: Variant, overwrite: bool, steps: int | None = None) -> str:
     if changes is not None and list(changes) == [LENGTH]:
         old, new = changes[LENGTH]
         flag = f"--steps {steps}" if steps is not None else f"trainer.max_steps={new}"
-        raise UserError(f"{flag}: `{d}` holds a run of trainer.max_steps={old}; resuming it would go on with the "
-                        f"learning-rate schedule of a {old}-step run (not that of a {new}-step one); pass --overwrite "
-                        "to train it again from step 0, or choose another --out")
+        raise UserError(f"{flag}: `{d}` holds a run of trainer.max_steps={old}; its steps so far followed the "
+                        f"learning-rate schedule of a {old}-step run, not that of a {new}-step one, so resuming it "
+                        "would not compare like for like; pass --overwrite to train it again from step 0, or choose "
+                        "another --out")
     raise UserError(f"`{d}` holds a run of another recipe (changed: {', '.join(changes or ['unknown'])}); pass "
                     "--overwrite to train it again, or choose another --out")
 
