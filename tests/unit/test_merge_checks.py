@@ -131,3 +131,21 @@ def test_a_merge_killed_while_saving_leaves_no_out_and_the_next_one_cleans_up(se
     assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert json.loads((out / "merge.json").read_text()) == info
     assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_a_model_directory_without_a_tokenizer_is_named(tmp_path: Path) -> None:
+    """A model saved without its tokenizer (a merge killed before the tokenizer was written, a bare save_pretrained):
+    transformers' ValueError about backend tokenizers became a message naming the directory and what it holds."""
+    import shutil
+
+    from tunekit.errors import UserError
+    from tunekit.model.builtin import materialize
+    from tunekit.model.load import load_tokenizer
+    from tunekit.model.schema import ModelConfig
+
+    src = Path(materialize("builtin:tiny-llama", 0))
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "special")):
+            shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(UserError, match=rf"`{tmp_path}` has no tokenizer \(it holds: .*config.json.*\); save the "):
+        load_tokenizer(ModelConfig(path=str(tmp_path)), str(tmp_path))

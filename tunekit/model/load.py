@@ -86,6 +86,12 @@ def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
         tok = AutoTokenizer.from_pretrained(src, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise UserError(f"model: could not load the tokenizer from `{src}`: {e} ({HUB_HINT})") from None
+    except ValueError as e:  # e.g. a local directory without tokenizer files (a model saved without its tokenizer)
+        d = Path(src).expanduser()
+        if d.is_dir() and not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise UserError(f"model: `{src}` has no tokenizer (it holds: {', '.join(sorted(p.name for p in d.iterdir()))}"
+                            "); save the tokenizer beside the weights, or name one with model.tokenizer") from None
+        raise UserError(f"model: could not load the tokenizer from `{src}`: {' '.join(str(e).split())}") from None
     if tok.pad_token is None:
         # Padding positions never carry loss (labels are -100 there), so reusing EOS as pad is safe.
         tok.pad_token = tok.eos_token
