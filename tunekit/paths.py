@@ -58,3 +58,17 @@ def create_dir(path: Path, flag: str, given: Path | None = None) -> Path:
         why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
         raise UserError(f"{flag} {where} ({why})") from None
     return path
+
+
+def as_umask_allows(directory: Path) -> None:
+    """Give the weight files under `directory` the permissions the umask gives any other file: safetensors (0.8)
+    writes its files with mode 0600 whatever the umask, so a model shared with another account (a server reading a
+    merged model) could not be read. Only files left at exactly 0600 are changed."""
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    if mode == 0o600:
+        return
+    for f in directory.rglob("*.safetensors"):
+        if f.is_file() and f.stat().st_mode & 0o777 == 0o600:
+            f.chmod(mode)

@@ -21,6 +21,7 @@ from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import absolute_local, load_tokenizer, resolve_model_path
+from tunekit.paths import as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
@@ -217,6 +218,7 @@ def save_final(stage: Stage, plan: Any, trainer: Any, tokenizer: Any) -> None:
         plan.save(plan.model, final)
     if runtime.is_main_process():
         tokenizer.save_pretrained(str(final))
+        as_umask_allows(final)
 
 
 def final_eval(trainer: Any) -> dict:

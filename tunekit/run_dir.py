@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tunekit.errors import UserError
+from tunekit.paths import as_umask_allows
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -264,6 +265,7 @@ def checkpoint_callback() -> Any:
                 # TRL's model card ("fine-tuned version of [None]") says nothing true about the run; removed before
                 # the manifest lists the files, so a later cleanup cannot make a good checkpoint look torn
                 (ckpt / "README.md").unlink(missing_ok=True)
+                as_umask_allows(ckpt)
                 write_manifest(ckpt)
 
     return ManifestWriter()

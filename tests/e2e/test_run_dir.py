@@ -205,3 +205,22 @@ def test_a_run_on_a_relative_model_dir_is_usable_from_another_directory(tmp_path
     run_cli("plan", "work/run/recipe.resolved.yaml", "--no-data", cwd=tmp_path, check=True)
     chat = run_cli("chat", "work/run", "--prompt", "hi", "--max-new-tokens", "2", cwd=tmp_path, check=True)
     assert "is a Hugging Face Hub id" not in chat.stderr
+
+
+@pytest.mark.full
+def test_weights_are_readable_as_the_umask_allows(tmp_path: Path) -> None:
+    """safetensors writes its files with mode 0600 whatever the umask: final/, checkpoints and merged models could
+    not be read by another account (a server). Now they get the mode any other file gets (0644 under umask 022)."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        recipe = tiny_recipe(tmp_path, trainer={"max_steps": 1}, output={"dir": str(tmp_path / "run"), "save_steps": 1})
+        run_cli("train", recipe, check=True)
+        run_cli("merge", tmp_path / "run", "--out", tmp_path / "merged", check=True)
+    finally:
+        os.umask(mask)
+    files = [*tmp_path.glob("run/final/*.safetensors"), *tmp_path.glob("run/checkpoints/*/*.safetensors"),
+             *tmp_path.glob("merged/*.safetensors")]
+    assert len(files) >= 3
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o644)}

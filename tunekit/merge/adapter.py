@@ -21,7 +21,7 @@ from typing import Any
 
 from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError
-from tunekit.paths import create_dir
+from tunekit.paths import as_umask_allows, create_dir
 from tunekit.targets import Target, load_tokenizer_for, load_tuned, resolve_target, tokenizer_source
 from tunekit.ui import console
 
@@ -108,6 +108,7 @@ def save(model: Any, tokenizer: Any, partial: Path, out: Path, info: dict) -> No
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     (partial / "merge.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    as_umask_allows(partial)
     partial.replace(out)
 
 
