@@ -204,12 +204,25 @@ def test_reasoning_is_not_the_answer() -> None:
     max_new_tokens, or opened by the prompt as DeepSeek-R1's) is no answer, not a number picked from it."""
     from tunekit.eval.tasks import final_answer
 
-    assert final_answer("<think>2 and 2 make 4, not 5</think>\n\n4", "") == "4"
-    assert final_answer("2 and 2 make 4\n</think>\n\n4", "<｜Assistant｜><think>\n") == "4"
-    assert final_answer("2 and 2 make 4, or 5", "<｜Assistant｜><think>\n") == ""
-    assert final_answer("<think>2 and 2 make 4", "") == ""
-    assert final_answer("4", "<|im_start|>assistant\n") == "4"
-    assert m.numeric_match(final_answer("<think>maybe 5</think>4", ""), "4") == 1.0
+    specials = ["<|im_end|>", "<|return|>", "<|end|>", "<|start|>", "<|channel|>", "<|message|>"]
+
+    def answer(raw: str, prompt: str = "") -> str:
+        clean = raw
+        for t in specials:
+            clean = clean.replace(t, "")
+        return final_answer(raw, clean.strip(), prompt, specials)
+
+    assert answer("<think>2 and 2 make 4, not 5</think>\n\n4<|im_end|>") == "4"
+    assert answer("2 and 2 make 4\n</think>\n\n4", "<｜Assistant｜><think>\n") == "4"
+    assert answer("2 and 2 make 4, or 5", "<｜Assistant｜><think>\n") == ""
+    assert answer("<think>2 and 2 make 4") == ""
+    assert answer("4<|im_end|>", "<|im_start|>assistant\n") == "4"
+    assert m.numeric_match(answer("<think>maybe 5</think>4"), "4") == 1.0
+    # gpt-oss (harmony): the analysis channel, then the final one; skipping special tokens left
+    # "analysis2 and 2 make 4, not 5assistantfinal4" to be scored
+    harmony = "<|channel|>analysis<|message|>2 and 2 make 4, not 5<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>"
+    assert answer(harmony, "<|start|>assistant") == "4"
+    assert answer("<|channel|>analysis<|message|>2 and 2 make", "<|start|>assistant") == ""
 
 
 def test_rows_without_scored_tokens_are_counted_apart_and_never_win() -> None:

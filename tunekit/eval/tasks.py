@@ -277,7 +277,8 @@ def prompt_texts(tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, batch_size: int, label: str) -> list:
-    """k completions per prompt (list of lists of strings), batched with left padding."""
+    """k completions per prompt (list of lists of (raw, clean) texts: decoded with and without special tokens),
+    batched with left padding."""
     import torch
 
     device = next(model.parameters()).device
@@ -297,24 +298,42 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, ba
                 chunk = texts[start : start + batch_size]
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 seqs = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
-                decoded = tokenizer.batch_decode(seqs, skip_special_tokens=True)
+                clean = [d.strip() for d in tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+                pairs = list(zip(tokenizer.batch_decode(seqs, skip_special_tokens=False), clean))
                 k = gen.num_samples
-                out.extend([d.strip() for d in decoded[i * k : (i + 1) * k]] for i in range(len(chunk)))
+                out.extend(pairs[i * k : (i + 1) * k] for i in range(len(chunk)))
                 bar.update(tid, advance=len(chunk))
     finally:
         tokenizer.padding_side = side
     return out
 
 
-def final_answer(output: str, prompt: str) -> str:
-    """What a generated output answers: the text after its reasoning block (`<think>...</think>`, opened by the model
-    or by the generation prompt, as DeepSeek-R1's `<think>\\n`); "" when the reasoning never closed (cut off by
-    max_new_tokens: no answer, rather than a number picked out of the reasoning)."""
-    if THINK_CLOSE in output:
-        return output.rsplit(THINK_CLOSE, 1)[1].strip()
-    if THINK_OPEN in output or prompt.rstrip().endswith(THINK_OPEN):
+HARMONY_FINAL, HARMONY_CHANNEL = "<|channel|>final<|message|>", "<|channel|>"  # gpt-oss's answer channel
+
+
+def final_answer(raw: str, clean: str, prompt: str, specials: list[str]) -> str:
+    """What a generated output answers (`raw`: decoded with special tokens, `clean`: without): the text of gpt-oss's
+    final channel, or the text after a reasoning block (`<think>...</think>`, opened by the model or by the
+    generation prompt, as DeepSeek-R1's `<think>\\n`), without special tokens; "" when the reasoning never reached
+    an answer (cut off by max_new_tokens: no answer, rather than a number picked out of the reasoning); else
+    `clean`. Marker tokens are looked for in `raw`, where a tokenizer that marks them special still has them."""
+    for marker in (HARMONY_FINAL, THINK_CLOSE):
+        if marker in raw:
+            answer = raw.rsplit(marker, 1)[1]
+            for token in specials:
+                answer = answer.replace(token, "")
+            return answer.strip()
+    harmony_unfinished = HARMONY_CHANNEL in raw and "<|call|>" not in raw  # a tool call has no final channel
+    if harmony_unfinished or THINK_OPEN in raw or prompt.rstrip().endswith(THINK_OPEN):
         return ""
-    return output
+    return clean
+
+
+def special_strings(tokenizer: Any) -> list[str]:
+    """The text of every special token, longest first (removed from a decoded answer)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)}, key=len,
+                  reverse=True)
 
 
 def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
@@ -323,7 +342,8 @@ def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     outputs = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],
                        f"{task.name} ({ctx['which']})")
     prompts = prompt_texts(tokenizer, [e.prompt for e in examples])
-    preds = [[final_answer(o, p) for o in outs] for outs, p in zip(outputs, prompts)]
+    specials = special_strings(tokenizer)
+    preds = [[final_answer(raw, clean, p, specials) for raw, clean in outs] for outs, p in zip(outputs, prompts)]
     totals: dict[str, float] = {}
     samples = []
     for e, k_preds, outs in zip(examples, preds, outputs):
@@ -331,7 +351,7 @@ def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
             for key, v in score_samples(k_preds, e.answer, metric, task.regex).items():
                 totals[key] = totals.get(key, 0.0) + v
         samples.append({"prompt": e.prompt[-1]["content"], "reference": e.answer, "prediction": k_preds[0],
-                        **({"output": outs[0]} if outs[0] != k_preds[0] else {}),
+                        **({"output": outs[0][0]} if outs[0][1] != k_preds[0] else {}),
                         **({"samples": k_preds} if len(k_preds) > 1 else {})})
     n = len(examples)
     return {"n": n, "metrics": {k: v / n for k, v in totals.items()}, "samples": samples}
