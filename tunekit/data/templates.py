@@ -178,12 +178,18 @@ def _with_reasoning_as(field: str, messages: list[dict]) -> list[dict]:
 _PROBE, _SYSTEM_PROBE = "tunekit probe", "tunekit system probe"
 
 
-def _probe(render: Callable[..., str], messages: list[dict], text: str) -> bool | None:
-    """Whether `text` is in the rendering of a probe conversation; None when the template refuses it."""
+def _rendered(render: Callable[..., str], messages: list[dict], tools: list | None = None) -> str | None:
+    """A probe conversation rendered with the generation prompt; None when the template refuses it."""
     try:
-        return text in render(messages, True, None)
+        return render(messages, True, tools)
     except Exception:  # noqa: BLE001  (a template refusing a made-up conversation tells nothing)
         return None
+
+
+def _probe(render: Callable[..., str], messages: list[dict], text: str) -> bool | None:
+    """Whether `text` is in the rendering of a probe conversation; None when the template refuses it."""
+    out = _rendered(render, messages)
+    return None if out is None else text in out
 
 
 def _content_shape(render: Callable[..., str]) -> str:
@@ -213,10 +219,8 @@ def _ignores_tools(render: Callable[..., str], parts: bool) -> bool:
     """The template renders a conversation the same with tool schemas as without (it has no tool support)."""
     msgs = [{"role": "user", "content": _PROBE}]
     msgs = _as_parts(msgs) if parts else msgs
-    try:
-        return render(msgs, True, _TOOL_PROBE) == render(msgs, True, None)
-    except Exception:  # noqa: BLE001  (a template refusing the probe tells nothing)
-        return False
+    with_tools = _rendered(render, msgs, _TOOL_PROBE)
+    return with_tools is not None and with_tools == _rendered(render, msgs)
 
 
 def tools_ignored(label: str) -> str:
@@ -319,10 +323,15 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
 
     render.template_name = label  # type: ignore[attr-defined]
     render.eos_token = special.get("eos_token")  # type: ignore[attr-defined]
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    render.special_tokens = sorted({*special.values(), *(t.content for t in added.values() if t.special)},  # type: ignore[attr-defined]
-                                   key=len, reverse=True)
+    render.special_tokens = special_token_texts(tokenizer)  # type: ignore[attr-defined]
     return render
+
+
+def special_token_texts(tokenizer: Any) -> list[str]:
+    """The text of every special token (the named ones and added tokens marked special), longest first."""
+    named = [v for v in tokenizer.special_tokens_map.values() if isinstance(v, str)]
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({*named, *(t.content for t in added.values() if t.special)}, key=len, reverse=True)
 
 
 def tokenizer_renderer(tokenizer: Any) -> Any:

@@ -20,7 +20,7 @@ from tunekit.data.masking import tokenize_with_mask
 from tunekit.data.messages import Conversation
 from tunekit.data.schema import DatasetSpec
 from tunekit.data.sources import read_rows
-from tunekit.data.templates import generation_prompts
+from tunekit.data.templates import generation_prompts, special_token_texts
 from tunekit.data.turns import THINK_CLOSE, THINK_OPEN
 from tunekit.errors import UserError, did_you_mean
 from tunekit.eval.metrics import score_samples
@@ -276,14 +276,13 @@ def prompt_texts(tokenizer: Any, prompts: list[list[dict]]) -> list[str]:
     return generation_prompts(tokenizer, prompts)
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], gen: Any, batch_size: int, label: str) -> list:
-    """k completions per prompt (list of lists of (raw, clean) texts: decoded with and without special tokens),
-    batched with left padding."""
+def generate(model: Any, tokenizer: Any, texts: list[str], gen: Any, batch_size: int, label: str) -> list:
+    """k completions per rendered prompt (list of lists of (raw, clean) texts: decoded with and without special
+    tokens), batched with left padding."""
     import torch
 
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    texts = prompt_texts(tokenizer, prompts)
     sample = gen.temperature > 0
     kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=sample, num_return_sequences=gen.num_samples,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -329,20 +328,12 @@ def final_answer(raw: str, clean: str, prompt: str, specials: list[str]) -> str:
     return clean
 
 
-def special_strings(tokenizer: Any) -> list[str]:
-    """The text of every special token, longest first (removed from a decoded answer)."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return sorted({*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)}, key=len,
-                  reverse=True)
-
-
 def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
 
     examples = read_examples(task)
-    outputs = generate(model, tokenizer, [e.prompt for e in examples], task.generation, ctx["batch_size"],
-                       f"{task.name} ({ctx['which']})")
     prompts = prompt_texts(tokenizer, [e.prompt for e in examples])
-    specials = special_strings(tokenizer)
+    outputs = generate(model, tokenizer, prompts, task.generation, ctx["batch_size"], f"{task.name} ({ctx['which']})")
+    specials = special_token_texts(tokenizer)
     preds = [[final_answer(raw, clean, p, specials) for raw, clean in outs] for outs, p in zip(outputs, prompts)]
     totals: dict[str, float] = {}
     samples = []
