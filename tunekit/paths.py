@@ -72,3 +72,10 @@ def as_umask_allows(directory: Path) -> None:
     for f in directory.rglob("*.safetensors"):
         if f.is_file() and f.stat().st_mode & 0o777 == 0o600:
             f.chmod(mode)
+
+
+def absolute_file(path: str) -> str:
+    """An existing local file as an absolute path (a recipe records it so from any directory); anything else
+    (`builtin:`/`hub:` names, globs, a missing file the reading code reports) as it is."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if ":" not in path.split("/")[0] and p.is_file() else path

@@ -21,12 +21,13 @@ from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import absolute_local, load_tokenizer, resolve_model_path
-from tunekit.paths import as_umask_allows
+from tunekit.paths import absolute_file, as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
 from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
+from tunekit.trainers.reft_schema import PythonReward
 from tunekit.trainers.registry import stages as kind_stages
 from tunekit.trainers.stage import RunInputs, Stage
 from tunekit.trainers.training_args import check_fast_paths, check_trackers, fast_paths
@@ -58,13 +59,31 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
     return inputs.out
 
 
+def absolute_inputs(recipe: Recipe) -> None:
+    """Local model directories, reward files and eval task files as absolute paths: what the run writes
+    (recipe.resolved.yaml) must not depend on the cwd, so `tunekit eval/merge/chat RUN` and `--resume` from
+    another directory find the same ones (a relative path elsewhere reads another file, or a hub id)."""
+    recipe.model.path = absolute_local(recipe.model.path)
+    recipe.model.tokenizer = absolute_local(recipe.model.tokenizer)
+    t = recipe.trainer
+    if getattr(t, "ref_model", None):
+        t.ref_model = absolute_local(t.ref_model)
+    rl = getattr(t, "rl", None)
+    for reward in [*getattr(t, "rewards", []), *getattr(rl, "rewards", [])]:
+        if isinstance(reward, PythonReward):
+            reward.file = absolute_file(reward.file)
+    for task in recipe.eval.tasks:
+        if task.data is not None:
+            task.data.path = absolute_file(task.data.path)
+            task.data.tools = task.data.tools and absolute_file(task.data.tools)
+
+
 def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool = False) -> RunInputs:
     """Run dir and its header, process group and seed, tokenizer, then the data stage (data.json)."""
     import transformers
 
     out = Path(recipe.output.dir)
-    recipe.model.path = absolute_local(recipe.model.path)  # what the run writes must not depend on the cwd
-    recipe.model.tokenizer = absolute_local(recipe.model.tokenizer)
+    absolute_inputs(recipe)
     check_trackers(list(getattr(recipe.trainer, "report_to", [])))  # before anything is written
     check_fast_paths(recipe.trainer)
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files

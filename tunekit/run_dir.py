@@ -1,7 +1,8 @@
 """The run directory: layout, overwrite/resume rules, metrics, versions and summary files.
 
     RUN_DIR/
-      recipe.resolved.yaml   the validated recipe with every default filled in (a local model dir: absolute path)
+      recipe.resolved.yaml   the validated recipe with every default filled in (local model dirs, reward and eval
+                             task files: absolute paths)
       versions.json          python and library versions
       data.json              data fingerprint (sha256 of each file) and preprocessing statistics
       metrics.jsonl          one JSON object per logged step (schema in the README, written by tunekit/metrics.py)
@@ -327,7 +328,7 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
         old, new = _without_data_paths(old), _without_data_paths(new)
     else:
         data_changes = sorted(k for k in {*old_files, *files} if old_files.get(k) != files.get(k))
-    changes = diff(old, new)
+    changes = {k: v for k, v in diff(old, new).items() if not _made_absolute(*v)}
     batch = ("trainer.per_device_batch_size", "trainer.gradient_accumulation_steps")
     same_batch = _global_batch(old) == _global_batch(new)  # e.g. 2 processes x 2 -> 1 process x 4
     refused = [k for k in changes if not k.startswith(MAY_CHANGE) and not (same_batch and k in batch)]
@@ -344,6 +345,12 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
     if changes:
         write_yaml(out / RESOLVED, recipe.model_dump(mode="json"))  # with its data paths (compared without them)
     return bool(data_changes)
+
+
+def _made_absolute(old: Any, new: Any) -> bool:
+    """A relative path of a run recorded before its paths were made absolute (pipeline.absolute_inputs)."""
+    return (isinstance(old, str) and isinstance(new, str) and Path(new).is_absolute() and not Path(old).is_absolute()
+            and Path(old).expanduser().resolve() == Path(new))
 
 
 def _global_batch(recipe: dict) -> int | None:

@@ -189,17 +189,25 @@ def test_a_runs_resolved_recipe_validates_plans_and_trains(method: str, tmp_path
 
 def test_a_run_on_a_relative_model_dir_is_usable_from_another_directory(tmp_path: Path) -> None:
     """model.path `localbase` (relative to the training cwd) is written as its absolute path to the run's
-    recipe.resolved.yaml and adapter_config.json; from elsewhere it was taken for a hub id."""
+    recipe.resolved.yaml and adapter_config.json; from elsewhere it was taken for a hub id. The recipe's eval task
+    files likewise: from elsewhere `tunekit eval RUN` read a file of the same name there (or none)."""
     from tunekit.model.builtin import materialize
 
     work = tmp_path / "work"
     work.mkdir()
     shutil.copytree(materialize("builtin:tiny-llama", 0), work / "localbase")
+    (work / "qa.jsonl").write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n")
+    (tmp_path / "qa.jsonl").write_text("not the task file\n")  # what the relative path names from tmp_path
+    task = {"name": "qa", "kind": "loss", "data": {"path": "qa.jsonl", "format": "qa"}}
     recipe = tiny_recipe(work, model={"path": "localbase", "dtype": "float32"}, trainer={"max_steps": 1},
-                         output={"dir": "run"})
+                         output={"dir": "run"}, eval={"tasks": [task], "compare_base": False})
     run_cli("train", recipe, cwd=work, check=True)
     resolved = yaml.safe_load((work / "run" / "recipe.resolved.yaml").read_text())
     assert resolved["model"]["path"] == str(work / "localbase")
+    assert resolved["eval"]["tasks"][0]["data"]["path"] == str(work / "qa.jsonl")
+    run_cli("eval", "work/run", "--out", "report", cwd=tmp_path, check=True)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())["task_data"]["qa"]
+    assert data["path"] == str(work / "qa.jsonl") and len(data["sha256"]) == 64
     adapter = json.loads((work / "run" / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(work / "localbase")
     run_cli("plan", "work/run/recipe.resolved.yaml", "--no-data", cwd=tmp_path, check=True)

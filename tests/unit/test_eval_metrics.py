@@ -225,6 +225,34 @@ def test_reasoning_is_not_the_answer() -> None:
     assert answer("<|channel|>analysis<|message|>2 and 2 make", "<|start|>assistant") == ""
 
 
+
+def test_tool_calls_of_gpt_oss_are_scored() -> None:
+    """gpt-oss writes a tool call as a message addressed `to=functions.NAME` ended by <|call|> (no final channel):
+    the tool-call metrics read it like the reference's `<tool_call>` block; before, the skipped special tokens left
+    "analysis...commentary to=functions.get_weather json{...}", which holds no call."""
+    from tunekit.eval.tasks import answer_text, final_answer
+
+    specials = ["<|end|>", "<|start|>", "<|channel|>", "<|message|>", "<|call|>", "<|constrain|>"]
+    ref = answer_text({"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}}]})
+    outputs = [  # the recipient in the channel header, or before it (both are valid harmony)
+        "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"unit": "C", "city": "Oslo"}<|call|>',
+        '<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary '
+        'json<|message|>{"city":"Oslo","unit":"C"}<|call|>']
+    for raw in outputs:
+        clean = raw
+        for t in specials:
+            clean = clean.replace(t, "")
+        pred = final_answer(raw, clean, "<|start|>assistant", specials)
+        assert m.tool_call_match(pred, ref) == 1.0, pred
+    wrong = outputs[0].replace('"Oslo"', '"Bergen"')
+    assert m.tool_call_match(final_answer(wrong, "", "", specials), ref) == 0.0
+    assert m.tool_call_name(final_answer(wrong, "", "", specials), ref) == 1.0
+    malformed = outputs[0].replace('{"unit": "C", "city": "Oslo"}', '{"unit": "C", ')
+    assert m.tool_call_format(final_answer(malformed, "", "", specials), ref) == 0.0
+
+
 def test_rows_without_scored_tokens_are_counted_apart_and_never_win() -> None:
     """A loss row whose answer max_length cut off adds no token: it is left out of `n` and reported; a cut-off
     multiple-choice option would score log-probability 0 (probability 1) and win, so it is an error."""

@@ -9,6 +9,7 @@ import yaml
 
 from tests.conftest import tiny_recipe
 from tunekit import run_dir
+from tunekit.errors import UserError
 from tunekit.recipe.load import load_recipe
 
 
@@ -38,3 +39,33 @@ def test_overwrite_deletes_a_resumed_runs_resumes_log(tmp_path: Path, monkeypatc
         (out / name).write_text("{}\n")
     run_dir.prepare_run_dir(out, resume=False, overwrite=True)
     assert not (out / run_dir.RESUMES).exists() and (out / run_dir.MARKER).is_file()
+
+
+def test_local_reference_models_and_reward_files_are_recorded_absolute(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative `trainer.ref_model` directory or python reward `file` resolved against the training cwd only:
+    `tunekit eval/merge RUN` or `--resume` from elsewhere read another path (a ref model dir was taken for a hub
+    id). A run recorded with the relative path (before this) resumes without a spurious recipe change."""
+    from tunekit.pipeline import absolute_inputs
+
+    recipes = Path(__file__).parents[2] / "recipes"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "refmodel").mkdir()
+    (tmp_path / "score.py").write_text("def reward(completions, **kwargs):\n    return [0.0 for _ in completions]\n")
+    dpo = load_recipe(recipes / "dpo.yaml", ["trainer.ref_model=refmodel"])
+    reft = load_recipe(recipes / "reft.yaml", ['trainer.rl.rewards=[{type: python, file: score.py, function: reward}]'])
+    absolute_inputs(dpo)
+    absolute_inputs(reft)
+    assert dpo.trainer.ref_model == str(tmp_path / "refmodel")
+    assert reft.trainer.rl.rewards[0].file == str(tmp_path / "score.py")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    files = {"train": {"a.jsonl": "0" * 64}}
+    run_dir.write_run_header(out, load_recipe(recipes / "dpo.yaml", ["trainer.ref_model=refmodel"]), files)
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    run_dir.write_run_header(out, dpo, files, resume=True)  # not refused
+    other = load_recipe(recipes / "dpo.yaml", ["trainer.ref_model=/elsewhere"])
+    with pytest.raises(UserError, match="trainer.ref_model"):
+        run_dir.write_run_header(out, other, files, resume=True)

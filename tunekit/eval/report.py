@@ -67,7 +67,9 @@ def markdown(report: dict, shown: int) -> str:
         lines += ["", *(f"![{p}]({p})" for p in report["plots"] if p.startswith("training")), ""]
     lines += ["## Results", ""]
     for name, t in report["tasks"].items():
-        lines += [f"### {name}", "", f"{t['kind']} task, {t['n']} examples.", ""]
+        data = report.get("task_data", {}).get(name)
+        source = f" from `{data['path']}` (sha256 {data['sha256'][:12]})" if data else ""
+        lines += [f"### {name}", "", f"{t['kind']} task, {t['n']} examples{source}.", ""]
         if t["base"]:
             lines += ["| metric | base | tuned | diff |", "| --- | ---: | ---: | ---: |"]
             lines += [f"| {m} | {fmt(t['base'].get(m))} | {fmt(v)} | {fmt(t['diff'].get(m))} |"

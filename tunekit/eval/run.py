@@ -130,6 +130,18 @@ def check_tasks(tasks: list[EvalTask]) -> None:
                             "installed: pip install lm-eval")
 
 
+def task_files(tasks: list[EvalTask]) -> dict[str, dict]:
+    """Each task's data file with its sha256: the report says which examples were scored."""
+    from tunekit.data.sources import resolve_path
+
+    files = {}
+    for t in tasks:
+        if t.data is not None:
+            path = resolve_path(t.data.path)
+            files[t.name] = {"path": str(path.resolve()), "sha256": rd.file_sha256(path)}
+    return files
+
+
 def training_record(target: Target) -> dict | None:
     """What the run's summary.json says about training (steps, time, losses), for the report."""
     if target.run_dir is None or not (target.run_dir / "summary.json").is_file():
@@ -183,7 +195,7 @@ def evaluate(target_path: str | Path, task_names: list[str] | None = None, out: 
     meta = {"target": str(target.label), "model": target.weights, "base_model": target.model_cfg.path,
             "run_dir": str(target.run_dir) if target.run_dir else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - start, 1), "plots": []}
+            "seconds": round(time.perf_counter() - start, 1), "task_data": task_files(tasks), "plots": []}
     report = write_report(out, rep.build(meta, results, training_record(target)), target.run_dir,
                           cfg.num_examples_shown if cfg else 3)
     for name, t in report["tasks"].items():

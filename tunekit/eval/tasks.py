@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,13 +309,28 @@ def generate(model: Any, tokenizer: Any, texts: list[str], gen: Any, batch_size:
 
 
 HARMONY_FINAL, HARMONY_CHANNEL = "<|channel|>final<|message|>", "<|channel|>"  # gpt-oss's answer channel
+# gpt-oss's tool call: a message addressed `to=functions.NAME` (in its header, before <|message|>) ended by <|call|>
+HARMONY_CALL = re.compile(r"to=functions\.([^\s<]+)(?:(?!<\|message\|>).)*<\|message\|>(.*?)<\|call\|>", re.S)
+
+
+def harmony_calls(raw: str) -> str:
+    """gpt-oss's tool calls in `raw` as `<tool_call>` JSON blocks (the form the reference answers and the tool-call
+    metrics read); "" when there are none. Arguments that are not JSON stay text (a malformed call)."""
+    blocks = []
+    for name, args in HARMONY_CALL.findall(raw):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass
+        blocks.append(f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>")
+    return "\n".join(blocks)
 
 
 def final_answer(raw: str, clean: str, prompt: str, specials: list[str]) -> str:
     """What a generated output answers (`raw`: decoded with special tokens, `clean`: without): the text of gpt-oss's
-    final channel, or the text after a reasoning block (`<think>...</think>`, opened by the model or by the
-    generation prompt, as DeepSeek-R1's `<think>\\n`), without special tokens; "" when the reasoning never reached
-    an answer (cut off by max_new_tokens: no answer, rather than a number picked out of the reasoning); else
+    final channel (or its tool calls, as `<tool_call>` blocks), or the text after a reasoning block
+    (`<think>...</think>`, opened by the model or by the generation prompt, as DeepSeek-R1's `<think>\\n`), without
+    special tokens; "" when the reasoning never reached an answer (cut off by max_new_tokens: no answer, rather than a number picked out of the reasoning); else
     `clean`. Marker tokens are looked for in `raw`, where a tokenizer that marks them special still has them."""
     for marker in (HARMONY_FINAL, THINK_CLOSE):
         if marker in raw:
@@ -322,7 +338,9 @@ def final_answer(raw: str, clean: str, prompt: str, specials: list[str]) -> str:
             for token in specials:
                 answer = answer.replace(token, "")
             return answer.strip()
-    harmony_unfinished = HARMONY_CHANNEL in raw and "<|call|>" not in raw  # a tool call has no final channel
+    if calls := harmony_calls(raw):  # a tool call has no final channel
+        return calls
+    harmony_unfinished = HARMONY_CHANNEL in raw
     if harmony_unfinished or THINK_OPEN in raw or prompt.rstrip().endswith(THINK_OPEN):
         return ""
     return clean
