@@ -128,6 +128,65 @@ def test_dataset_tools_file_reaches_rows_without_their_own_tools(tok, tmp_path: 
     assert "other_tool" in tok.decode(changed[0]["input_ids"])
 
 
+def test_tool_schemas_reach_every_format_that_can_hold_them(tok, tmp_path: Path) -> None:
+    """The same one-turn conversation with tool schemas trains the same tokens whatever the row shape: a `messages`
+    row's `tools`, OpenAI's legacy `functions` column (it goes with `function_call` turns), a string
+    prompt/completion row's `tools` (xLAM's rows) or the dataset's `tools:` file, an alpaca row's `tools` (LLaMA-
+    Factory's). Before, all but the first silently rendered no tools block."""
+    schema = {"name": "get_weather", "description": "Weather of a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    q, a = "Weather in Oslo?", '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]'
+    (tmp_path / "tools.json").write_text(json.dumps([schema]))
+    shapes = {
+        "messages": ({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                      "tools": [{"type": "function", "function": schema}]}, {}),
+        "functions": ({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                       "functions": [schema]}, {}),
+        "prompt_completion": ({"query": q, "answers": a, "tools": json.dumps([schema])},
+                              {"columns": {"prompt": "query", "completion": "answers"}}),
+        "tools_file": ({"prompt": q, "completion": a}, {"tools": str(tmp_path / "tools.json")}),
+        "alpaca": ({"instruction": q, "output": a, "tools": json.dumps([schema])}, {}),
+    }
+    built = {}
+    for name, (row, extra) in shapes.items():
+        fmt = {"functions": "messages", "tools_file": "prompt_completion"}.get(name, name)
+        spec = {"path": str(_write(tmp_path / f"{name}.jsonl", [row])), "format": fmt, **extra}
+        built[name] = _build(tok, tmp_path / name, spec, chat_template="qwen2.5")[0][0]
+    assert "get_weather" in tok.decode(built["messages"]["input_ids"]).split("<|im_start|>user")[0]
+    for name, got in built.items():
+        assert (got["input_ids"], got["labels"]) == (built["messages"]["input_ids"], built["messages"]["labels"]), name
+    both = {"messages": shapes["functions"][0]["messages"], "tools": [schema], "functions": [schema]}
+    with pytest.raises(UserError, match="both `tools` and `functions`"):
+        _build(tok, tmp_path / "both", {"path": str(_write(tmp_path / "both.jsonl", [both])), "format": "messages"},
+               chat_template="qwen2.5")
+
+
+def test_a_tool_result_given_as_an_object_is_its_json_text(tok, tmp_path: Path) -> None:
+    """A tool turn's content as a JSON object (some exports keep the result parsed) trains as the JSON-encoded
+    string would (it was an error); other roles' objects stay errors. A transcript string where a list of turns is
+    expected (glaive-function-calling-v2's `chat`) says to convert the rows, not to map the column."""
+    def rows(result: object) -> list[dict]:
+        return [{"messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+            {"role": "tool", "content": result}, {"role": "assistant", "content": "Sunny, 20 C."}]}]
+
+    got = [_build(tok, tmp_path / k, {"path": str(_write(tmp_path / f"{k}.jsonl", rows(v))), "format": "messages"},
+                  chat_template="qwen2.5")[0][0] for k, v in (("obj", {"temp": 20, "sky": "sunny"}),
+                                                             ("str", '{"temp": 20, "sky": "sunny"}'))]
+    assert got[0]["input_ids"] == got[1]["input_ids"] and got[0]["labels"] == got[1]["labels"]
+    bad = [{"messages": [{"role": "user", "content": {"q": 1}}, {"role": "assistant", "content": "x"}]}]
+    with pytest.raises(UserError, match="must be a string or a list of text parts"):
+        _build(tok, tmp_path / "bad", {"path": str(_write(tmp_path / "bad.jsonl", bad)), "format": "messages"},
+               chat_template="qwen2.5")
+    glaive = [{"system": "SYSTEM: You are a helpful assistant with access to functions.",
+               "chat": "USER: Weather in Oslo?\n\n\nASSISTANT: <functioncall> {\"name\": \"get_weather\"} <|endoftext|>"}]
+    with pytest.raises(UserError, match="`chat` holds the conversation as one transcript string"):
+        _build(tok, tmp_path / "gl", {"path": str(_write(tmp_path / "gl.jsonl", glaive)), "format": "messages"},
+               chat_template="qwen2.5")
+
+
 def test_alpaca_history_is_the_conversation_before_the_instruction(tok, tmp_path: Path) -> None:
     """LLaMA-Factory's alpaca rows carry earlier turns in `history` ([instruction, response] pairs); they were
     silently dropped. The row trains as the same conversation written as messages; a malformed history names the
@@ -486,7 +545,7 @@ def test_gsm8k_rows_as_they_ship_are_prompt_answer_rows() -> None:
 
 def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text("[]")
-    for fmt in ("alpaca", "text", "prompt_answer"):
+    for fmt in ("text", "prompt_answer"):  # alpaca rows may carry tools (LLaMA-Factory)
         with pytest.raises(ValueError, match=f"format `{fmt}` has no tool calls"):
             DataConfig(train=[{"path": "x.jsonl", "format": fmt, "tools": str(tmp_path / "tools.json")}])
 

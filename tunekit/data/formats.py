@@ -16,10 +16,10 @@ from tunekit.data.messages import (
     ROLES,
     Conversation,
     RowError,
-    content_text,
     message,
     tool_calls,
     tools_schema,
+    turn_text,
     with_train_flag,
 )
 from tunekit.data.sources import resolve_path
@@ -38,8 +38,24 @@ def _get(row: dict, key: str, spec: Any, where: str, optional: bool = False) -> 
             return None
         found = ", ".join(sorted(row)) or "nothing"
         raise RowError(f"{where}: missing column `{col}` (format `{spec.format}` expects `{key}`); found: {found}. "
-                       f"Map it with `columns: {{{key}: YOUR_COLUMN}}`.")
+                       + (_transcript_hint(row, key) or f"Map it with `columns: {{{key}: YOUR_COLUMN}}`."))
     return row[col]
+
+
+TRANSCRIPT_MARKERS = ("USER:", "ASSISTANT:", "Human:", "Assistant:", "### Human", "<|im_start|>", "[INST]")
+
+
+def _transcript_hint(row: dict, key: str) -> str | None:
+    """A conversation expected as a list of turns but held as one transcript string (glaive-function-calling-v2's
+    `chat`, openassistant-guanaco's `text`): mapping the column would not help, converting the rows does."""
+    if key not in ("messages", "conversations"):
+        return None
+    for col, value in row.items():
+        if isinstance(value, str) and sum(m in value for m in TRANSCRIPT_MARKERS) >= 2:
+            return (f"`{col}` holds the conversation as one transcript string, which tunekit does not split into "
+                    "turns (the markers differ by dataset): convert the rows to `messages` lists of {role, content} "
+                    "first, or train it as plain text with `format: text` (every token trained).")
+    return None
 
 
 def _text(value: object, field: str, where: str) -> str:
@@ -76,7 +92,7 @@ def alpaca_format(row: dict, spec: Any, where: str) -> list[dict]:
     user = instruction + (f"\n\n{_text(extra, 'input', where)}" if extra else "")
     msgs = [*_history(_get(row, "history", spec, where, optional=True), where),
             {"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return with_row_system(msgs, row, spec, where)
+    return _conversation(msgs, row, spec, where)  # a `tools` column too (LLaMA-Factory's alpaca has one)
 
 
 def _history(value: object, where: str) -> list[dict]:
@@ -91,8 +107,14 @@ def _history(value: object, where: str) -> list[dict]:
 
 
 def _row_tools(row: dict, spec: Any, where: str) -> list[dict] | None:
-    """The row's `tools` column (tool schemas passed to the chat template), else the dataset's `tools:` file."""
+    """The row's `tools` column (tool schemas passed to the chat template), else its `functions` column (OpenAI's
+    legacy fine-tuning rows, which go with `function_call` turns), else the dataset's `tools:` file."""
     own = tools_schema(_get(row, "tools", spec, where, optional=True), spec.columns.get("tools", "tools"), where)
+    legacy = None if "tools" in spec.columns else tools_schema(row.get("functions"), "functions", where)
+    if own and legacy:
+        raise RowError(f"{where}: the row has both `tools` and `functions` (OpenAI's legacy name for them); one would "
+                       "be lost. Merge them into `tools`")
+    own = own or legacy
     return own if own or not getattr(spec, "tools", None) else read_tools(spec.tools)
 
 
@@ -135,7 +157,7 @@ def _sharegpt_turn(t: dict, role: str | None, i: int, roles: dict, where: str) -
     if t["from"] == "function_call":  # LLaMA-Factory: the value is the call(s) as JSON
         out = {"role": "assistant", "content": "", "tool_calls": tool_calls(t["value"], f"{field}.value", where)}
     else:
-        out = {"role": role, "content": content_text(t["value"], f"{field}.value", where)}
+        out = {"role": role, "content": turn_text(role, t["value"], f"{field}.value", where)}
     return with_train_flag(out, t, field, where)  # SlimOrca's per-turn `weight`, axolotl's `train`
 
 
@@ -160,7 +182,7 @@ def prompt_completion_format(row: dict, spec: Any, where: str) -> list[dict]:
     if not isinstance(prompt, list) and not isinstance(completion, list):
         msgs = [{"role": "user", "content": _text(prompt, "prompt", where)},
                 {"role": "assistant", "content": _text(completion, "completion", where)}]
-        return with_row_system(msgs, row, spec, where)
+        return _conversation(msgs, row, spec, where)  # with the row's tools (xLAM's rows are strings)
     context = (_messages(prompt, "prompt", where) if isinstance(prompt, list)
                else [{"role": "user", "content": _text(prompt, "prompt", where)}])
     answer = (_messages(completion, "completion", where) if isinstance(completion, list)

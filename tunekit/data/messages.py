@@ -80,6 +80,14 @@ def content_text(value: object, field: str, where: str, allow_none: bool = False
                    f"({str(value)[:40]!r})")
 
 
+def turn_text(role: str, value: object, field: str, where: str, allow_none: bool = False) -> str:
+    """`content_text`, except that a tool result given as a JSON object is its JSON text (what templates such as
+    Llama 3.1's write for one; OpenAI's format has it JSON-encoded)."""
+    if role == "tool" and isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return content_text(value, field, where, allow_none)
+
+
 def _arguments(value: object, field: str, where: str) -> dict:
     if isinstance(value, str):
         try:
@@ -171,8 +179,8 @@ def message(m: object, field: str, where: str) -> dict:
         raise RowError(f"{where}: {field} has a tool call but role {role!r}; only assistant turns call tools")
     if "content" not in m and calls is None:
         raise RowError(f"{where}: {field} must have `content`")
-    out = {"role": role, "content": content_text(m.get("content"), f"{field}.content", where,
-                                                 allow_none=calls is not None)}
+    out = {"role": role, "content": turn_text(role, m.get("content"), f"{field}.content", where,
+                                              allow_none=calls is not None)}
     if calls is not None:
         out["tool_calls"] = tool_calls(calls, f"{field}.tool_calls", where)
     reasoning = next((m[k] for k in REASONING_KEYS if m.get(k)), None)

@@ -17,7 +17,7 @@ FORMATS: tuple[str, ...] = typing.get_args(FormatName)
 # Formats only the preference / RL trainers read; every other format is an SFT format.
 NON_SFT_FORMATS = ("preference", "unpaired_preference", "prompt_answer")
 # Formats whose rows may come with tool schemas (a `tools` column, or a dataset's `tools:` file).
-TOOL_FORMATS = ("messages", "sharegpt", "prompt_completion", "preference", "unpaired_preference")
+TOOL_FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca", "preference", "unpaired_preference")
 # The columns each format requires (before a dataset's `columns:` renaming): how a JSON file holding one
 # object tells "this object is one row" from "this object wraps the rows".
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -35,9 +35,9 @@ class DatasetSpec(Section):
         "the current directory."
     )
     format: FormatName = Field(
-        description="Row layout. `alpaca`: {instruction, input?, output, system?, history?}. `messages`: {messages: "
+        description="Row layout. `alpaca`: {instruction, input?, output, system?, history?, tools?}. `messages`: {messages: "
         "[{role, content}, ...]} with roles system/user/assistant/tool. `sharegpt`: {conversations: [{from, value}]} "
-        "(see `roles`). `prompt_completion`: {prompt, completion, system?}, strings or TRL's conversational form (a "
+        "(see `roles`). `prompt_completion`: {prompt, completion, system?, tools?}, strings or TRL's conversational form (a "
         "prompt of messages, completion messages or a string; only the completion trained). `text`: {text} for continued pre-training "
         "(every token trained, EOS appended). `preference` (dpo/orpo/cpo/kto): {prompt, chosen, rejected, system?, "
         "tools?}. `unpaired_preference` (kto): {prompt, completion, label: true|false, system?, tools?}. "
@@ -62,7 +62,7 @@ class DatasetSpec(Section):
         description="A JSON or YAML file of tool (function) schemas given to the chat template (`tools=`) for every "
         "row of this dataset that has no `tools` column of its own: a list in OpenAI shape ({type: function, "
         "function: {name, description, parameters}}) or bare function schemas. `builtin:NAME/FILE` for shipped files. "
-        "Chat and preference formats (not `prompt_answer`).",
+        "Every format but `text` and `prompt_answer`.",
     )
     weight: float | None = Field(
         default=None, gt=0,
@@ -90,7 +90,7 @@ class DatasetSpec(Section):
             raise ValueError("give either `weight` or `samples` for a dataset, not both")
         if self.tools is not None and self.format not in TOOL_FORMATS:
             raise ValueError(f"`tools` (tool schemas for the chat template) are read only by the formats "
-                             f"{', '.join(TOOL_FORMATS)} (prompt_completion with conversational rows); format "
+                             f"{', '.join(TOOL_FORMATS)}; format "
                              f"`{self.format}` has no tool calls to go with them. "
                              "Remove `tools`, or convert the rows to `messages`")
         return self
