@@ -57,6 +57,25 @@ def test_alpaca_column_mapping(tok, tmp_path: Path) -> None:
     assert _trained(tok, train[0]) == "Paris.<|im_end|>\n"
 
 
+def test_column_mapping_that_cannot_be_read_is_an_error(tok, tmp_path: Path) -> None:
+    """Dolly with `input: ctx` (the column is `context`) lost every context paragraph without a word, and a key the
+    format does not read (`outptu`) was accepted; so were `roles:` on messages rows and `system:` on text rows."""
+    from pydantic import ValidationError
+
+    f = _write(tmp_path / "dolly.jsonl", [{"instruction": "When?", "context": "In 2000.", "response": "2000",
+                                            "category": "closed_qa"}])
+    with pytest.raises(UserError, match="columns maps `input` to `ctx`, but no row has a `ctx` column.*context"):
+        _build(tok, {"path": str(f), "format": "alpaca", "columns": {"input": "ctx", "output": "response"}})
+    train, _, _ = _build(tok, {"path": str(f), "format": "alpaca", "columns": {"input": "context", "output": "response"}})
+    assert "In 2000." in tok.decode(train[0]["input_ids"])
+    bad = [({"format": "alpaca", "columns": {"outptu": "response"}}, "`outptu` is not a column.*did you mean `output`"),
+           ({"format": "messages", "roles": {"prompter": "user"}}, "`roles:` maps sharegpt"),
+           ({"format": "text", "system": "Be brief."}, "`system:` is a system prompt for conversations")]
+    for spec, error in bad:
+        with pytest.raises(ValidationError, match=error):
+            DataConfig(train=[{"path": str(f), **spec}])
+
+
 def test_sharegpt_json_array_with_role_map(tok) -> None:
     train, _, _ = _build(tok, {"path": str(FIX / "sharegpt.json"), "format": "sharegpt", "roles": {"bot": "assistant"}})
     trained = sorted(_trained(tok, r) for r in train)

@@ -543,6 +543,29 @@ def test_gsm8k_rows_as_they_ship_are_prompt_answer_rows() -> None:
         prompt_answer_row({**row, "answer": "7"}, DatasetSpec(path="g.jsonl", format="prompt_answer"), "g.jsonl:1")
 
 
+def test_math_rows_as_they_ship_and_solutions_that_disagree_with_their_answer() -> None:
+    """hendrycks MATH / NuminaMath rows are {problem, solution} with the answer boxed: the boxed text is the answer
+    (they needed converting). A solution whose marked final answer is not the row's answer (`#### 9` for 8, a
+    boxed 1/4 for 3/4) was accepted: the warm-up taught an answer the reward scores wrong."""
+    from tunekit.data.preference import prompt_answer_row
+    from tunekit.data.schema import DatasetSpec
+
+    spec = DatasetSpec(path="m.jsonl", format="prompt_answer", columns={"question": "problem"})
+    row = {"problem": "What is 1/2 + 1/4?", "solution": r"$\frac{2}{4}+\frac14 = \boxed{\frac{3}{4}}$.",
+           "level": "Level 1"}
+    got = prompt_answer_row(row, spec, "m.jsonl:1")
+    assert (got["answer"], got["solution"]) == (r"\frac{3}{4}", row["solution"])
+    plain = DatasetSpec(path="p.jsonl", format="prompt_answer")
+    for answer, solution in (("8", "4 + 5 = 9\n#### 9"), (r"\frac{3}{4}", r"so \boxed{\frac{1}{4}}"),
+                             ("Paris", r"\boxed{\text{Rome}}")):
+        with pytest.raises(UserError, match="p.jsonl:1: the solution ends in .* but the answer is"):
+            prompt_answer_row({"question": "q", "answer": answer, "solution": solution}, plain, "p.jsonl:1")
+    for answer, solution in (("1234", "#### 1,234"), ("0.75", r"\boxed{\dfrac{3}{4}}"), ("Paris", r"\boxed{paris}"),
+                             ("Paris", r"\boxed{\text{Paris}}"),
+                             ("7", "3 + 4 = 7")):  # no marked answer: nothing to check
+        prompt_answer_row({"question": "q", "answer": answer, "solution": solution}, plain, "p.jsonl:1")
+
+
 def test_tools_on_a_format_that_cannot_use_them_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text("[]")
     for fmt in ("text", "prompt_answer"):  # alpaca rows may carry tools (LLaMA-Factory)

@@ -33,9 +33,26 @@ from tunekit.trainers.rewards import (
     ("the answer is .5", 0.5),
     ("no digits here", None),
     ("#### none", None),
+    ("count 1,2,3", 3.0),  # a list, not 123
+    # MATH / NuminaMath / Qwen-Math answers are boxed; before, the last number of `\frac{1}{4}` (4) was read
+    (r"so $x = \boxed{\frac{1}{4}}$", 0.25),
+    (r"\boxed{-\dfrac{3}{4}}. Check: 4 + 1 = 5", -0.75),
+    (r"\boxed{1,234} people", 1234.0),
+    (r"\boxed{3/4}", 0.75),
+    (r"\boxed{50\%}", 50.0),
+    (r"\boxed{x^2 + 1}", None),  # an expression is not a number
+    (r"\frac{3}{4}", 0.75),  # an answer column written in LaTeX
 ])
 def test_extract_number(text: str, want: float | None) -> None:
     assert extract_number(text) == want
+
+
+def test_boxed_answers_are_compared_as_answers() -> None:
+    """`\frac{1}{4}` and `\frac{3}{4}` both ended in 4 and matched; a boxed 4 followed by a check's 5 did not."""
+    assert not numeric_match(r"so the answer is \boxed{\frac{1}{4}}", r"\frac{3}{4}")
+    assert numeric_match(r"so the answer is \boxed{\frac{3}{4}}", r"\frac{3}{4}")
+    assert numeric_match(r"the answer is \boxed{4}. Check: 4+1=5", "4")
+    assert exact_match(r"\boxed{\text{Paris}}", "\\text{Paris}") and not exact_match(r"\boxed{Rome}", "Paris")
 
 
 def test_numeric_match_with_tolerance() -> None:

@@ -30,7 +30,7 @@ from tunekit.data.preference import (
 from tunekit.data.schema import DataConfig, DatasetSpec, ScoreStep
 from tunekit.data.select_score import model_identity, scoring_model
 from tunekit.data.select_sft import Provenance, select_examples
-from tunekit.data.sources import read_rows
+from tunekit.data.sources import Rows, read_rows
 from tunekit.data.stats import DataStats, check_accounting, split_summary
 from tunekit.data.templates import apply_chat_template_choice, renderer
 from tunekit.errors import UserError
@@ -62,6 +62,22 @@ def sample_indices(n: int, count: int, rng: random.Random) -> list[int]:
     return list(range(n)) * (count // n) + sorted(rng.sample(range(n), count % n))
 
 
+MAPPED_SAMPLE = 1000  # rows looked at for the columns `columns:` names (a typo is absent from every row)
+
+
+def check_mapped_columns(spec: DatasetSpec, rows: Rows) -> None:
+    """Every column `columns:` maps must be in the data: an optional one (alpaca's `input`, a `system`) mapped to a
+    misspelt column was silently read as absent from every row, so the text it held was lost."""
+    if not spec.columns or not len(rows):
+        return
+    sample, _ = rows.fetch(list(range(min(len(rows), MAPPED_SAMPLE))))
+    found = set().union(*(r.keys() for r in sample))
+    for key, col in spec.columns.items():
+        if col not in found:
+            raise UserError(f"data: `{spec.path}`: columns maps `{key}` to `{col}`, but no row has a `{col}` column "
+                            f"(looked at the first {len(sample)}); columns found: {', '.join(sorted(found))}")
+
+
 def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, render: Any, rng: random.Random,
                  workdir: Path, name: str, encode: Encoder = encode_rows,
                  columns: Sequence[str] = COLUMNS) -> tuple[Encoded, dict[str, DataStats], Provenance]:
@@ -70,6 +86,8 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
     import numpy as np
 
     loaded = [read_rows(s) for s in specs]
+    for spec, rows in zip(specs, loaded):
+        check_mapped_columns(spec, rows)
     counts = mixture_counts(specs, [len(r) for r in loaded])
     indices = [sample_indices(len(rows), count, rng) for rows, count in zip(loaded, counts)]
     files, pieces = encode_split(specs, loaded, indices, cfg, tokenizer, render, workdir, name, encode, columns)

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from tunekit import answers
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get, _row_tools, with_row_system
@@ -167,21 +168,37 @@ def prompt_answer_row(row: dict, spec: DatasetSpec, where: str) -> dict:
     question = _get(row, "question", spec, where)
     if not isinstance(question, str) or not question.strip():
         raise RowError(f"{where}: `question` must be a non-empty string")
-    answer = _get(row, "answer", spec, where)
+    answer, solution = _answer_and_solution(row, spec, where)
+    if _get(row, "tools", spec, where, optional=True):
+        raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
+                       "without them); remove them from the rows or the dataset")
+    prompt = with_row_system([{"role": "user", "content": question}], row, spec, where)
+    return {"prompt": prompt, "question": question, "answer": str(answer), "solution": solution}
+
+
+def _answer_and_solution(row: dict, spec: DatasetSpec, where: str) -> tuple[object, str]:
+    """The answer and the reasoning path, also from datasets as they ship: GSM8K's `answer` is the path ending in
+    `#### N` (N the answer); MATH's and NuminaMath's rows have only a `solution`, its answer in `\\boxed{}`. A
+    solution that marks a final answer must mark this one: the warm-up would teach what the reward scores wrong."""
+    answer = _get(row, "answer", spec, where, optional="answer" not in spec.columns)
     solution = _get(row, "solution", spec, where, optional="solution" not in spec.columns)
-    if solution is None and isinstance(answer, str) and "####" in answer:  # GSM8K as it ships: the CoT is the answer
-        solution, answer = answer, answer.rsplit("####", 1)[1].strip()
+    if solution is None and isinstance(answer, str) and answers.MARK in answer:  # GSM8K as it ships
+        solution, answer = answer, answers.final_answer(answer)
+    if answer is None and isinstance(solution, str) and answers.marked(solution):  # MATH as it ships
+        answer = answers.final_answer(solution)
+    if answer is None:
+        answer = _get(row, "answer", spec, where)  # the missing-column error
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
         raise RowError(f"{where}: `answer` must be a non-empty string or a number, found {answer!r}")
     if solution is None:
         solution = _get(row, "solution", spec, where)  # the missing-column error
     if not isinstance(solution, str) or not solution.strip():
         raise RowError(f"{where}: `solution` (the reasoning path used by the warm-up) must be a non-empty string")
-    if _get(row, "tools", spec, where, optional=True):
-        raise RowError(f"{where}: `tools` are not supported for `prompt_answer` rows (the RL stage generates "
-                       "without them); remove them from the rows or the dataset")
-    prompt = with_row_system([{"role": "user", "content": question}], row, spec, where)
-    return {"prompt": prompt, "question": question, "answer": str(answer), "solution": solution}
+    if answers.marked(solution) and not answers.same_answer(solution, str(answer)):
+        raise RowError(f"{where}: the solution ends in {answers.final_answer(solution)[:40]!r} but the answer is "
+                       f"{str(answer)[:40]!r}: the warm-up would teach an answer the reward scores as wrong. Fix the "
+                       "row, or check the `columns:` mapping")
+    return answer, solution
 
 
 ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_row,

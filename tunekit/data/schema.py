@@ -26,6 +26,13 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "unpaired_preference": ("prompt", "completion", "label"), "prompt_answer": ("question", "answer", "solution"),
 }
 
+# Every column each format reads (what `columns:` may rename): the required ones, then the optional ones.
+COLUMN_KEYS: dict[str, tuple[str, ...]] = {
+    "alpaca": (*ROW_KEYS["alpaca"], "input", "system", "history", "tools"),
+    "text": ROW_KEYS["text"],
+    **{f: (*ROW_KEYS[f], "system", "tools") for f in ROW_KEYS if f not in ("alpaca", "text")},
+}
+
 
 class DatasetSpec(Section):
     path: PathStr = Field(
@@ -88,12 +95,33 @@ class DatasetSpec(Section):
     def _mix(self) -> DatasetSpec:
         if self.weight is not None and self.samples is not None:
             raise ValueError("give either `weight` or `samples` for a dataset, not both")
+        self._check_format_options()
         if self.tools is not None and self.format not in TOOL_FORMATS:
             raise ValueError(f"`tools` (tool schemas for the chat template) are read only by the formats "
                              f"{', '.join(TOOL_FORMATS)}; format "
                              f"`{self.format}` has no tool calls to go with them. "
                              "Remove `tools`, or convert the rows to `messages`")
         return self
+
+    def _check_format_options(self) -> None:
+        """Options the format would silently not read: a `columns:` key it has no column of (a typo such as
+        `outptu` left the real column unmapped), `roles:` outside sharegpt, `system:` on text rows."""
+        import difflib
+
+        known = COLUMN_KEYS[self.format]
+        for key in self.columns:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                raise ValueError(f"columns: `{key}` is not a column format `{self.format}` reads"
+                                 + (f"; did you mean `{close[0]}`?" if close else "")
+                                 + f" (keys are the format's names: {', '.join(known)}; values your columns)")
+        if self.roles and self.format != "sharegpt":
+            raise ValueError(f"`roles:` maps sharegpt `from` values; format `{self.format}` does not read it. For "
+                             "`messages` rows, roles must be system/user/assistant/tool (or the aliases docs/data.md "
+                             "lists): convert other roles first")
+        if self.system is not None and self.format == "text":
+            raise ValueError("`system:` is a system prompt for conversations; `text` rows are trained as they are, "
+                             "so it would be ignored: remove it (or put the text in the rows)")
 
 
 # ------------------------------------------------------------------------------------------------ data.select

@@ -18,7 +18,7 @@ class _Reward(Section):
 
 class NumericMatchReward(_Reward):
     type: Literal["numeric_match"] = Field(
-        description="1 when the completion's answer (the number after the last `####`, else its last number) "
+        description="1 when the completion's answer (the number after the last `####`, else in its last `\\boxed{}` (fractions read), else its last number) "
         "equals the row's answer column within the tolerance, else 0."
     )
     column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")
@@ -28,7 +28,7 @@ class NumericMatchReward(_Reward):
 
 class ExactMatchReward(_Reward):
     type: Literal["exact_match"] = Field(
-        description="1 when the completion's final answer text (after the last `####`, else the whole completion) "
+        description="1 when the completion's final answer text (after the last `####`, else in its last `\\boxed{}`, else the whole completion) "
         "equals the answer column, else 0."
     )
     column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")

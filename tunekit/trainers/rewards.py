@@ -15,27 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunekit.answers import extract_number, final_answer
 from tunekit.errors import UserError
 from tunekit.trainers.reft_schema import check_reward_signature
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_MARK = "####"
-
-
-def _to_float(text: str) -> float | None:
-    try:
-        return float(text.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def extract_number(text: str) -> float | None:
-    """The number after the last `####` (GSM8K style); without `####`, the last number in the text."""
-    if _MARK in text:
-        m = _NUMBER.search(text.rsplit(_MARK, 1)[1])
-        return _to_float(m.group()) if m else None
-    found = _NUMBER.findall(text)
-    return _to_float(found[-1]) if found else None
 
 
 def numeric_match(completion: str, answer: str | float, tolerance: float = 1e-6, relative: float = 0.0) -> bool:
@@ -45,11 +27,6 @@ def numeric_match(completion: str, answer: str | float, tolerance: float = 1e-6,
     if want is None or got is None:
         return False
     return abs(got - want) <= tolerance + relative * abs(want)
-
-
-def final_answer(text: str) -> str:
-    """The text after the last `####`, or the whole text, stripped."""
-    return (text.rsplit(_MARK, 1)[1] if _MARK in text else text).strip()
 
 
 def exact_match(completion: str, answer: str, ignore_case: bool = True) -> bool:
