@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,14 @@ CALL = '<tool_call>\n{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8
     '{"name": "calc", "parameters": {"a": 2, "op": "plus", "b": 8}}',  # Llama-3.1 JSON tool calling
     '<tool_call>{"name": "calc", "arguments": "{\\"a\\": 2, \\"op\\": \\"plus\\", \\"b\\": 8}"}</tool_call>',  # JSON string
     'Let me compute. <tool_call>\n{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}\n</tool_call>}',
+    # Command-R (`Action:` and a JSON list, as its tool-use template asks) and Command R7B / A (<|START_ACTION|>)
+    'Action: ```json\n[\n    {\n        "tool_name": "calc",\n        "parameters": {"a": 2, "op": "plus", "b": 8}\n'
+    '    }\n]```',
+    '<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "calc", "parameters": {"a": 2, "op": "plus", "b": 8}}'
+    '\n]<|END_ACTION|>',
+    "<tool_call>\n{'arguments': {'a': 2, 'op': 'plus', 'b': 8}, 'name': 'calc'}\n</tool_call>",  # Hermes FC v1
+    '<function=calc>{"a": 2, "op": "plus", "b": 8}</function>',  # Llama 3.1's custom tool format
+    '<|tool_call|>[{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}]<|/tool_call|>',  # Phi-4-mini
 ])
 def test_tool_calls_are_read_in_every_family_format(text: str) -> None:
     assert m.tool_calls_in(text) == [{"name": "calc", "arguments": {"a": 2, "op": "plus", "b": 8}}]
@@ -251,6 +260,197 @@ def test_tool_calls_of_gpt_oss_are_scored() -> None:
     assert m.tool_call_name(final_answer(wrong, "", "", specials), ref) == 1.0
     malformed = outputs[0].replace('{"unit": "C", "city": "Oslo"}', '{"unit": "C", ')
     assert m.tool_call_format(final_answer(malformed, "", "", specials), ref) == 0.0
+
+
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "zip": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string"}}}}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
+        "tz": {"type": "string"}}}}}]
+WEATHER_CALLS = [
+    {"type": "function", "function": {"name": "get_weather", "arguments": {
+        "city": "Paris", "zip": "75001", "days": 3, "metric": True, "tags": ["a", "b"]}}},
+    {"type": "function", "function": {"name": "get_time", "arguments": {"tz": "CET"}}}]
+# every tag-like token of the families below: the worst case, a tokenizer that marks all of them special
+MARKUP = re.compile(r"<\|[^|<>]*\|>|<｜[^｜]*｜>|<\|[a-z_]+>|<[a-z_]+\|>|\[e~\[|\]~b\]|<seed:[a-z]+>|</?minimax:tool_call>"
+                    r"|</?think>|</?tool_call>|</?arg_(?:key|value)>")
+
+
+def _without(text: str, specials: list[str]) -> str:
+    for token in specials:
+        text = text.replace(token, "")
+    return text.strip()
+
+
+@pytest.mark.parametrize("prompt_end,written", [
+    pytest.param('nt｜><think>\n',  # TRL deepseekv3.jinja
+                 '\n</think>\n\n'
+                 '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n'
+                 '{"city": "Paris", "zip": "75001", "days": 3, "metric": true, "tags": ["a", "b"]}\n'
+                 '```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n'
+                 '{"tz": "CET"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>',
+                 id="deepseek-v3"),
+    pytest.param('nt｜></think>',  # llama.cpp DeepSeek-V3.1
+                 '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris", "zip": "75001", "days": 3, "metric": true, "tags": ["a", "b"]}<｜tool▁call▁end｜>'
+                 '<｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"tz": "CET"}<｜tool▁call▁end｜>'
+                 '<｜tool▁calls▁end｜><｜end▁of▁sentence｜>',
+                 id="deepseek-v3.1"),
+    pytest.param('|im_middle|>',  # llama.cpp Kimi-K2-Thinking
+                 '<think></think><|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris", "zip": "75001", "days": 3, "metric": true, "tags": ["a", "b"]}<|tool_call_end|>'
+                 '<|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>{"tz": "CET"}<|tool_call_end|>'
+                 '<|tool_calls_section_end|><|im_end|>',
+                 id="kimi-k2"),
+    pytest.param('|assistant|>',  # TRL glm4moe.jinja
+                 '\n<think></think>\n<tool_call>get_weather\n<arg_key>city</arg_key>\n'
+                 '<arg_value>Paris</arg_value>\n<arg_key>zip</arg_key>\n'
+                 '<arg_value>75001</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n'
+                 '<arg_key>metric</arg_key>\n<arg_value>true</arg_value>\n<arg_key>tags</arg_key>\n'
+                 '<arg_value>["a", "b"]</arg_value>\n</tool_call>\n<tool_call>get_time\n'
+                 '<arg_key>tz</arg_key>\n<arg_value>CET</arg_value>\n</tool_call>',
+                 id="glm-4.5"),
+    pytest.param('ant\n<think>\n',  # TRL qwen3_5_think.jinja
+                 '\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n'
+                 '</parameter>\n<parameter=zip>\n75001\n</parameter>\n<parameter=days>\n3\n'
+                 '</parameter>\n<parameter=metric>\nTrue\n</parameter>\n<parameter=tags>\n["a", "b"]\n'
+                 '</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n'
+                 '<parameter=tz>\nCET\n</parameter>\n</function>\n</tool_call><|im_end|>\n',
+                 id="qwen3.5"),
+    pytest.param('ant\n<think>\n',  # TRL qwen3_6.jinja
+                 '\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n'
+                 '</parameter>\n<parameter=zip>\n75001\n</parameter>\n<parameter=days>\n3\n'
+                 '</parameter>\n<parameter=metric>\ntrue\n</parameter>\n<parameter=tags>\n["a", "b"]\n'
+                 '</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n'
+                 '<parameter=tz>\nCET\n</parameter>\n</function>\n</tool_call><|im_end|>\n',
+                 id="qwen3.6"),
+    pytest.param('ant\n<think>\n',  # TRL nemotron_3_nano.jinja
+                 '\n</think>\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n'
+                 '</parameter>\n<parameter=zip>\n75001\n</parameter>\n<parameter=days>\n3\n'
+                 '</parameter>\n<parameter=metric>\nTrue\n</parameter>\n<parameter=tags>\n["a", "b"]\n'
+                 '</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n'
+                 '<parameter=tz>\nCET\n</parameter>\n</function>\n</tool_call>\n<|im_end|>\n',
+                 id="nemotron3"),
+    pytest.param('s>assistant\n',  # llama.cpp Seed-OSS
+                 '<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n'
+                 '<parameter=zip>75001</parameter>\n<parameter=days>3</parameter>\n'
+                 "<parameter=metric>True</parameter>\n<parameter=tags>['a', 'b']</parameter>\n"
+                 '</function>\n</seed:tool_call>\n<seed:tool_call>\n<function=get_time>\n'
+                 '<parameter=tz>CET</parameter>\n</function>\n</seed:tool_call><seed:eos>',
+                 id="seed-oss"),
+    pytest.param(']ai\n<think>\n',  # llama.cpp MiniMax-M2
+                 '\n</think>\n\n\n<minimax:tool_call>\n<invoke name="get_weather">\n'
+                 '<parameter name="city">Paris</parameter>\n'
+                 '<parameter name="zip">75001</parameter>\n<parameter name="days">3</parameter>\n'
+                 '<parameter name="metric">true</parameter>\n'
+                 '<parameter name="tags">["a", "b"]</parameter>\n</invoke>\n'
+                 '<invoke name="get_time">\n<parameter name="tz">CET</parameter>\n</invoke>\n'
+                 '</minimax:tool_call>\n[e~[\n',
+                 id="minimax-m2"),
+    pytest.param('|>assistant\n',  # TRL lfm2_2_5.jinja
+                 "<|tool_call_start|>[get_weather(city='Paris', zip='75001', days=3, metric=True, tags=['a', 'b']), get_time(tz='CET')]<|tool_call_end|>"
+                 '<|im_end|>\n',
+                 id="lfm2.5"),
+    pytest.param('t\n<channel|>',  # llama.cpp Gemma 4
+                 '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3,metric:true,tags:[<|"|>a<|"|>,<|"|>b<|"|>],zip:<|"|>75001<|"|>}<tool_call|>'
+                 '<|tool_call>call:get_time{tz:<|"|>CET<|"|>}<tool_call|><turn|>\n',
+                 id="gemma4"),
+])
+def test_native_tool_calls_of_every_family_are_scored(prompt_end: str, written: str) -> None:
+    """What each family's template trains for an assistant turn with two calls (tunekit's data stage rendering the
+    template named beside it: TRL's chat_templates or llama.cpp's models/templates, see docs/data.md; string,
+    number, boolean and list arguments) reads back as exactly the reference's calls, with reasoning before them too.
+    Before, only JSON-with-name syntax was read, so a correct call in these syntaxes scored 0."""
+    from tunekit.eval.tasks import answer_text, final_answer
+
+    ref = answer_text({"role": "assistant", "content": "", "tool_calls": WEATHER_CALLS})
+    outputs = [written]
+    if "</think>" in written:  # the family reasons in <think> (opened by the prompt or by the model)
+        outputs.append(written.replace("</think>", "Paris: the weather tool, then the clock.\n</think>", 1)
+                       if prompt_end.endswith("<think>\n") else
+                       written.replace("<think></think>", "<think>Paris: the weather tool.</think>", 1))
+    for out in outputs:
+        specials = sorted(set(MARKUP.findall(prompt_end + out)), key=len, reverse=True)
+        pred = final_answer(out, _without(out, specials), prompt_end, specials, WEATHER_TOOLS)
+        assert m.tool_call_match(pred, ref) == m.tool_call_format(pred, ref) == 1.0, pred
+
+
+@pytest.mark.parametrize("template,variables,call", [
+    ("deepseek-v3", {}, {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}),
+    ("llama3.1", {"builtin_tools": ["brave_search"]}, {"name": "brave_search", "arguments": {"query": "Paris"}}),
+])
+def test_calls_the_shipped_templates_train_are_scored(template: str, variables: dict, call: dict) -> None:
+    """The text the data stage trains with a shipped template (DeepSeek-V3's `<｜tool▁call▁begin｜>function...`,
+    Llama 3.1's built-in `<|python_tag|>brave_search.call(query="...")`) is what a tuned model writes: it scores 1
+    against the row's reference, and 0 with other arguments (the tester's report: it scored 0 either way)."""
+    from transformers import AutoTokenizer
+
+    from tunekit.data.formats import FORMATS
+    from tunekit.data.masking import conversation_examples
+    from tunekit.data.schema import DatasetSpec
+    from tunekit.data.templates import load_template, renderer, with_variables
+    from tunekit.eval.tasks import answer_text, final_answer
+    from tunekit.model.builtin import TOKENIZER_DIR
+
+    row = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": call}]}]}
+    msgs = FORMATS["messages"](row, DatasetSpec(path="-", format="messages"), "row 1")
+    render = renderer(AutoTokenizer.from_pretrained(TOKENIZER_DIR), with_variables(load_template(template), variables))
+    [(text, [(start, end)])] = conversation_examples(render, msgs, "assistant", "auto", "row 1")
+    prompt, written = text[:start], text[start:end]
+    specials = sorted(set(MARKUP.findall(text)), key=len, reverse=True)
+    ref = answer_text(msgs[-1])
+    assert m.tool_call_match(final_answer(written, _without(written, specials), prompt, specials), ref) == 1.0
+    other = written.replace("Paris", "Rome")
+    assert m.tool_call_match(final_answer(other, _without(other, specials), prompt, specials), ref) == 0.0
+    assert m.tool_call_name(final_answer(other, _without(other, specials), prompt, specials), ref) == 1.0
+
+
+def test_bare_text_argument_values_follow_the_tool_schema() -> None:
+    """GLM, Qwen3.5, Seed-OSS and MiniMax write string values bare (`<arg_value>75001</arg_value>`): the row's tool
+    schema says which are strings; without one, a value that reads as JSON is taken as JSON."""
+    from tunekit.eval.calls import canonical_calls
+
+    glm = "<tool_call>get_weather\n<arg_key>zip</arg_key>\n<arg_value>75001</arg_value>\n<arg_key>days</arg_key>\n" \
+          "<arg_value>3</arg_value>\n</tool_call>"
+    assert m.tool_calls_in(canonical_calls(glm, WEATHER_TOOLS)) == [
+        {"name": "get_weather", "arguments": {"zip": "75001", "days": 3}}]
+    assert m.tool_calls_in(glm) == [{"name": "get_weather", "arguments": {"zip": 75001, "days": 3}}]
+
+
+def test_python_literal_calls_are_read_and_never_run() -> None:
+    """Hermes function-calling v1 writes its calls as Python dicts (single quotes): they read as calls, so a
+    prediction without a call no longer matches the reference's format (it scored tool_call_format 1.0). The text is
+    parsed, never evaluated."""
+    hermes = "<tool_call>\n{'arguments': {'symbol': 'AAPL'}, 'name': 'get_stock_price'}\n</tool_call>"
+    as_json = '<tool_call>\n{"name": "get_stock_price", "arguments": {"symbol": "AAPL"}}\n</tool_call>'
+    assert m.tool_calls_in(hermes) == [{"name": "get_stock_price", "arguments": {"symbol": "AAPL"}}]
+    assert m.tool_call_format("I don't know.", hermes) == 0.0
+    assert m.tool_call_match(as_json, hermes) == m.tool_call_match(hermes, as_json) == 1.0
+    assert m.tool_calls_in("<tool_call>{'name': 'x', 'arguments': {'a': __import__('os').getcwd()}}</tool_call>") == []
+
+
+def test_a_reference_call_that_does_not_read_is_an_error_naming_the_row(tmp_path: Path) -> None:
+    """A task scoring tool calls whose reference marks a call the metrics cannot read would reward predictions
+    without calls: refused when the rows are read (check_tasks, before any model loads), naming the row."""
+    from tunekit.eval.run import check_tasks
+
+    def turn(content: str) -> dict:
+        return {"messages": [{"role": "user", "content": "AAPL?"}, {"role": "assistant", "content": content}]}
+
+    good = "<tool_call>\n{'arguments': {'symbol': 'AAPL'}, 'name': 'get_stock_price'}\n</tool_call>"
+    bad = "<tool_call>\n{'arguments': {'symbol': AAPL}, 'name': 'get_stock_price'}\n</tool_call>"  # unquoted AAPL
+    data = tmp_path / "calls.jsonl"
+    data.write_text("\n".join(json.dumps(turn(c)) for c in (good, "It is $150.", bad)) + "\n")
+
+    def task(metrics: list[str]) -> EvalTask:
+        return EvalTask(name="calls", kind="generate", data={"path": str(data), "format": "messages"}, metrics=metrics)
+
+    refused = r"calls.jsonl: row 3 \(line 3\): eval task `calls` scores tool calls, but the reference answer \(the last"
+    with pytest.raises(UserError, match=refused + r" assistant turn\) marks a call that does not read as one: .*AAPL}"):
+        check_tasks([task(["tool_call_format"])])
+    check_tasks([task(["exact_match"])])  # not scoring calls: the text is just a reference
+    data.write_text(json.dumps(turn("[TOOL_CALLS] get_stock_price AAPL")) + "\n")
+    with pytest.raises(UserError, match=r"calls.jsonl: row 1 \(line 1\): .* '\[TOOL_CALLS\] get_stock_price AAPL'"):
+        check_tasks([task(["tool_call_match"])])
 
 
 def test_rows_without_scored_tokens_are_counted_apart_and_never_win() -> None:

@@ -7,12 +7,12 @@ are handled.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import Counter
 from collections.abc import Callable
 
+from tunekit.eval.calls import tool_calls_in
 from tunekit.trainers import rewards
 
 extract_number = rewards.extract_number  # one answer parser for eval metrics and ReFT rewards
@@ -74,42 +74,6 @@ def rouge_l(pred: str, ref: str, **_: object) -> float:
         return float(not p and not r)
     precision, recall = lcs / len(p), lcs / len(r)
     return 2 * precision * recall / (precision + recall)
-
-
-def tool_calls_in(text: str) -> list[dict]:
-    """The tool calls written in `text`, whatever the family's wrapper (`<tool_call>` tags, `[TOOL_CALLS]`, a bare
-    JSON object or list): every JSON object with a string `name` and an `arguments` (or Llama's `parameters`) object,
-    as {name, arguments}; arguments given as a JSON string are parsed."""
-    decoder, calls, i = json.JSONDecoder(), [], 0
-    while (i := _next_json(text, i)) >= 0:
-        try:
-            value, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            i += 1
-            continue
-        for obj in value if isinstance(value, list) else [value]:
-            call = _as_call(obj)
-            if call is not None:
-                calls.append(call)
-        i = end
-    return calls
-
-
-def _next_json(text: str, start: int) -> int:
-    found = [k for k in (text.find("{", start), text.find("[", start)) if k >= 0]
-    return min(found) if found else -1
-
-
-def _as_call(obj: object) -> dict | None:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = obj.get("arguments", obj.get("parameters"))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            return None
-    return {"name": obj["name"], "arguments": args} if isinstance(args, dict) else None
 
 
 def tool_call_match(pred: str, ref: str, **_: object) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from tunekit.data.sources import read_rows
 from tunekit.data.templates import generation_prompts, special_token_texts
 from tunekit.data.turns import THINK_CLOSE, THINK_OPEN
 from tunekit.errors import UserError, did_you_mean
+from tunekit.eval import calls
+from tunekit.eval.calls import canonical_calls
 from tunekit.eval.metrics import score_samples
 from tunekit.eval.schema import EvalTask
 from tunekit.methods.interventions import labels_for_positions
@@ -124,7 +125,23 @@ def read_examples(task: EvalTask) -> list[Example]:
                 for r, where in zip(loaded.rows[:n], loaded.where[:n])]
     for e, where in zip(examples, loaded.where[:n]):
         e.where = where
+    if task.kind == "generate" and any(m.startswith("tool_call_") for m in task.metrics):
+        check_reference_calls(task, examples)
     return examples
+
+
+def check_reference_calls(task: EvalTask, examples: list[Example]) -> None:
+    """A reference that marks a tool call the metrics cannot read would score a prediction without calls as right
+    (`tool_call_format`): an error naming the row, before any model loads."""
+    for e in examples:
+        if (bad := calls.unreadable_call(e.answer)) is not None:
+            field = (f"`{task.data.columns.get('answer', 'answer')}`" if task.data and task.data.format == "qa"
+                     else "the last assistant turn")
+            raise UserError(
+                f"{e.where}: eval task `{task.name}` scores tool calls, but the reference answer ({field}) marks a call "
+                f"that does not read as one: {bad[:120]!r}. Write each call as `<tool_call>{{\"name\": ..., "
+                '"arguments": {...}}</tool_call>` (JSON or a Python dict), or give the assistant turn `tool_calls`; '
+                "otherwise the task scores a prediction without any call as right")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -309,41 +326,24 @@ def generate(model: Any, tokenizer: Any, texts: list[str], gen: Any, batch_size:
 
 
 HARMONY_FINAL, HARMONY_CHANNEL = "<|channel|>final<|message|>", "<|channel|>"  # gpt-oss's answer channel
-# gpt-oss's tool call: a message addressed `to=functions.NAME` (in its header, before <|message|>) ended by <|call|>
-HARMONY_CALL = re.compile(r"to=functions\.([^\s<]+)(?:(?!<\|message\|>).)*<\|message\|>(.*?)<\|call\|>", re.S)
 
 
-def harmony_calls(raw: str) -> str:
-    """gpt-oss's tool calls in `raw` as `<tool_call>` JSON blocks (the form the reference answers and the tool-call
-    metrics read); "" when there are none. Arguments that are not JSON stay text (a malformed call)."""
-    blocks = []
-    for name, args in HARMONY_CALL.findall(raw):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
-        blocks.append(f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>")
-    return "\n".join(blocks)
-
-
-def final_answer(raw: str, clean: str, prompt: str, specials: list[str]) -> str:
-    """What a generated output answers (`raw`: decoded with special tokens, `clean`: without): the text of gpt-oss's
-    final channel (or its tool calls, as `<tool_call>` blocks), or the text after a reasoning block
-    (`<think>...</think>`, opened by the model or by the generation prompt, as DeepSeek-R1's `<think>\\n`), without
-    special tokens; "" when the reasoning never reached an answer (cut off by max_new_tokens: no answer, rather than a number picked out of the reasoning); else
-    `clean`. Marker tokens are looked for in `raw`, where a tokenizer that marks them special still has them."""
+def final_answer(raw: str, clean: str, prompt: str, specials: list[str], tools: list | None = None) -> str:
+    """What a generated output answers (`raw`: decoded with special tokens, `clean`: without), with its tool calls
+    in the canonical `<tool_call>` form (calls.py; `tools`: the row's schemas): the text of gpt-oss's final channel
+    (or its tool calls), or the text after a reasoning block (`<think>...</think>`, opened by the model or by the
+    generation prompt, as DeepSeek-R1's `<think>\\n`), without special tokens; "" when the reasoning never reached
+    an answer (cut off by max_new_tokens: no answer, rather than a number picked out of the reasoning); else `clean`
+    (or, when it writes native calls, `raw` without special tokens). Markers and native calls are looked for in
+    `raw`, where a tokenizer that marks them special still has them."""
     for marker in (HARMONY_FINAL, THINK_CLOSE):
         if marker in raw:
-            answer = raw.rsplit(marker, 1)[1]
-            for token in specials:
-                answer = answer.replace(token, "")
-            return answer.strip()
-    if calls := harmony_calls(raw):  # a tool call has no final channel
-        return calls
-    harmony_unfinished = HARMONY_CHANNEL in raw
-    if harmony_unfinished or THINK_OPEN in raw or prompt.rstrip().endswith(THINK_OPEN):
+            return canonical_calls(raw.rsplit(marker, 1)[1], tools, specials).strip()
+    if calls.HARMONY.search(raw):  # gpt-oss's tool call has no final channel: the answer is the call
+        return calls.native_calls_only(raw, tools)
+    if HARMONY_CHANNEL in raw or THINK_OPEN in raw or prompt.rstrip().endswith(THINK_OPEN):
         return ""
-    return clean
+    return canonical_calls(raw, tools, specials).strip() if calls.native_spans(raw, tools) else clean
 
 
 def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
@@ -352,7 +352,8 @@ def run_generate(task: EvalTask, model: Any, tokenizer: Any, ctx: dict) -> dict:
     prompts = prompt_texts(tokenizer, [e.prompt for e in examples])
     outputs = generate(model, tokenizer, prompts, task.generation, ctx["batch_size"], f"{task.name} ({ctx['which']})")
     specials = special_token_texts(tokenizer)
-    preds = [[final_answer(raw, clean, p, specials) for raw, clean in outs] for outs, p in zip(outputs, prompts)]
+    preds = [[final_answer(raw, clean, p, specials, getattr(e.prompt, "tools", None)) for raw, clean in outs]
+             for e, outs, p in zip(examples, outputs, prompts)]
     totals: dict[str, float] = {}
     samples = []
     for e, k_preds, outs in zip(examples, preds, outputs):
