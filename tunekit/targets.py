@@ -104,7 +104,17 @@ def tokenizer_source(t: Target) -> str:
 
 
 def load_tokenizer_for(t: Target) -> Any:
-    return load_tokenizer(t.model_cfg, tokenizer_source(t))
+    """The tokenizer, with the chat template the run trained with: a run saves it with its weights; where they have
+    none (a recipe's base model, a checkpoint saved without one) the recipe's `data.chat_template` is set on the
+    base model's tokenizer (it had its own template, or none, and eval rendered prompts other than training's)."""
+    from tunekit.data.templates import apply_chat_template_choice
+
+    source = tokenizer_source(t)
+    tokenizer = load_tokenizer(t.model_cfg, source)
+    if t.recipe is not None and source != t.weights:
+        apply_chat_template_choice(tokenizer, t.recipe.data.chat_template, needed=False,
+                                   variables=t.recipe.data.chat_template_kwargs)
+    return tokenizer
 
 
 def load_base(t: Target, dtype: str | None = None) -> Any:

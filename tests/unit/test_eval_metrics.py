@@ -494,3 +494,14 @@ def test_a_cut_off_choice_is_an_error(tmp_path) -> None:  # noqa: ANN001
     assert run_multiple_choice(task, model, tok, {**ctx, "max_length": 256})["n"] == 1
     with pytest.raises(UserError, match=r"c.jsonl: row 1 \(line 1\): a choice has no scored token within max_length 16"):
         run_multiple_choice(task, model, tok, {**ctx, "max_length": 16})
+
+
+def test_a_recipe_target_renders_with_the_recipes_chat_template() -> None:
+    """`tunekit eval RECIPE.yaml` (the base model with the recipe's tasks) loaded the base tokenizer without the
+    recipe's `data.chat_template`: recipes/tools.yaml failed with "the tokenizer's chat template ignores tools"."""
+    from tests.conftest import RECIPES
+    from tunekit.data.templates import load_template
+    from tunekit.targets import load_tokenizer_for, resolve_target
+
+    tokenizer = load_tokenizer_for(resolve_target(RECIPES / "tools.yaml"))
+    assert tokenizer.chat_template == load_template("qwen2.5")

@@ -71,7 +71,8 @@ def _col(row: dict, key: str, columns: dict[str, str], where: str) -> Any:
     col = columns.get(key, key)
     if col not in row:
         raise UserError(f"{where}: missing {key} field `{col}`; found: {', '.join(sorted(row)) or 'nothing'}. "
-                        f"Map it with `columns: {{{key}: YOUR_COLUMN}}`.")
+                        f"Map it with `columns: {{{key}: YOUR_COLUMN}}` under the task's `data:` in a recipe's "
+                        "`eval.tasks`, or rename the column in the file (`--task-file` reads the names as they are).")
     return row[col]
 
 
