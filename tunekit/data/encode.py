@@ -21,7 +21,12 @@ from typing import Any
 
 from tunekit.data.arrow_rows import COLUMNS, RowWriter
 from tunekit.data.formats import FORMATS
-from tunekit.data.masking import conversation_examples, tokenize_plain, tokenize_texts
+from tunekit.data.masking import (
+    conversation_examples,
+    tokenize_plain,
+    tokenize_texts,
+    without_text_beside_calls,
+)
 from tunekit.data.messages import merge_system_into_first_user
 from tunekit.data.schema import DataConfig, DatasetSpec
 from tunekit.data.sources import Rows
@@ -81,6 +86,8 @@ def encode_rows(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataConf
         del raw
         if spec.format != "text" and cfg.system_role == "merge_into_first_user":
             items = [merge_system_into_first_user(m) for m in items]  # type: ignore[arg-type]
+        if spec.format != "text" and cfg.drop_text_beside_tool_calls:
+            items = [without_text_beside_calls(m) for m in items]  # type: ignore[arg-type]
         if spec.format == "text":
             encs = tokenize_plain(tokenizer, items)  # type: ignore[arg-type]
         else:

@@ -16,8 +16,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from tunekit.data.messages import Conversation
 from tunekit.data.templates import TemplateFailure, renderer, shown, tools_ignored
-from tunekit.data.turns import fill_reasoning, split_reasoning, stop_header, turn_example, untrained_reasoning
+from tunekit.data.turns import (
+    THINK_CLOSE,
+    fill_reasoning,
+    split_reasoning,
+    stop_header,
+    text_is_reasoning,
+    turn_example,
+    untrained_reasoning,
+)
 from tunekit.errors import UserError
 
 Render = Callable[..., str]
@@ -37,36 +46,96 @@ def trained_turns(messages: list[dict], train_on: str, where: str) -> list[int]:
     return [i for i in turns if messages[i].get("train", i in default)]
 
 
-def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
-    """An assistant turn must end with end-of-turn text, and its tool calls must be in the rendered text."""
+def _label(render: Render) -> str:
+    return getattr(render, "template_name", "the chat template")
+
+
+def answer_lost(render: Render, m: dict, text: str, where: str, trained: bool = True) -> UserError | None:
+    """The error for assistant turn `m` when its text (the answer, or the text beside its tool calls) is not in
+    `text` (what is trained of it, or the rendered conversation it is context in); None when it is there."""
+    answer = split_reasoning(m)[1].strip()
+    if shown(answer, text):
+        return None
+    if m.get("tool_calls"):
+        names = ", ".join(dict.fromkeys(f"`{c['function']['name']}`" for c in m["tool_calls"]))
+        return UserError(
+            f"{where}: the assistant turn that calls {names} also has the text `{answer[:60]}`, and {_label(render)} "
+            "has no place for text beside tool calls (it renders the calls only), so the text would be silently "
+            "lost. Remove the text, or put it in its own assistant turn before the call (where the template accepts "
+            "two assistant turns in a row); choose a template that renders it (data.chat_template: qwen2.5, qwen3); "
+            "or set `data.drop_text_beside_tool_calls: true` to leave such text out knowingly.")
+    return UserError(
+        f"{where}: {_label(render)} does not render the assistant turn's text (`{answer[:60]}` is not in "
+        f"{'what would be trained' if trained else 'the rendered conversation'}), so the answer would be lost. "
+        "Check the rendering with `tunekit preprocess RECIPE --show 2` and choose a template that renders "
+        "`content` (data.chat_template).")
+
+
+def check_answers(render: Render, messages: list[dict], text: str, where: str, tools: list | None,
+                  skip: tuple[int, ...] = ()) -> None:
+    """Every assistant turn of `messages` (but those in `skip`, checked where they are trained) has its text in the
+    rendered `text`: a template dropping an answer, or the text beside tool calls, from the context is an error.
+    Text that the template renders as the turn's reasoning (gpt-oss's analysis channel) may be dropped as earlier
+    turns' reasoning is."""
+    for k, m in enumerate(messages):
+        error = answer_lost(render, m, text, where, False) if m["role"] == "assistant" and k not in skip else None
+        if error and not text_is_reasoning(render, messages, k, tools):
+            raise error
+
+
+def calls_lost(render: Render, m: dict, text: str, where: str) -> UserError | None:
+    """The error when `text` (what is trained of assistant turn `m`, or an answer) names a function fewer times than
+    the turn calls it: a template rendering one call per turn (gpt-oss's) drops the others; None otherwise."""
+    names = [c["function"]["name"] for c in m.get("tool_calls") or ()]
+    if not any(n in text for n in names):  # no call rendered at all: `_check_turn` says which
+        return None
+    short = next((n for n in dict.fromkeys(names) if text.count(n) < names.count(n)), None)
+    if short is None:
+        return None
+    return UserError(
+        f"{where}: the assistant turn makes {len(names)} tool calls but {_label(render)} renders fewer (`{short}`: "
+        f"{names.count(short)} called, {text.count(short)} rendered; the template renders one tool call per "
+        "assistant turn), so the other calls would be silently lost. Give each call its own assistant turn followed "
+        "by its tool result (one tool call per assistant turn), or choose a template that renders parallel calls "
+        "(data.chat_template: qwen2.5).")
+
+
+def _reasoning_lost(render: Render, messages: list[dict], i: int, where: str) -> UserError:
+    if i and messages[i - 1]["role"] == "tool":  # DeepSeek-V3/R1 write no think block after tool outputs
+        return UserError(
+            f"{where}: {_label(render)} does not render the `reasoning_content` of an assistant turn that follows "
+            "tool results (the template writes the answer only there), so the reasoning would not be trained. "
+            "Remove the reasoning from answers that follow tool results (the model's own format has none there), "
+            "or choose a template that renders reasoning after tool results (data.chat_template: qwen3).")
+    return UserError(
+        f"{where}: {_label(render)} does not render the assistant turn's `reasoning_content`, so the reasoning "
+        "would not be trained. Choose a template that renders it (the model family's own, e.g. Qwen3's or "
+        "DeepSeek-R1's) or put the reasoning inline in `content` (`<think>...</think>` before the answer).")
+
+
+def _check_turn(render: Render, messages: list[dict], i: int, trained: str, where: str) -> None:
+    """Assistant turn i must end with end-of-turn text, and its tool calls, reasoning and text (the answer, or the
+    text beside its calls) must be in its trained text."""
+    m = messages[i]
+    if error := calls_lost(render, m, trained, where):
+        raise error
     for call in m.get("tool_calls", ()):
         name = call["function"]["name"]
         if name not in trained and call.get("id") and str(call["id"]) in trained:
             raise UserError(
-                f"{where}: {getattr(render, 'template_name', 'the chat template')} writes the tool call's `id` "
-                f"(`{call['id']}`) where the call is named, and the id does not contain the function name "
-                f"`{name}`, so the model would learn calls that never say which tool. This template expects ids "
-                f"that name the function (Kimi-K2: `functions.{name}:0`, the call's index after the colon): give "
-                "the rows' tool calls such ids.")
+                f"{where}: {_label(render)} writes the tool call's `id` (`{call['id']}`) where the call is named, and "
+                f"the id does not contain the function name `{name}`, so the model would learn calls that never say "
+                f"which tool. This template expects ids that name the function (Kimi-K2: `functions.{name}:0`, the "
+                "call's index after the colon): give the rows' tool calls such ids.")
         if name not in trained:
             raise UserError(
-                f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render tool calls (the "
-                f"assistant turn's call to `{name}` is missing from its rendered text), so the "
-                "call would not be trained. Choose a template that renders `tool_calls` (data.chat_template: "
-                "qwen2.5, or the model's own tool-capable template).")
+                f"{where}: {_label(render)} does not render tool calls (the assistant turn's call to `{name}` is "
+                "missing from its rendered text), so the call would not be trained. Choose a template that renders "
+                "`tool_calls` (data.chat_template: qwen2.5, or the model's own tool-capable template).")
+    if error := answer_lost(render, m, trained, where):
+        raise error
     if m.get("reasoning_content") and m["reasoning_content"].strip() not in trained:
-        raise UserError(
-            f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render the assistant turn's "
-            "`reasoning_content`, so the reasoning would not be trained. Choose a template that renders it (the "
-            "model family's own, e.g. Qwen3's or DeepSeek-R1's) or put the reasoning inline in `content` "
-            "(`<think>...</think>` before the answer).")
-    answer = split_reasoning(m)[1].strip()
-    if not m.get("tool_calls") and not shown(answer, trained):
-        raise UserError(
-            f"{where}: {getattr(render, 'template_name', 'the chat template')} does not render the assistant turn's "
-            f"text (`{answer[:60]}` is not in what would be trained), so the answer would be lost. Check the "
-            "rendering with `tunekit preprocess RECIPE --show 2` and choose a template that renders `content` "
-            "(data.chat_template).")
+        raise _reasoning_lost(render, messages, i, where)
     content = (m["content"] or "").strip()
     end = trained.rfind(content)
     if content and end >= 0 and not m.get("tool_calls") and not trained[end + len(content):].strip():
@@ -75,6 +144,18 @@ def _check_turn(render: Render, m: dict, trained: str, where: str) -> None:
             "model would never learn to stop. Choose a template that ends assistant turns with an end-of-turn "
             "token (data.chat_template: chatml, llama3, ...)."
         )
+
+
+def without_text_beside_calls(messages: list[dict]) -> list[dict]:
+    """`data.drop_text_beside_tool_calls`: the assistant turns that make tool calls without their text (reasoning
+    inline in it, `<think>...</think>`, stays); the row's tool schemas are kept."""
+    def bare(m: dict) -> dict:
+        content = m.get("content") or ""
+        inline = not m.get("reasoning_content") and THINK_CLOSE in content
+        return {**m, "content": content[: content.index(THINK_CLOSE) + len(THINK_CLOSE)] if inline else ""}
+
+    out = [bare(m) if m["role"] == "assistant" and m.get("tool_calls") else m for m in messages]
+    return Conversation.of(out, getattr(messages, "tools", None))
 
 
 def _check_tools_rendered(render: Render, messages: list[dict], tools: list[dict], full: str, where: str) -> None:
@@ -152,7 +233,8 @@ def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on
             raise inconsistent(where, True, only_whitespace_differs(render, messages, i, tools))
         text, start = example
         text += stop_header(render, messages, i, None)
-        _check_turn(render, messages[i], text[start:], where)
+        _check_turn(render, messages, i, text[start:], where)
+        check_answers(render, messages[:i], text[:start], where, tools)
         start += _trained_start(text[start:], messages[i], train_reasoning, where)
         out.append((text, [(start, len(text))]))
     return out
@@ -175,6 +257,7 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         _check_tools_rendered(render, messages, tools, full, where)
     turns = trained_turns(messages, train_on, where)
     if train_on == "all":
+        check_answers(render, messages, full, where, tools)
         return full, [(0, len(full))]
     eos = getattr(render, "eos_token", None)
     spans = []
@@ -190,9 +273,10 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
         if end == len(full):  # the last turn: the header the template would write next is appended
             full += stop
         end += len(stop)
-        _check_turn(render, messages[i], full[len(before) : end], where)
+        _check_turn(render, messages, i, full[len(before) : end], where)
         start = len(before) + _trained_start(full[len(before) : end], messages[i], train_reasoning, where)
         spans.append((start, end))
+    check_answers(render, messages, full, where, tools, tuple(turns))
     return full, spans
 
 

@@ -31,15 +31,22 @@ def row_tools(row: dict) -> list[dict] | None:
 def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
                tools: list[dict] | None = None, before: str | None = None) -> tuple[str, str]:
     """(the prompt with the generation prompt, the answer as the model writes it after it), with the row's tool
-    schemas given to the template. A one-turn answer is written as at inference (`turn_example`); an answer of
-    several messages (tool calls, their results, further turns) is the rendered conversation after the prompt
-    when the rendering starts with the prompt, else its first turn as written followed by the rest as rendered.
-    A header-delimited template's stop header ends it. `before`: the prompt rendered so, when the caller has it."""
+    schemas given to the template. A one-turn answer is written as at inference (`turn_example`). An answer of
+    several messages (tool calls, their results, further turns) ending with an assistant turn is SFT's example of
+    that last turn after the prompt: the messages before it as the template renders them when the model writes it
+    (gpt-oss and Kimi-K2-Thinking keep the tool calls' reasoning there, and drop it from a conversation that ends
+    with the answer), then the turn as written. Otherwise (or where that example does not start with the prompt)
+    it is the rendered conversation after the prompt when the rendering starts with the prompt, else its first
+    turn as written followed by the rest as rendered. A header-delimited template's stop header ends it.
+    `before`: the prompt rendered so, when the caller has it."""
     msgs, i = [*prompt, *answer], len(prompt)
     if before is None:
         before = render(prompt, add_generation_prompt=True, tools=tools)
     full = render(msgs, tools=tools) if len(answer) > 1 else ""
-    if full.startswith(before) and full:
+    last = _last_turn_written(render, msgs, before, tools) if len(answer) > 1 else None
+    if last is not None:
+        written = last
+    elif full.startswith(before) and full:
         written = full[len(before):]
     else:
         written = _first_turn(render, msgs, i, before, where, tools)
@@ -53,6 +60,15 @@ def pair_texts(render: Any, prompt: list[dict], answer: list[dict], where: str,
     if msgs[-1]["role"] == "assistant":
         written += stop_header(render, msgs, len(msgs) - 1, None)
     return before, written
+
+
+def _last_turn_written(render: Any, msgs: list[dict], before: str, tools: list[dict] | None) -> str | None:
+    """What follows the prompt `before` in the example of the conversation's last turn, an assistant turn (None
+    when it ends otherwise, or that example does not start with the prompt)."""
+    if msgs[-1]["role"] != "assistant":
+        return None
+    example = turn_example(render, msgs, len(msgs) - 1, tools)
+    return example[0][len(before):] if example is not None and example[0].startswith(before) else None
 
 
 def _first_turn(render: Any, msgs: list[dict], i: int, before: str, where: str, tools: list[dict] | None) -> str:

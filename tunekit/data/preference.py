@@ -24,6 +24,7 @@ from tunekit import answers
 from tunekit.data.arrow_rows import Encoded, RowWriter
 from tunekit.data.encode import CHUNK
 from tunekit.data.formats import RowError, _get, _row_tools, with_row_system
+from tunekit.data.masking import answer_lost, calls_lost, check_answers, without_text_beside_calls
 from tunekit.data.messages import ROLE_ALIASES, merge_system_into_first_user, message
 from tunekit.data.pair_tokens import pair_ids, pair_texts, row_tools
 from tunekit.data.schema import NON_SFT_FORMATS, DataConfig, DatasetSpec
@@ -208,8 +209,9 @@ ROW_CONVERTERS = {"preference": preference_row, "unpaired_preference": unpaired_
 def check_renders(render: Any, row: dict, where: str) -> None:
     """Render the row as the trainer will (`pair_tokens.pair_texts`: the prompt with the generation prompt, each
     answer as the model writes it after it), so that an error raised inside the chat template names the row
-    instead of escaping from the trainer's dataset map; tool schemas the template does not render, or an answer's
-    reasoning it drops, are errors rather than silently left out of the pair."""
+    instead of escaping from the trainer's dataset map; tool schemas the template does not render, an assistant
+    turn's text it drops from the prompt (the text beside tool calls: Llama 3.1, Mistral v0.3), or an answer's text
+    or reasoning it drops, are errors rather than silently left out of the pair."""
     answers = {k: row[k] for k in ("chosen", "rejected", "completion") if k in row}
     if "solution" in row:
         answers = {"solution": [{"role": "assistant", "content": row["solution"]}]}
@@ -218,18 +220,25 @@ def check_renders(render: Any, row: dict, where: str) -> None:
         before = render(row["prompt"], add_generation_prompt=True, tools=tools)
         if tools and before == render(row["prompt"], add_generation_prompt=True):
             raise UserError(f"{where}: {tools_ignored(getattr(render, 'template_name', 'the chat template'))}")
+        check_answers(render, row["prompt"], before, where, tools)
         for field, answer in answers.items():
             completion = pair_texts(render, row["prompt"], answer, where, tools, before)[1]
-            _check_reasoning_kept(render, completion, answer, field, where)
+            _check_answer_kept(render, completion, answer, field, where)
     except TemplateFailure as e:
         raise UserError(f"{where}: {e}") from None
 
 
-def _check_reasoning_kept(render: Any, completion: str, answer: list[dict], field: str, where: str) -> None:
-    """Each answer turn's reasoning must be in the completion the trainer scores (Qwen2.5's template never renders
-    reasoning; DeepSeek-R1's strips it from every turn but the one the model writes after the prompt)."""
+def _check_answer_kept(render: Any, completion: str, answer: list[dict], field: str, where: str) -> None:
+    """Each answer turn's text and reasoning must be in the completion the trainer scores (Llama 3.1's template
+    drops the text beside tool calls; Qwen2.5's never renders reasoning; DeepSeek-R1's strips it from every turn
+    but the one the model writes after the prompt)."""
     for m in answer:
-        reasoning = split_reasoning(m)[0].strip() if m.get("role") == "assistant" else ""
+        if m.get("role") != "assistant":
+            continue
+        if error := (calls_lost(render, m, completion, f"{where}: `{field}`")
+                     or answer_lost(render, m, completion, f"{where}: `{field}`")):
+            raise error
+        reasoning = split_reasoning(m)[0].strip()
         if reasoning and reasoning not in completion:
             raise UserError(
                 f"{where}: {getattr(render, 'template_name', 'the chat template')} drops the reasoning of `{field}` "
@@ -252,6 +261,9 @@ def encode_pairs(spec: DatasetSpec, rows: Rows, indices: list[int], cfg: DataCon
                 out = convert(row, spec, where)
                 if cfg.system_role == "merge_into_first_user":  # the prompt holds the row's system text
                     out["prompt"] = list(merge_system_into_first_user(out["prompt"]))
+                if cfg.drop_text_beside_tool_calls:
+                    out.update({k: list(without_text_beside_calls(out[k]))
+                                for k in ("prompt", "chosen", "rejected", "completion") if k in out})
             except RowError as e:
                 if not drop:
                     raise

@@ -294,6 +294,13 @@ class DataConfig(Section):
         "in `content`): true trains the reasoning with the answer; false keeps the reasoning in the context but takes "
         "no loss on it (the closing tag, the answer and the end of turn are trained).",
     )
+    drop_text_beside_tool_calls: bool = Field(
+        default=False,
+        description="Leave out the text (`content`) of assistant turns that also make tool calls (\"I will check "
+        "the weather.\" + a call), in SFT rows and preference prompts and answers, whatever the template; the "
+        "calls, the turns' reasoning and every other turn are kept. For templates with no place for such text "
+        "(Llama 3.1, Mistral v0.3), where it is otherwise an error naming the row.",
+    )
     system_role: Literal["keep", "merge_into_first_user"] = Field(
         default="keep",
         description="`keep` system messages as they are, or `merge_into_first_user`: put the system text before "

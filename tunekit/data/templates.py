@@ -137,8 +137,26 @@ class TemplateFailure(UserError):
     """The chat template itself raised (`raise_exception(...)`, an undefined variable); callers add the row."""
 
 
-def _hint(message: str, tools: bool) -> str:
+# Rules of real templates about tool use, by words of their own messages (raise_exception), and the fix.
+_TOOL_RULES = (
+    ("length 9", " The template (Mistral v0.3's) needs every tool call to have an `id` of exactly 9 letters or "
+     "digits (e.g. `a1B2c3D4e`) and the tool turn that answers it the same `tool_call_id`: give the rows such ids "
+     "(OpenAI ids such as `call_abc123` are longer; ShareGPT `function_call` / `observation` turns carry no ids, so "
+     "write such rows in the `messages` format with ids)."),
+    ("single tool-call", " The template (Llama 3.1's) renders one tool call per assistant turn: give each call its "
+     "own assistant turn followed by its tool result (one tool call per assistant turn), or choose a template that "
+     "renders parallel calls (data.chat_template: qwen2.5)."),
+    ("both content and thinking", " The template (gpt-oss's) renders the text beside a tool call as the call's "
+     "analysis, as it renders reasoning: keep one of the two (move the text into `reasoning_content`, or remove "
+     "it)."),
+)
+
+
+def _hint(message: str, tools: bool, renders_tools: bool = False) -> str:
     low = message.lower()
+    rule = next((fix for words, fix in _TOOL_RULES if words in low), None)
+    if rule:
+        return rule
     if "system" in low and ("not supported" in low or "not allowed" in low):
         return (" The template has no system turn: set `data.system_role: merge_into_first_user` (the system text "
                 "is put before the first user message) or remove the system messages / `system:` prompt.")
@@ -149,6 +167,9 @@ def _hint(message: str, tools: bool) -> str:
     if undefined and undefined.group(1).endswith("_token"):
         return (f" The template reads `{undefined.group(1)}`, which this tokenizer does not define: use the "
                 "tokenizer the template was written for (model.tokenizer) or another data.chat_template.")
+    if tools and renders_tools:
+        return (" The template renders tools, so this row's tool calls or results break one of its own rules (its "
+                "message above): change the rows to follow it, or choose another template (data.chat_template).")
     if tools:
         return " The row has tools or tool calls: choose a template that renders them (data.chat_template: qwen2.5)."
     return ""
@@ -318,8 +339,8 @@ def renderer(tokenizer: Any, template: str, name: str | None = None) -> Any:
             _check_rendered(label, messages, text)
             return text
         except (jinja2.TemplateError, TypeError) as e:  # TypeError: e.g. a template adding a string to None
-            has_tools = bool(tools) or any(m.get("tool_calls") for m in messages)
-            raise TemplateFailure(f"{label} raised an error: {e}.{_hint(str(e), has_tools)}") from None
+            has_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+            raise TemplateFailure(f"{label} raised an error: {e}.{_hint(str(e), has_tools, not no_tools)}") from None
 
     render.template_name = label  # type: ignore[attr-defined]
     render.eos_token = special.get("eos_token")  # type: ignore[attr-defined]

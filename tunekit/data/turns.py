@@ -23,6 +23,13 @@ and are handled here, each checked so it never applies by accident:
   conversation ending with that answer with every think block emptied): the trained text is the rendered turn
   after the generation prompt, reasoning filled in, written after the prompt that keeps the earlier reasoning
   (`_earlier_reasoning_dropped`; only when the two renderings differ in nothing but think blocks' contents).
+- **Earlier turns' reasoning is left out once an answer ends the conversation** (gpt-oss keeps the analysis channel
+  of the tool-call turns of the step under way in the prompt, and renders a conversation ending with the final
+  answer without it): the trained text is what the template renders after the generation prompt of the same
+  conversation with the earlier reasoning removed, written after the prompt that keeps it
+  (`_earlier_reasoning_left_out`; only when the rendering through the turn is exactly that of the conversation
+  without the earlier reasoning). Text beside a tool call counts as reasoning only for a template that renders it
+  exactly as it renders the turn's reasoning (gpt-oss writes both to the analysis channel).
 - **The generation prompt ends with a block the rendered turn does not have** (Gemma 4 with thinking off:
   `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, while a turn renders as
   `<|turn>model\\nanswer<turn|>`): the trained text is the rendered turn after the header both share, written after
@@ -184,7 +191,8 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
     if rest is None:
         history = render(messages[:i], tools=tools) if i else ""
         rest = (_after_prompt_block(history, before, upto, getattr(render, "special_tokens", None) or [])
-                or _earlier_reasoning_dropped(history, before, upto, messages[i]))
+                or _earlier_reasoning_dropped(history, before, upto, messages[i])
+                or _earlier_reasoning_left_out(render, messages, i, tools, before, upto))
     if rest is not None:
         return before + rest, len(before)
     return None
@@ -210,6 +218,46 @@ def _earlier_reasoning_dropped(history: str, before: str, upto: str, m: dict) ->
         return None
     turn = upto[at + len(prompt):]
     return fill_reasoning(turn, m) or turn
+
+
+def text_is_reasoning(render: Render, messages: list[dict], k: int, tools: list | None) -> bool:
+    """The template renders the text of tool-call turn k exactly as it renders the same text given as the turn's
+    reasoning (gpt-oss: the text beside a call is written to the analysis channel, as `thinking` is)."""
+    m = messages[k]
+    text = (m.get("content") or "").strip()
+    if not m.get("tool_calls") or not text or split_reasoning(m)[0]:
+        return False
+    as_reasoning = {**m, "content": "", "reasoning_content": m["content"]}
+    rendered = _probe(render, messages[: k + 1], tools=tools)
+    return text in rendered and rendered == _probe(render, [*messages[:k], as_reasoning], tools=tools)
+
+
+def _without_reasoning(render: Render, messages: list[dict], k: int, tools: list | None) -> dict:
+    """Assistant turn k without its reasoning (and without the text beside its calls where that text is the
+    reasoning to this template)."""
+    m = messages[k]
+    reasoning, answer = split_reasoning(m)
+    if reasoning:
+        return {**{key: v for key, v in m.items() if key != "reasoning_content"}, "content": answer}
+    return {**m, "content": ""} if text_is_reasoning(render, messages, k, tools) else m
+
+
+def _earlier_reasoning_left_out(render: Render, messages: list[dict], i: int, tools: list | None, before: str,
+                                upto: str) -> str | None:
+    """The turn as the model writes it after a prompt that still holds earlier turns' reasoning, which the template
+    leaves out altogether once an answer ends the conversation (gpt-oss keeps the analysis of the tool-call turns
+    while the step is under way, so the model writes the final answer after it, and renders a conversation that
+    ends with the answer without that analysis): the rendered turn after the generation prompt of the same
+    conversation with the earlier reasoning removed. None unless the rendering through the turn is exactly that of
+    the conversation without the earlier reasoning, and starts with its generation prompt."""
+    bare = [_without_reasoning(render, messages, k, tools) if m["role"] == "assistant" else m
+            for k, m in enumerate(messages[:i])]
+    if bare == messages[:i] or render([*bare, messages[i]], tools=tools) != upto:
+        return None
+    prompt = render(bare, add_generation_prompt=True, tools=tools)
+    if prompt == before or not upto.startswith(prompt):
+        return None
+    return upto[len(prompt):]
 
 
 def _starts(text: str, token: str) -> list[int]:
