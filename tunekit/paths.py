@@ -7,6 +7,7 @@ install (the repo) and in an installed wheel (recipes/ and configs/ are force-in
 
 from __future__ import annotations
 
+import codecs
 import os
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,9 @@ def shipped_dir(kind: str) -> Path:
 
 def decode_utf8(raw: bytes, name: str, line_offset: int = 0) -> str:
     """The text of a user's UTF-8 file (or one line of it); a byte that is not UTF-8 is a UserError naming
-    `name:line:col`."""
+    `name:line:col`. A leading byte-order mark (Excel's "CSV UTF-8", Notepad) is valid UTF-8 but no part of the
+    text: it is dropped (columns are counted after it)."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -78,10 +78,17 @@ def check_mapped_columns(spec: DatasetSpec, rows: Rows) -> None:
                             f"(looked at the first {len(sample)}); columns found: {', '.join(sorted(found))}")
 
 
+def entry_names(specs: list[DatasetSpec], split: str) -> list[str]:
+    """The statistics' name of each dataset entry: its path, and where two entries share a path (the same file with
+    another `system:` or `samples:`), the path and the entry (`a.jsonl (data.train[1])`), one row each."""
+    paths = [s.path for s in specs]
+    return [p if paths.count(p) == 1 else f"{p} (data.{split}[{i}])" for i, p in enumerate(paths)]
+
+
 def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, render: Any, rng: random.Random,
                  workdir: Path, name: str, encode: Encoder = encode_rows,
                  columns: Sequence[str] = COLUMNS) -> tuple[Encoded, dict[str, DataStats], Provenance]:
-    """The split's examples (memory-mapped Arrow, in dataset order), statistics per dataset path, and each
+    """The split's examples (memory-mapped Arrow, in dataset order), statistics per dataset entry, and each
     example's dataset and source row. `encode`/`columns`: what a row becomes (see encode.encode_split)."""
     import numpy as np
 
@@ -93,8 +100,9 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
     files, pieces = encode_split(specs, loaded, indices, cfg, tokenizer, render, workdir, name, encode, columns)
     per: dict[str, DataStats] = {}
     origins = [np.asarray([o for part in parts for o in part.origins], dtype=np.int64) for parts in pieces]
-    for spec, rows, idx, parts in zip(specs, loaded, indices, pieces):
-        st = per.setdefault(spec.path, DataStats())
+    keys = entry_names(specs, name)
+    for key, rows, idx, parts in zip(keys, loaded, indices, pieces):
+        st = per.setdefault(key, DataStats())
         st.rows_in += len(rows)
         st.repeated += len(idx) - len(set(idx))
         if len(set(idx)) < len(rows):
@@ -105,7 +113,7 @@ def encode_specs(specs: list[DatasetSpec], cfg: DataConfig, tokenizer: Any, rend
         st.origins = []  # kept once, in the provenance
     check_accounting(per)
     owner = np.repeat(np.arange(len(specs), dtype=np.int64), [len(o) for o in origins])
-    prov = Provenance(owner, np.concatenate(origins) if origins else np.zeros(0, np.int64), [s.path for s in specs])
+    prov = Provenance(owner, np.concatenate(origins) if origins else np.zeros(0, np.int64), keys)
     return Encoded(files, columns), per, prov
 
 

@@ -28,8 +28,9 @@ from tunekit.data.schema import DataConfig
 from tunekit.data.sources import HUB, local_files, resolve_path
 from tunekit.run_dir import file_sha256
 
-CACHE_VERSION = 4  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files;
-# 4: preference rows keep their system text and tool schemas)
+CACHE_VERSION = 5  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files;
+# 4: preference rows keep their system text and tool schemas; 5: CSV cells `NA`/`null`/`None`... are text, not
+# missing, and an empty cell is ""; one statistics row per dataset entry)
 
 
 def cache_root(cfg: DataConfig) -> Path:

@@ -42,8 +42,8 @@ def stats_tables(stats: dict) -> list[Table]:
                 dropped += f"; {d['repeated']} repeated (upsampled)"
             if d.get("split_rows"):
                 dropped += f"; {d['split_rows']} rows split per assistant turn (+{d['expanded']} examples)"
-            rows.add_row(split, name, str(d["rows_in"]), str(d["rows_out"]), f"{d['tokens']:,}",
-                         f"{d['trained_tokens']:,}", str(d["truncated"]), dropped)
+            rows.add_row(split, escape(name), str(d["rows_in"]), str(d["rows_out"]), f"{d['tokens']:,}",
+                         f"{d['trained_tokens']:,}", str(d["truncated"]), escape(dropped))  # paths: `mix/[ab].*`
     out = [rows]
     pk = stats["train"].get("packing")
     summary = Table(title="summary", title_justify="left", show_header=False)

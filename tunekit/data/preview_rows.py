@@ -47,7 +47,7 @@ def preference_table(stats: dict) -> Table:
             continue
         for name, d in [*s.get("datasets", {}).items(), ("total", s)]:
             dropped = "; ".join(f"{n} {r}" for r, n in d["dropped"].items()) or "0"
-            table.add_row(split, name, str(d.get("rows_in", "")), str(d["rows_out"]), dropped)
+            table.add_row(split, escape(name), str(d.get("rows_in", "")), str(d["rows_out"]), escape(dropped))
     return table
 
 

@@ -1,31 +1,42 @@
 """Read dataset rows from files, globs, saved datasets or the hub, naming the file and line of anything malformed.
 
-JSON Lines and JSON are parsed here (so a bad line is reported with its line number); CSV, Parquet and Arrow
-files, `save_to_disk` directories and hub datasets go through the real `datasets` loaders. Hub datasets (with a
-network) and CSV/Parquet/Arrow files of `STREAM_BYTES` or more are read with `load_dataset(..., streaming=True)`
-(`read_stream`: one call, the hub passing its name, a local file the builder of its type), in batches.
+JSON Lines and JSON are parsed by `source_files` (so a bad line is reported with its line number; compressed files
+and a leading byte-order mark are read there too); CSV, Parquet and Arrow files, `save_to_disk` directories and hub
+datasets go through the real `datasets` loaders. Hub datasets (with a network) and CSV/Parquet/Arrow files of
+`STREAM_BYTES` or more are read with `load_dataset(..., streaming=True)` (`read_stream`: one call, the hub passing
+its name, a local file the builder of its type), in batches. Dataset options that cannot apply to a source
+(`field:` on anything but a .json file, `split:` on a saved single Dataset) are errors, not ignored.
 """
 
 from __future__ import annotations
 
 import bisect
 import glob
-import json
 import os
-from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from tunekit.data.schema import ROW_KEYS
+from tunekit.data.source_files import (
+    JsonlPart,
+    check_source_file,
+    check_split,
+    csv_header,
+    field_error,
+    file_type,
+    is_arrow_ipc_file,
+    read_json,
+    read_jsonl,
+    saved_layout,
+)
 from tunekit.errors import UserError
-from tunekit.paths import asset, decode_utf8
+from tunekit.paths import asset
 
 ASSETS_DATA = asset("data")
 HUB = "hub:"
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 STREAM_BYTES = 256 * 2**20  # local CSV/Parquet/Arrow files from this size on are streamed, not loaded whole
 BUILDERS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # the `datasets` builder of each file type
 STREAM_BATCH = 1024  # rows per batch read from a stream
@@ -85,27 +96,6 @@ class ListPart:
 
     def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
         return [self.rows[i] for i in local], [self.where[i] for i in local]
-
-
-@dataclass
-class JsonlPart:
-    """A JSON Lines file: the byte offset and line number of each row (parsed again when fetched)."""
-
-    path: Path
-    offsets: array = field(default_factory=lambda: array("q"))
-    lines: array = field(default_factory=lambda: array("q"))
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def fetch(self, local: list[int]) -> tuple[list[dict], list[str]]:
-        rows, where = [], []
-        with open(self.path, "rb") as f:
-            for i in local:
-                f.seek(self.offsets[i])
-                rows.append(json.loads(f.readline().decode("utf-8")))
-                where.append(f"{self.path}: row {i + 1} (line {self.lines[i]})")
-        return rows, where
 
 
 @dataclass
@@ -182,7 +172,9 @@ def resolve_path(path: str) -> Path:
 
 
 def is_glob(path: str) -> bool:
-    return any(c in path for c in "*?[")
+    """A pattern to expand; a path that exists is the file (or directory) it names, even with `[`, `*` or `?` in
+    its name (`alpaca[v2].jsonl`)."""
+    return any(c in path for c in "*?[") and not Path(path).expanduser().exists()
 
 
 def local_files(path: str) -> list[Path]:
@@ -201,127 +193,83 @@ def local_files(path: str) -> list[Path]:
     return sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
 
 
-def read_jsonl(path: Path) -> Rows:
-    """Every line is parsed and checked here (errors name the line); only offsets are kept."""
-    part = JsonlPart(path)
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            start, offset = offset, offset + len(raw)
-            line = decode_utf8(raw, str(path), lineno - 1)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            check_surrogates(line, row, f"{path}:{lineno}")
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: each line must be a JSON object, found {type(row).__name__}")
-            part.offsets.append(start)
-            part.lines.append(lineno)
-    out = Rows(str(path))
+def _one_part(part: Any, name: str) -> Rows:
+    out = Rows(name)
     out.parts.append(part)
     return out
 
 
-def _unwrap(data: dict, path: Path, field: str | None, row_keys: set[str]) -> object:
-    """The rows of a file holding one JSON object: its `field`, the object itself when it is one row (it has a
-    column the format reads, e.g. `{"conversations": [...]}`), or its only list field (`{"data": [...]}`)."""
-    lists = [k for k, v in data.items() if isinstance(v, list)]
-    if field is not None:
-        if not isinstance(data.get(field), list):
-            raise UserError(f"{path}: `field: {field}` names no list in the file's top-level object; its list "
-                            f"fields: {', '.join(lists) or 'none'}")
-        return data[field]
-    if row_keys & set(data):
-        return [data]
-    if len(lists) == 1:
-        return data[lists[0]]
-    found = f"{len(lists)} list fields ({', '.join(lists)})" if lists else "no list field"
-    raise UserError(f"{path}: the file holds one JSON object with {found}, and none of the columns the format "
-                    f"reads ({', '.join(sorted(row_keys))}); set `field:` in this dataset's entry "
-                    "(data.train[].field) to the key whose list holds the rows")
-
-
-def check_surrogates(text: str, value: object, where: str) -> None:
-    """JSON may escape half of a UTF-16 pair (`\\ud800`) that no text encoding can hold: the tokenizer would fail
-    on it later, far from the row. Only text with such an escape is checked (cheap for the rest)."""
-    if "\\ud" not in text.lower():
-        return
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UserError(f"{where}: the text holds a lone surrogate ({e.object[e.start]!a}, half of a UTF-16 "
-                        "pair), which is not valid Unicode; fix or drop that row") from None
-
-
-def read_json(path: Path, field: str | None = None, row_keys: frozenset[str] = frozenset()) -> Rows:
-    text = decode_utf8(path.read_bytes(), str(path))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # several JSON objects, one per line: JSON Lines under a .json name
-            return read_jsonl(path)
-        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    check_surrogates(text, data, str(path))
-    if isinstance(data, dict):
-        data = _unwrap(data, path, field, set(row_keys))
-    elif field is not None:
-        raise UserError(f"{path}: `field: {field}` is set but the file holds a JSON {type(data).__name__}, not an "
-                        "object; remove `field:`")
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines), found {type(data).__name__}")
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: item {i + 1} must be a JSON object, found {type(row).__name__}")
-    return Rows(str(path), data, [f"{path}: row {i + 1}" for i in range(len(data))])
-
-
 def _from_dataset(ds: object, name: str) -> Rows:
-    out = Rows(name)
-    out.parts.append(DatasetPart(ds, name))
-    return out
+    return _one_part(DatasetPart(ds, name), name)
+
+
+# Every CSV cell is text: pandas' default missing-value strings (`NA`, `N/A`, `null`, `None`, `nan`, `#N/A`, ...)
+# stay the text they are, and an empty cell is the empty string "" (as `""` in JSON: an optional column left empty
+# adds nothing), streamed or not.
+CSV_OPTIONS = {"na_filter": False}
 
 
 def _csv_string_features(path: Path) -> object:
     """CSV cells have no types; read every column as text (so `2` stays the string "2")."""
-    import csv
-
     from datasets import Features, Value
 
-    with open(path, encoding="utf-8", newline="") as f:
-        header = next(csv.reader(f), [])
-    return Features({name: Value("string") for name in header})
+    return Features({name: Value("string") for name in csv_header(path)})
+
+
+def _load_file(path: Path, suffix: str) -> object:
+    """A CSV, Parquet or Arrow file through the `datasets` loaders, in memory (an Arrow IPC file memory-mapped)."""
+    from datasets import Dataset
+
+    if suffix == ".csv":  # compressed CSV: `datasets` decompresses it by its suffix
+        return Dataset.from_csv(str(path), keep_in_memory=True, features=_csv_string_features(path), **CSV_OPTIONS)
+    if suffix == ".parquet":
+        return Dataset.from_parquet(str(path), keep_in_memory=True)
+    if not is_arrow_ipc_file(path):
+        return Dataset.from_file(str(path), in_memory=True)
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(pa.ipc.open_file(pa.memory_map(str(path))).read_all()))
 
 
 def read_file(path: Path, field: str | None = None, row_keys: frozenset[str] = frozenset()) -> Rows:
-    suffix = path.suffix.lower()
+    suffix = check_source_file(path, field)
     if suffix == ".jsonl":
-        return read_jsonl(path)
+        return _one_part(read_jsonl(path), str(path))
     if suffix == ".json":
-        return read_json(path, field, row_keys)
-    if suffix in BUILDERS and path.stat().st_size >= STREAM_BYTES:
-        extra = {"features": _csv_string_features(path)} if suffix == ".csv" else {}
-        return read_stream(BUILDERS[suffix], str(path), f"{path}: could not read it as {suffix[1:]}",
+        got = read_json(path, field, row_keys)
+        if isinstance(got, JsonlPart):
+            return _one_part(got, str(path))
+        return Rows(str(path), got, [f"{path}: row {i + 1}" for i in range(len(got))])
+    what = f"{suffix[1:]} ({file_type(path)[1]}-compressed)" if file_type(path)[1] else suffix[1:]
+    if path.stat().st_size >= STREAM_BYTES and not (suffix == ".arrow" and is_arrow_ipc_file(path)):
+        extra = {"features": _csv_string_features(path), **CSV_OPTIONS} if suffix == ".csv" else {}
+        return read_stream(BUILDERS[suffix], str(path), f"{path}: could not read it as {what}",
                            data_files=[str(path)], split="train", **extra)
-    from datasets import Dataset
-
     try:
-        if suffix == ".csv":
-            ds = Dataset.from_csv(str(path), keep_in_memory=True, features=_csv_string_features(path))
-        elif suffix == ".parquet":
-            ds = Dataset.from_parquet(str(path), keep_in_memory=True)
-        elif suffix == ".arrow":
-            ds = Dataset.from_file(str(path), in_memory=True)
-        else:
-            raise UserError(f"data: `{path}`: unsupported file type `{suffix}`; use one of {', '.join(SUFFIXES)}, "
-                            "a glob, a `save_to_disk` directory or hub:NAME")
+        ds = _load_file(path, suffix)
     except UserError:
         raise
     except Exception as e:  # the loaders raise many types; name the file and the reason
-        raise UserError(f"{path}: could not read it as {suffix[1:]}: {e.__class__.__name__}: {e}") from None
+        raise UserError(f"{path}: could not read it as {what}: {e.__class__.__name__}: {e}") from None
     return _from_dataset(ds, str(path))
+
+
+def _check_options(spec: Any, files: list[Path]) -> None:
+    """`field:` and `split:` where they cannot apply (checked by `tunekit validate`, before any row is read), and
+    files of a type tunekit does not read."""
+    path, field = spec.path, getattr(spec, "field", None)
+    if path.startswith(HUB) or is_glob(path) or not resolve_path(path).is_dir():
+        if field is not None and path.startswith(HUB):
+            raise field_error(path, field, "a hub dataset")
+        for f in files:
+            check_source_file(f, field)
+        return
+    if field is not None:
+        raise field_error(path, field, "a save_to_disk directory")
+    layout = saved_layout(resolve_path(path))
+    if layout is not None:
+        check_split(resolve_path(path), spec.split, *layout)
 
 
 def read_saved(path: Path, split: str) -> Rows:
@@ -332,10 +280,10 @@ def read_saved(path: Path, split: str) -> Rows:
     except Exception as e:
         raise UserError(f"{path}: not a directory written by datasets' save_to_disk ({e})") from None
     if isinstance(ds, DatasetDict):
-        if split not in ds:
-            raise UserError(f"{path}: no split `{split}`; found {', '.join(ds)}. Set `split:` in the dataset entry.")
-        ds = ds[split]
-    return _from_dataset(ds, f"{path}[{split}]")
+        check_split(path, split, list(ds), None)
+        return _from_dataset(ds[split], f"{path}[{split}]")
+    check_split(path, split, None, str(ds.split) if ds.split else None)
+    return _from_dataset(ds, str(path))
 
 
 def read_stream(path: str, label: str, failure: str, **kwargs: Any) -> Rows:
@@ -377,6 +325,9 @@ def read_hub(name: str, subset: str | None, split: str, revision: str | None) ->
 def read_rows(spec: object) -> Rows:
     """All rows of one dataset entry (`DatasetSpec`), in file order."""
     path: str = spec.path  # type: ignore[attr-defined]
+    field = getattr(spec, "field", None)
+    if field is not None and (path.startswith(HUB) or (not is_glob(path) and resolve_path(path).is_dir())):
+        raise field_error(path, field, "a hub dataset" if path.startswith(HUB) else "a save_to_disk directory")
     if path.startswith(HUB):
         out = read_hub(path[len(HUB) :], spec.subset, spec.split, spec.revision)  # type: ignore[attr-defined]
     elif not is_glob(path) and resolve_path(path).is_dir():
@@ -385,7 +336,7 @@ def read_rows(spec: object) -> Rows:
         out = Rows(path)
         keys = frozenset(spec.columns.get(k, k) for k in ROW_KEYS[spec.format])  # type: ignore[attr-defined]
         for f in local_files(path):
-            out.add(read_file(f, spec.field, keys))  # type: ignore[attr-defined]
+            out.add(read_file(f, field, keys))
     if not len(out):
         raise UserError(f"{path}: the dataset is empty")
     return out
@@ -395,7 +346,7 @@ def check_exists(specs: list) -> None:
     """Every local file, glob and `builtin:` path of these dataset entries exists (hub datasets are not looked
     up): what `tunekit validate` and the start of `train` check before anything is written."""
     for spec in specs:
-        local_files(spec.path)
+        _check_options(spec, local_files(spec.path))
         if getattr(spec, "tools", None):
             try:
                 resolve_path(spec.tools)
