@@ -262,3 +262,15 @@ def test_split_on_a_saved_single_dataset_must_be_the_default_or_its_own(tmp_path
     with pytest.raises(UserError, match=r"saved_test: `split: validation`.*saved by Dataset.save_to_disk as split "
                                         r"`test`"):
         check_exists([DatasetSpec(path=str(tmp_path / "saved_test"), format="alpaca", split="validation")])
+
+
+def test_a_byte_order_mark_is_not_template_or_reward_text(tmp_path: Path) -> None:
+    """A chat template or reward file saved with a BOM (Windows editors) rendered U+FEFF in front of every example
+    (trained as text) / failed to parse as Python."""
+    from tunekit.data.templates import load_template
+    from tunekit.trainers.reft_schema import check_reward_signature
+
+    (tmp_path / "t.jinja").write_bytes(b"\xef\xbb\xbf{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert load_template(str(tmp_path / "t.jinja")).startswith("{% for")
+    (tmp_path / "r.py").write_bytes(b"\xef\xbb\xbfdef reward(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    check_reward_signature(tmp_path / "r.py", "reward")

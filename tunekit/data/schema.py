@@ -85,7 +85,7 @@ class DatasetSpec(Section):
         description="JSON files holding one object: the key whose list holds the rows (e.g. `data` for "
         '`{"data": [...]}`). Needed only when the object has several list fields.',
     )
-    split: str = Field(default="train", description="Split to read from a hub dataset or a saved DatasetDict.")
+    split: str = Field(default="train", description="Split to read from a hub dataset or a saved DatasetDict (a saved single Dataset: only the split it was saved as).")
     subset: str | None = Field(default=None, description="Hub dataset configuration (subset) name.")
     revision: str | None = Field(
         default=None, description="Hub dataset revision (branch, tag or commit); pin a commit for reproducible caching."

@@ -79,7 +79,7 @@ def load_template(choice: str) -> str:
         return (TEMPLATES_DIR / BUILTIN_TEMPLATES[choice]).read_text(encoding="utf-8")
     p = Path(choice).expanduser()
     if p.is_file():
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not template text
     raise UserError(f"data.chat_template: `{choice}` is neither a built-in template ({', '.join(BUILTIN_TEMPLATES)}) "
                     f"nor an existing .jinja file (relative to {Path.cwd()}).{did_you_mean(choice, BUILTIN_TEMPLATES)}")
 

@@ -87,7 +87,7 @@ def check_reward_signature(path: Path, name: str) -> None:
     if not path.is_file():
         raise ValueError(f"reward file `{path}` not found (relative paths resolve against {Path.cwd()})")
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8-sig"), filename=str(path))
     except SyntaxError as e:
         raise ValueError(f"reward file `{path}` line {e.lineno}: syntax error: {e.msg}") from None
     defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
