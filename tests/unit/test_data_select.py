@@ -250,14 +250,15 @@ def test_ifd_is_loss_given_the_context_over_loss_alone(tok, copy_model: Path) ->
 
 
 def test_ifd_in_the_data_stage_prefers_answers_the_instruction_helps(tok, tmp_path: Path, copy_model: Path) -> None:
-    # The answer follows the template's "assistant\n": an answer of newlines is predicted from that context, and
-    # not from the start token alone (IFD < 1); an answer of x's is predicted equally badly from both (IFD 1).
-    spec = _pc(tmp_path / "d.jsonl", ["\n" * 6, "xxxxxx", "\n" * 8, "yyyyyyyy"])
+    # The answer follows the template's "assistant\n": an answer of newlines (and a full stop: a whitespace-only
+    # answer is refused as empty) is predicted from that context, and not from the start token alone (IFD < 1); an
+    # answer of x's is predicted equally badly from both (IFD 1).
+    spec = _pc(tmp_path / "d.jsonl", ["\n" * 6 + ".", "xxxxxx", "\n" * 8 + ".", "yyyyyyyy"])
     step = {"kind": "score", "by": "ifd", "model": str(copy_model), "keep": {"threshold": 0.8}, "order": "low"}
     train, _, stats = _build(tok, [spec], [step])
-    assert _completions(tok, train) == ["\n" * 6, "\n" * 8]
+    assert sorted(_completions(tok, train)) == sorted(["\n" * 6 + ".", "\n" * 8 + "."])
     s = stats["train"]["select"][0]["scores"]
-    assert s["min"] < 0.7 and 0.9 < s["max"] < 1.1 and s["cut"] == 0.8
+    assert s["min"] < 0.75 and 0.9 < s["max"] < 1.1 and s["cut"] == 0.8
 
 
 def test_a_scoring_model_with_another_vocabulary_is_refused(tok, tmp_path: Path) -> None:

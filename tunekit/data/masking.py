@@ -5,8 +5,13 @@ messages[:i] with the generation prompt. That is exact for any template that ren
 consistently (checked: an inconsistent template is an error, never a silently wrong mask), needs no
 generation markers or marker strings, and includes the end-of-turn text the template writes after the
 answer (a template that writes none is an error: the model would never learn to stop). Character spans
-are mapped to tokens through the tokenizer's offsets: a token is trained when its first character lies in
-a span (so a token straddling a span start counts as prompt).
+are mapped to tokens through the tokenizer's offsets: a token is trained when any of its characters lies in a
+span, so a token that a BPE merge makes straddle the boundary between context and trained text is trained (as in
+the preference pairs, `pair_tokens.pair_ids`): every character of the trained text is in a trained token.
+
+A conversation that opens with an assistant turn (ShareGPT's `gpt` greeting) has as context what the template
+writes before it (`opening.py`: its preamble and generation prompt), never "" (that trained Qwen2.5's
+default system block and the header as the answer); where no such context is found it is an error.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunekit.data.messages import Conversation
+from tunekit.data.opening import check_not_empty, context
 from tunekit.data.templates import TemplateFailure, renderer, shown, tools_ignored
 from tunekit.data.turns import (
     THINK_CLOSE,
@@ -227,8 +233,10 @@ def _per_turn(render: Render, messages: list[dict], tools: list | None, train_on
     if tools:
         _check_tools_rendered(render, messages, tools, render(messages, tools=tools), where)
     out = []
-    for i in trained_turns(messages, train_on, where):
-        example = turn_example(render, messages, i, tools)
+    turns = trained_turns(messages, train_on, where)
+    check_not_empty(messages, turns, where)
+    for i in turns:
+        example = turn_example(render, messages, i, tools, context(render, messages, i, tools, where))
         if example is None:
             raise inconsistent(where, True, only_whitespace_differs(render, messages, i, tools))
         text, start = example
@@ -256,13 +264,14 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
     if tools:
         _check_tools_rendered(render, messages, tools, full, where)
     turns = trained_turns(messages, train_on, where)
+    check_not_empty(messages, turns, where)
     if train_on == "all":
         check_answers(render, messages, full, where, tools)
         return full, [(0, len(full))]
     eos = getattr(render, "eos_token", None)
     spans = []
     for i in turns:
-        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        before = context(render, messages, i, tools, where)
         upto = full if i == len(messages) - 1 else render(messages[: i + 1], tools=tools)
         end = _end_in(full, upto, eos)
         if end is None or not full.startswith(before) or end < len(before):
@@ -281,11 +290,23 @@ def _spans(render: Render, messages: list[dict], tools: list | None, train_on: s
 
 
 def token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Character spans -> [first, last) token index ranges of the tokens whose first character lies inside.
+    """Character spans -> [first, last) token index ranges of the tokens holding a character inside.
 
     Offsets are in text order, so two binary searches per span replace a per-token loop.
     """
-    return [(bisect.bisect_left(offsets, (a, -1)), bisect.bisect_left(offsets, (b, -1))) for a, b in spans]
+    ends = [b for _, b in offsets]
+    return _disjoint([(bisect.bisect_right(ends, a) if a < b else bisect.bisect_left(offsets, (b, -1)),
+                       bisect.bisect_left(offsets, (b, -1))) for a, b in spans])
+
+
+def _disjoint(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token ranges in text order, each starting where the one before ends at the earliest (a token straddling a
+    short context between two trained spans is counted once)."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        a = max(a, out[-1][1]) if out else a
+        out.append((a, max(a, b)))
+    return out
 
 
 def _first_token_at_or_after(enc: Any, pos: int, text_len: int) -> int | None:
@@ -296,6 +317,12 @@ def _first_token_at_or_after(enc: Any, pos: int, text_len: int) -> int | None:
     if t is None:
         return None
     return t if enc.token_to_chars(t)[0] >= pos else t + 1
+
+
+def _token_holding(enc: Any, pos: int, text_len: int) -> int | None:
+    """Index of the token holding character `pos` (a token that starts before it included: a merge across the
+    boundary), or None when no token covers it."""
+    return len(enc) if pos >= text_len else enc.char_to_token(pos)
 
 
 def _fast_backend(tokenizer: Any) -> Any:
@@ -316,10 +343,12 @@ def tokenize_texts(tokenizer: Any, texts: list[str], spans: list[list[tuple[int,
     # The fast tokenizer's own batch encoder (what `tokenizer(texts)` calls), reading only the offsets of the
     # tokens at span boundaries instead of converting every token's offsets to Python.
     for e, text, sp in zip(backend.encode_batch(texts, add_special_tokens=False), texts, spans):
-        ranges = [(_first_token_at_or_after(e, a, len(text)), _first_token_at_or_after(e, b, len(text))) for a, b in sp]
-        if any(x is None for r in ranges for x in r):  # a boundary inside text no token covers
-            ranges = token_spans(e.offsets, sp)
-        out.append({"input_ids": e.ids, "spans": ranges})
+        found = [(_token_holding(e, a, len(text)) if a < b else _first_token_at_or_after(e, b, len(text)),
+                  _first_token_at_or_after(e, b, len(text))) for a, b in sp]
+        ranges = [(a, b) for a, b in found if a is not None and b is not None]
+        # a boundary inside text no token covers: every token's offsets
+        out.append({"input_ids": e.ids, "spans": _disjoint(ranges) if len(ranges) == len(found)
+                    else token_spans(e.offsets, sp)})
     return out
 
 

@@ -64,6 +64,11 @@ def _answer(value: object, field: str, where: str) -> list[dict]:
         raise RowError(f"{where}: `{field}` must start with an assistant turn; its first turn is "
                        f"{msgs[0]['role']!r}. Check the column mapping (`columns:`): prompt and completion may be "
                        "swapped")
+    for k, m in enumerate(msgs):
+        if m["role"] == "assistant" and not m.get("tool_calls") and not any(p.strip() for p in split_reasoning(m)):
+            raise RowError(f"{where}: `{field}[{k}]` is an empty assistant turn (no text, tool calls or reasoning), "
+                           "so the answer would be only the end of turn; fix or remove the row (or set "
+                           "data.drop_invalid_pairs: true to drop such rows and count them)")
     return msgs
 
 
@@ -88,8 +93,12 @@ def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[
 
 
 def _is_conversation(value: object) -> bool:
-    return (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
-            and ROLE_ALIASES.get(value[0].get("role"), value[0].get("role")) != "assistant")
+    """A whole conversation, not an answer: a list of messages that starts with another role than the assistant,
+    or has a user turn (a conversation that opens with an assistant greeting)."""
+    if not (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)):
+        return False
+    roles = [ROLE_ALIASES.get(m.get("role"), m.get("role")) for m in value]
+    return roles[0] != "assistant" or "user" in roles
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")

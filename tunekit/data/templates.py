@@ -162,7 +162,8 @@ def _hint(message: str, tools: bool, renders_tools: bool = False) -> str:
                 "is put before the first user message) or remove the system messages / `system:` prompt.")
     if "alternate" in low:
         return (" The template needs strictly alternating user/assistant turns: merge consecutive turns of one "
-                "role, or choose a template that accepts this conversation shape.")
+                "role, remove a turn that breaks the order (a conversation opening with an assistant turn, such as a "
+                "ShareGPT `gpt` greeting, does), or choose a template that accepts this conversation shape.")
     undefined = re.search(r"'(\w+)' is undefined", message)
     if undefined and undefined.group(1).endswith("_token"):
         return (f" The template reads `{undefined.group(1)}`, which this tokenizer does not define: use the "

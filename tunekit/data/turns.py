@@ -34,7 +34,8 @@ and are handled here, each checked so it never applies by accident:
   `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, while a turn renders as
   `<|turn>model\\nanswer<turn|>`): the trained text is the rendered turn after the header both share, written after
   the whole prompt (`_after_prompt_block`; never when the block's text is part of the turn, never splitting a
-  special token).
+  special token or the turn's own text: the header ends where two probe answers part, so `<|tool_call>` keeps the
+  `<|` it shares with the block's `<|channel>` even where neither is a special token).
 - **The next turn's header is the end of turn** (GLM-4.5/4.6: `<|user|>`, `<|assistant|>`, `<|observation|>` open
   turns and nothing closes them; the model stops by writing the next header, which its generation config lists
   as an EOS). For such a template (a user turn runs straight into the generation prompt, an assistant turn's
@@ -175,9 +176,11 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
                  before: str | None = None) -> tuple[str, int] | None:
     """(text, start of the trained text) for assistant turn i rendered as the conversation ending there, or None
     when the template renders it inconsistently with its own generation prompt in a way not handled here.
-    `before`: messages[:i] rendered with the generation prompt, when the caller has it."""
+    `before`: messages[:i] rendered with the generation prompt, when the caller has it (needed for i = 0)."""
     if before is None:
-        before = render(messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        if not i:  # a conversation opening with the assistant: the caller finds its context (`opening.py`)
+            return None
+        before = render(messages[:i], add_generation_prompt=True, tools=tools)
     upto = render(messages[: i + 1], tools=tools)
     if upto.startswith(before):
         filled = fill_reasoning(upto[len(before):], messages[i])
@@ -190,7 +193,8 @@ def turn_example(render: Render, messages: list[dict], i: int, tools: list | Non
     rest = _reasoning_continuation(render, before, upto, messages[i])
     if rest is None:
         history = render(messages[:i], tools=tools) if i else ""
-        rest = (_after_prompt_block(history, before, upto, getattr(render, "special_tokens", None) or [])
+        rest = (_after_prompt_block(history, before, upto, getattr(render, "special_tokens", None) or [],
+                                    lambda: _opening_length(render, messages[:i], tools, history))
                 or _earlier_reasoning_dropped(history, before, upto, messages[i])
                 or _earlier_reasoning_left_out(render, messages, i, tools, before, upto))
     if rest is not None:
@@ -264,22 +268,37 @@ def _starts(text: str, token: str) -> list[int]:
     return [m.start() for m in re.finditer(re.escape(token), text)]
 
 
-def _after_prompt_block(history: str, before: str, upto: str, specials: list[str]) -> str | None:
+def _after_prompt_block(history: str, before: str, upto: str, specials: list[str],
+                        opening: Callable[[], int | None] = lambda: None) -> str | None:
     """The turn as the model writes it after a generation prompt that ends with a block the rendered turn does
     not have (Gemma 4: `<|turn>model\\n<|channel>thought\\n<channel|>`, an empty thought channel, where the turn
     renders as `<|turn>model\\nanswer<turn|>`): the rendered turn after the header both share. None unless the two
-    differ only inside the generation prompt and the prompt's extra block is not part of the turn's text."""
+    differ only inside the generation prompt and the prompt's extra block is not part of the turn's text.
+    The shared header ends where the turn's own text starts (`opening`: what the template writes before any
+    answer), never inside a special token: the block `<|channel>` and a call's `<|tool_call>` share `<|`, which
+    belongs to the call (with a tokenizer where neither is a special token, it was lost from the example)."""
     if not (history and before.startswith(history) and upto.startswith(history)):
         return None
     prompt, turn = before[len(history):], upto[len(history):]
     k = len(os.path.commonprefix([prompt, turn]))
-    # never split a special token (`<|channel>` and `<|tool_call>` share `<|`): back off to the start of one
+    # never split a special token, nor the turn's own text (the header both share ends where that begins)
     k = min((p for t in specials if t for p in _starts(prompt, t) if p < k < p + len(t)), default=k)
-    extra, rest = prompt[k:].strip(), turn[k:]
-    if not k or not extra or extra in rest:
+    header = opening() if k else None
+    cuts = {k, min(k, header) if header is not None else k}
+    # the block must not be part of the turn, cut either way (`</think>` closing an empty block the turn fills)
+    if not k or any(not prompt[c:].strip() or prompt[c:].strip() in turn[c:] for c in cuts):
         return None
-    return rest
+    return turn[min(cuts):]
 
+
+def _opening_length(render: Render, context: list[dict], tools: list | None, history: str) -> int | None:
+    """How much the template writes after `history` (`context` rendered) before an assistant turn's text: the
+    common prefix of the turn rendered with two probe answers that start differently; None when unknown."""
+    texts = [_probe(render, [*context, {"role": "assistant", "content": c}], tools=tools)
+             for c in (PROBE, PROBE.upper()[::-1])]
+    if not all(t.startswith(history) for t in texts):
+        return None
+    return len(os.path.commonprefix(texts)) - len(history)
 
 
 def _header_delimited(render: Render) -> bool:
