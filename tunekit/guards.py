@@ -173,13 +173,13 @@ def check_stopped(guard: Any, trainer: Any, checkpoint_dir: Path, learning_rate:
     """After `trainer.train()` returned: raise if it stopped early (divergence: UserError; a signal: RunStopped)."""
     step = trainer.state.global_step
     if guard.diverged:
-        last = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                      key=lambda p: int(p.name.split("-")[-1]))
-        keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written before it"
+        last = latest_checkpoint(checkpoint_dir.parent)
+        keep, then = (f"the last good checkpoint is {last}", "start again (--overwrite) or continue from that "
+                      "checkpoint with --resume --allow-changes trainer.learning_rate=LOWER") if last else (
+            "no checkpoint was written before it", "start again with --overwrite")
         raise UserError(f"training diverged: {guard.diverged}. Nothing was written to final/; {keep}. Lower "
                         f"trainer.learning_rate (now {learning_rate:g}), add warm-up (trainer.warmup_steps) or keep "
-                        "trainer.max_grad_norm > 0; then start again (--overwrite) or continue from that checkpoint with "
-                        "--resume --allow-changes trainer.learning_rate=LOWER")
+                        f"trainer.max_grad_norm > 0; then {then}")
     if SIGNALS.signum is not None and step < trainer.state.max_steps:  # on the last step: finish normally
         name = NAMES.get(SIGNALS.signum, str(SIGNALS.signum))
         raise RunStopped(f"stopped by {name} at step {step}: checkpoint written to {checkpoint_dir}/checkpoint-{step}."

@@ -25,6 +25,7 @@ from tunekit.paths import absolute_file, as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
+from tunekit.resume import loading, resume_point, start_callback, train_from, verify_checkpoints
 from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.reft_schema import PythonReward
@@ -46,6 +47,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
         predicted = plan_memory(recipe)
         staged = kind_stages(inputs)
         results = {stage.name: run_stage(stage, inputs, callbacks or []) for stage in staged.stages}
+        if inputs.header is not None:  # every stage had finished before: no checkpoint was loaded
+            inputs.header.commit(None)
         memory = {"predicted": predicted, "measured": measure.run_peak()}
         summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
     loss = summary["final_loss"]
@@ -88,12 +91,16 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     check_fast_paths(recipe.trainer)
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
+    header = None  # under --resume: what the resume changes in the run dir, written once the checkpoint loaded
     if main:
         run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
-        if resume and not run_dir.has_progress(out):
-            console.print(f"--resume: `{out}` has no checkpoint yet (its run stopped before training); starting at step 0")
         files = source_fingerprints(recipe.data)
-        write_data = run_dir.write_run_header(out, recipe, files, resume, allow_changes)
+        header = run_dir.write_run_header(out, recipe, files, resume, allow_changes)
+        if resume and run_dir.has_progress(out):
+            verify_checkpoints(out)
+        elif resume:
+            console.print(f"--resume: `{out}` has no checkpoint yet (its run stopped before training); "
+                          "starting at step 0")
     rules.check_runnable(recipe.launch)
     # Before the process group exists: with one, save_pretrained (used to write builtin models) saves on rank 0 only.
     model_path = resolve_model_path(recipe.model)
@@ -103,14 +110,16 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     tokenizer = load_tokenizer(recipe.model, model_path)
     with runtime.main_process_first():
         train_ds, eval_ds, stats = build_datasets(recipe.data, tokenizer, recipe.trainer.seed, recipe.model)
-    if main and write_data:
+    if main and header is None:
         run_dir.write_json(out / "data.json", {"files": files, "stats": stats})
+    elif header is not None and header.data_changes:
+        header.data = {"files": files, "stats": stats}  # written once the checkpoint loaded
     trained = stats.get("train", {}).get("trained_tokens")
     console.print(f"data: {stats['train_rows']} train rows, {stats['eval_rows']} eval rows"
                   + (f", {trained} trained tokens" if isinstance(trained, int) else ""))
     for line in summary_lines(stats.get("train", {}).get("select")):
         console.print(f"data: {line}", markup=False)
-    return RunInputs(recipe, out, model_path, tokenizer, train_ds, eval_ds, resume)
+    return RunInputs(recipe, out, model_path, tokenizer, train_ds, eval_ds, resume, header)
 
 
 def plan_memory(recipe: Recipe) -> dict | None:
@@ -149,17 +158,20 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     own = [writer, guard, run_dir.checkpoint_callback(), run_dir.resumed_schedule_callback()]
     trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
     display.attach(trainer, writer, stage.title)
+    loaded = start_callback(checkpoint, inputs.header)
+    trainer.add_callback(loaded)
     report_dropped_rows(stage, inputs, trainer)
     engine = engines.check_engine(inputs.recipe.launch, trainer)
     engines.consolidate_saves(trainer)
     if plan.configure_trainer is not None:
         plan.configure_trainer(trainer)
     start = time.perf_counter()
-    with guards.disk_full(stage.dir / run_dir.CHECKPOINTS):
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with loading(checkpoint, loaded, inputs.header), guards.disk_full(stage.dir / run_dir.CHECKPOINTS):
+        result = train_from(trainer, checkpoint)  # None: the checkpoint was the last step
     guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
     info = {"params": params, "global_step": trainer.state.global_step,
-            "train_seconds": round(time.perf_counter() - start, 2), "train_loss_mean": result.training_loss,
+            "train_seconds": round(time.perf_counter() - start, 2),
+            "train_loss_mean": result.training_loss if result else None,
             "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine,
             "throughput": writer.throughput(),
             "fast_paths": fast_paths(stage.recipe, getattr(getattr(plan.model, "config", None), "model_type", None))}
@@ -196,22 +208,6 @@ def speed(stage: Stage, inputs: RunInputs, model: Any, params: dict) -> metrics.
     return metrics.Speed(runtime.world_size(), flops, peak, device, facts, note)
 
 
-def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
-    """The stage's latest complete checkpoint under --resume (metrics logged after it are dropped: they come again);
-    newer incomplete ones are set aside in checkpoints/torn/ with a notice."""
-    for torn, why in run_dir.torn_checkpoints(stage.dir, deep=True) if inputs.resume else []:
-        moved = run_dir.set_aside(torn) if runtime.is_main_process() else torn
-        console.print(f"[yellow]notice:[/] {torn.name} is incomplete ({why}); set aside as {moved}")
-    checkpoint = run_dir.latest_checkpoint(stage.dir, deep=True) if inputs.resume else None
-    if checkpoint is None:
-        return None
-    rules.check_resume(checkpoint, runtime.world_size())
-    if runtime.is_main_process():
-        run_dir.truncate_metrics(inputs.out, run_dir.checkpoint_step(checkpoint), stage=stage.tags.get("stage"))
-    console.print(f"{stage.tags['stage'] + ': ' if stage.tags else ''}resuming from {checkpoint}")
-    return checkpoint
-
-
 def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
     """Rows the TRL trainer dropped (DPO/KTO prompts filling max_length): warned and counted in data.json."""
     dropped = dropped_by_trainer(stage.recipe, stage.train_ds, trainer) if stage.train_ds is not None else {}
@@ -220,10 +216,12 @@ def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
     (reason, n), = dropped.items()
     console.print(f"[yellow]warning:[/] the {stage.recipe.trainer.kind} trainer dropped {n} training rows whose "
                   f"{reason}: raise data.max_length or shorten those prompts (counted in data.json)")
-    if runtime.is_main_process():
-        record = json.loads((inputs.out / "data.json").read_text())  # rewritten, not re-hashed
+    if runtime.is_main_process():  # rewritten, not re-hashed (by a resume: once its checkpoint loaded)
+        header = inputs.header
+        record = header.data_json() if header is not None else json.loads((inputs.out / "data.json").read_text())
         record["stats"]["train"]["dropped_by_trainer"] = dropped
-        run_dir.write_json(inputs.out / "data.json", record)
+        if header is None:
+            run_dir.write_json(inputs.out / "data.json", record)
 
 
 def save_final(stage: Stage, plan: Any, trainer: Any, tokenizer: Any) -> None:

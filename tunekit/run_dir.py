@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +71,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         lock(out)  # before looking further: another run may be changing the dir
     if resume and not has_progress(out) and not (ours and _not_started(out)):
         torn = "; ".join(f"{c.name}: {why}" for c, why in torn_checkpoints(out))
-        raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from"
-                        + (f" (incomplete ones: {torn})" if torn else " (set output.save_steps or save_minutes)"))
+        aside = sorted(p.name for p in (out / CHECKPOINTS / TORN).glob("*"))
+        raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from" + (
+            f" (incomplete ones: {torn})" if torn else
+            f" (the incomplete ones were set aside to {out / CHECKPOINTS / TORN}: {_some(aside)}); start again with "
+            "--overwrite" if aside else " (set output.save_steps or save_minutes)"))
     out.mkdir(parents=True, exist_ok=True)
     if not ours:
         _write_marker(out)
@@ -182,7 +186,8 @@ def checkpoint_problem(ckpt: Path, legacy: bool = False, deep: bool = False) -> 
     """Why a checkpoint cannot be resumed from, or None: trainer_state.json must parse, and every file the manifest
     lists must have the size it had when the save finished (`deep`: and the same sha256, which catches a file
     damaged in place, e.g. on a copy between machines). Without a manifest the save did not finish, unless the run
-    predates manifests (`legacy`: no checkpoint of the run has one)."""
+    predates manifests (`legacy`: no checkpoint of the run has one); then each file's own structure is checked
+    (`file_problem`: a truncated weights or torch file)."""
     parsed = {}
     for name in ("trainer_state.json", *([] if legacy else [MANIFEST])):
         try:
@@ -193,6 +198,9 @@ def checkpoint_problem(ckpt: Path, legacy: bool = False, deep: bool = False) -> 
             return f"{name} does not parse ({e.__class__.__name__})"
     if not isinstance(parsed["trainer_state.json"], dict) or "global_step" not in parsed["trainer_state.json"]:
         return "trainer_state.json has no global_step"
+    if legacy:
+        problems = (file_problem(p, str(p.relative_to(ckpt))) for p in sorted(ckpt.rglob("*")) if p.is_file())
+        return next((problem for problem in problems if problem), None)
     files = parsed.get(MANIFEST, {}).get("files", {}) if isinstance(parsed.get(MANIFEST, {}), dict) else {}
     for name, entry in files.items():
         size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (entry, None)
@@ -202,6 +210,45 @@ def checkpoint_problem(ckpt: Path, legacy: bool = False, deep: bool = False) -> 
             return f"{name} is missing" if found is None else f"{name} has {found:,} bytes, the save wrote {size:,}"
         if deep and digest and file_sha256(p) != digest:
             return f"{name} does not have the content the save wrote (sha256 differs)"
+    return None
+
+
+def file_problem(path: Path, name: str) -> str | None:
+    """What a checkpoint file's own structure says is wrong with it (`name`: how to call it), or None: a
+    safetensors file is as long as its header says, a torch file (a zip) ends with its zip directory, a JSON file
+    parses. Cheap (headers and tails): what a checkpoint without a manifest is checked with."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        if path.suffix == ".safetensors":
+            return _safetensors_problem(path, name, size)
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        if zipped and not zipfile.is_zipfile(path):
+            return f"{name} is truncated ({size:,} bytes, without the zip directory a torch file ends with)"
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{name} cannot be read ({e.__class__.__name__})"
+    return None
+
+
+def _safetensors_problem(path: Path, name: str, size: int) -> str | None:
+    """A safetensors file: an 8-byte header length, the JSON header, then the tensors' bytes it places."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else size
+        if n > size - 8:
+            return f"{name} is truncated ({size:,} bytes, shorter than its header)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{name}'s header does not parse (the file is damaged)"
+    if size != 8 + n + end:
+        what = "is truncated" if size < 8 + n + end else "does not match its header"
+        return f"{name} {what} ({size:,} bytes, its header describes {8 + n + end:,})"
     return None
 
 
@@ -308,19 +355,55 @@ MAY_CHANGE = ("trainer.max_steps", "trainer.logging_steps", "trainer.eval_steps"
               "launch.", "eval.")
 
 
-def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = False, allow_changes: bool = False) -> bool:
+@dataclass
+class ResumeRecord:
+    """What a --resume changes in the run dir: a resumes.jsonl line, and recipe.resolved.yaml / data.json when the
+    recipe or the data changed. `commit` writes them once the checkpoint has loaded, so a resume that fails before
+    (a change the checkpoint cannot load with, a bad data row, Ctrl-C while the model loads) leaves the run dir's
+    record as it was: the next --resume compares with what the checkpoints were trained on."""
+
+    out: Path
+    recipe_changes: dict
+    data_changes: list
+    recipe: dict | None = None  # the new recipe.resolved.yaml (None: unchanged)
+    data: dict | None = None  # the new data.json (None: unchanged); see `data_json`
+    committed: bool = False
+
+    def data_json(self) -> dict:
+        """data.json as the resume will write it (read from the run dir when the data stage did not set it)."""
+        if self.data is None:
+            self.data = json.loads((self.out / "data.json").read_text(encoding="utf-8"))
+        return self.data
+
+    def commit(self, checkpoint: Path | None) -> None:
+        """Append the resume to resumes.jsonl (with the checkpoint it went on from), then update the header."""
+        if self.committed:
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(checkpoint or ""),
+                  "recipe_changes": self.recipe_changes, "data_changes": self.data_changes}
+        with open(self.out / RESUMES, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        if self.recipe is not None:
+            write_yaml(self.out / RESOLVED, self.recipe)
+        if self.data is not None:
+            write_json(self.out / "data.json", self.data)
+        self.committed = True
+
+
+def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = False,
+                     allow_changes: bool = False) -> ResumeRecord | None:
     """The files every run writes before it trains: the resolved recipe and the library versions.
 
     Under --resume of a run that has them, the recipe and the data files (`files`: data.json's fingerprints) are
-    compared with the run's: a change outside MAY_CHANGE is refused with the diff unless `allow_changes`. What
-    changed is appended to resumes.jsonl, and only then is the header updated. Returns whether data.json is to be
-    (re)written.
+    compared with the run's: a change outside MAY_CHANGE is refused with the diff unless `allow_changes`. Nothing
+    is written then: the returned ResumeRecord writes what changed once the checkpoint has loaded. None: the header
+    was written (a fresh run, or one that never trained), and data.json is the data stage's to write.
     """
     new = recipe.model_dump(mode="json")
     if not resume or not has_progress(out) or not (out / RESOLVED).is_file():  # a fresh run, or one never trained
         write_yaml(out / RESOLVED, new)
         write_json(out / "versions.json", versions())
-        return True
+        return None
     old = yaml.safe_load((out / RESOLVED).read_text(encoding="utf-8")) or {}
     old_files = json.loads((out / "data.json").read_text())["files"] if (out / "data.json").is_file() else files
     data_changes = []
@@ -338,13 +421,8 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
         raise UserError(f"--resume: the run in `{out}` was started with other inputs:\n" + "\n".join(lines) +
                         "\nRestore them, start a new run (another output.dir or --overwrite), or pass --resume "
                         "--allow-changes to continue with the new ones (recorded in resumes.jsonl).")
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(latest_checkpoint(out) or ""),
-              "recipe_changes": changes, "data_changes": data_changes}
-    with open(out / RESUMES, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-    if changes:
-        write_yaml(out / RESOLVED, recipe.model_dump(mode="json"))  # with its data paths (compared without them)
-    return bool(data_changes)
+    # the recipe written back has its data paths (compared without them)
+    return ResumeRecord(out, changes, data_changes, recipe.model_dump(mode="json") if changes else None)
 
 
 def _made_absolute(old: Any, new: Any) -> bool:

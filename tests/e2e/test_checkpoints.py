@@ -89,6 +89,106 @@ def test_a_checkpoint_without_its_manifest_is_not_resumed_from(three_steps: Path
     assert squash("tunekit-manifest.json is missing (the save did not finish)") in squash(proc.stderr)
 
 
+def test_resume_from_the_last_steps_checkpoint_trains_no_step(three_steps: Path, tmp_path: Path) -> None:
+    """Stopped after checkpoint-3 of 3 was written (a kill, SIGTERM or full disk during the final save): --resume
+    trained a 4th step on a new batch (summary: 4 steps; with a schedule not ending at 0 other weights). Now it
+    trains none: final/ is written from checkpoint-3 and equals the uninterrupted run's. (The resume's constant
+    schedule, let through with --allow-changes, is what would have moved the weights in that 4th step.)"""
+    from safetensors.torch import load_file
+
+    run = stopped_copy(three_steps, tmp_path)
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3}, output={"dir": str(run), "save_steps": 1})
+    proc = run_cli("train", recipe, "--resume", "--allow-changes", "trainer.lr_scheduler=constant", check=True)
+    assert squash("checkpoint-3 is the end of training (step 3 of 3): no step to train") in squash(proc.stderr)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["resumed_from"].endswith("checkpoint-3")
+    assert not (run / "checkpoints" / "checkpoint-4").exists()
+    assert (run / "metrics.jsonl").read_text() == (three_steps / "metrics.jsonl").read_text()
+    ours, whole = (load_file(r / "final" / "adapter_model.safetensors") for r in (run, three_steps))
+    assert ours.keys() == whole.keys() and all((ours[k] == whole[k]).all() for k in ours)
+    assert (run / "final" / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.full
+def test_resume_from_the_end_of_a_num_epochs_schedule_trains_no_step(tmp_path: Path) -> None:
+    """trainer.num_epochs 1.5 on 8 rows (2 steps an epoch): 3 steps. --resume from checkpoint-3 without final/
+    trained a 4th step (the Trainer goes on in the second epoch); now none."""
+    rows = tmp_path / "train.jsonl"
+    row = {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]}
+    rows.write_text((json.dumps(row) + "\n") * 8)
+    recipe = tiny_recipe(tmp_path, trainer={"num_epochs": 1.5, "max_steps": -1, "lr_scheduler": "constant"},
+                         data={"train": [{"path": str(rows), "format": "messages"}]}, output={"save_steps": 1})
+    run_cli("train", recipe, check=True)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "final")
+    (run / "summary.json").unlink()
+    run_cli("train", recipe, "--resume", check=True)
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 3
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))[-1] == "checkpoint-3"
+
+
+def test_resume_refuses_when_every_checkpoint_is_damaged_in_place(three_steps: Path, tmp_path: Path) -> None:
+    """Every checkpoint fails the sha256 check: --resume set them all aside and silently trained from step 0 (exit 0,
+    resumes.jsonl naming a checkpoint set aside, metrics.jsonl holding the steps twice). Now it refuses, exit 2."""
+    run = stopped_copy(three_steps, tmp_path)
+    for step in (1, 2, 3):
+        path = run / "checkpoints" / f"checkpoint-{step}" / "optimizer.pt"
+        data = bytearray(path.read_bytes())
+        data[-30] ^= 0x01  # same size: only the sha256 tells
+        path.write_bytes(bytes(data))
+    metrics = (run / "metrics.jsonl").read_text()
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3}, output={"dir": str(run), "save_steps": 1})
+    proc = run_cli("train", recipe, "--resume")
+    err = squash(proc.stderr)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert squash(f"--resume: no usable checkpoint (all 3 set aside to {run}/checkpoints/torn:") in err
+    assert squash("optimizer.pt does not have the content the save wrote") in err and "--overwrite" in err
+    assert (run / "metrics.jsonl").read_text() == metrics
+    assert not (run / "resumes.jsonl").exists() and not (run / "summary.json").exists()
+    proc = run_cli("train", recipe, "--resume")  # the next try says where they went
+    assert proc.returncode == 2 and squash(f"set aside to {run}/checkpoints/torn") in squash(proc.stderr)
+
+
+def test_a_change_that_cannot_load_the_checkpoint_is_refused_and_recorded_nowhere(three_steps: Path,
+                                                                                   tmp_path: Path) -> None:
+    """`--resume --allow-changes method.r=4` (the run has r=8): a raw size-mismatch traceback, after
+    recipe.resolved.yaml and resumes.jsonl were rewritten; the plain --resume after it was refused with a false diff
+    (method.r: 4 -> 8). Now: exit 2 naming the change, the run dir as it was, and the plain --resume finishes."""
+    run = stopped_copy(three_steps, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-3")
+    header = {n: (run / n).read_bytes() for n in ("recipe.resolved.yaml", "data.json", "versions.json")}
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3}, output={"dir": str(run), "save_steps": 1})
+    proc = run_cli("train", recipe, "--resume", "--allow-changes", "method.r=4")
+    err = squash(proc.stderr)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert squash(f"--resume: {run}/checkpoints/checkpoint-2 cannot be loaded with this recipe") in err
+    assert squash("method.r: 8 -> 4") in err and "sizemismatch" in err
+    assert {n: (run / n).read_bytes() for n in header} == header and not (run / "resumes.jsonl").exists()
+    run_cli("train", recipe, "--resume", check=True)
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 3
+    (record,) = [json.loads(ln) for ln in (run / "resumes.jsonl").read_text().splitlines()]
+    assert record["checkpoint"] == str(run / "checkpoints" / "checkpoint-2")
+
+
+@pytest.mark.parametrize("torn", ["adapter_model.safetensors", pytest.param("optimizer.pt", marks=pytest.mark.full)])
+def test_a_legacy_run_falls_back_from_a_truncated_checkpoint_file(three_steps: Path, tmp_path: Path, torn: str) -> None:
+    """Checkpoints without manifests (an older tunekit; a run whose only checkpoint was killed before its manifest):
+    a truncated file gave a raw SafetensorError traceback. Now the checkpoint is set aside naming the file, and the
+    run goes on from the one before."""
+    run = stopped_copy(three_steps, tmp_path)
+    for manifest in (run / "checkpoints").glob("checkpoint-*/tunekit-manifest.json"):
+        manifest.unlink()
+    path = run / "checkpoints" / "checkpoint-3" / torn
+    path.write_bytes(path.read_bytes()[: path.stat().st_size - 100])
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3}, output={"dir": str(run), "save_steps": 1})
+    proc = run_cli("train", recipe, "--resume")
+    err = squash(proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert squash(f"notice: checkpoint-3 is incomplete ({torn} is truncated") in err
+    assert squash(f"resuming from {run}/checkpoints/checkpoint-2") in err
+    assert losses(run) == pytest.approx(losses(three_steps), abs=1e-4)
+
+
 def test_time_based_saves_by_default(tmp_path: Path) -> None:
     """Without save_steps a run still checkpoints by time (output.save_minutes, default 30)."""
     recipe = tiny_recipe(tmp_path, trainer={"max_steps": 2}, output={"dir": str(tmp_path / "run")})

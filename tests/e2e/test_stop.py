@@ -101,6 +101,18 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     assert not (run / "final").exists() and not (run / "summary.json").exists()
 
 
+def test_divergence_before_any_checkpoint_says_to_start_again(tmp_path: Path) -> None:
+    """With no checkpoint written before the divergence, the message said to continue "from that checkpoint with
+    --resume --allow-changes", which then failed ("no checkpoint"). Now it says to start again with --overwrite."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 6, "learning_rate": 1e30})  # saves by time only: none yet
+    proc = run_cli("train", recipe)
+    err = squash(proc.stderr)
+    assert proc.returncode == 2 and squash("training diverged") in err, proc.stderr[-3000:]
+    assert squash("no checkpoint was written before it") in err and "--resume" not in err
+    assert squash("then start again with --overwrite") in err
+    assert checkpoints(tmp_path / "run") == []
+
+
 @pytest.mark.full
 @pytest.mark.multiprocess
 def test_sigterm_to_a_two_process_run_stops_every_rank_at_one_step(tmp_path: Path) -> None:

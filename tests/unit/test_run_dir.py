@@ -24,7 +24,9 @@ def test_a_resume_with_a_longer_run_keeps_the_data_paths_in_the_resolved_recipe(
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     longer = load_recipe(tiny_recipe(tmp_path), ["trainer.max_steps=20"])
-    run_dir.write_run_header(out, longer, files, resume=True)
+    record = run_dir.write_run_header(out, longer, files, resume=True)
+    assert yaml.safe_load((out / run_dir.RESOLVED).read_text())["trainer"]["max_steps"] == 8  # not before it loaded
+    record.commit(out / "checkpoints" / "checkpoint-2")
     resolved = yaml.safe_load((out / run_dir.RESOLVED).read_text())
     assert resolved["trainer"]["max_steps"] == 20
     assert resolved["data"]["train"][0]["path"] == "builtin:quickstart/train.jsonl"
@@ -69,3 +71,26 @@ def test_local_reference_models_and_reward_files_are_recorded_absolute(tmp_path:
     other = load_recipe(recipes / "dpo.yaml", ["trainer.ref_model=/elsewhere"])
     with pytest.raises(UserError, match="trainer.ref_model"):
         run_dir.write_run_header(out, other, files, resume=True)
+
+
+def test_a_legacy_checkpoints_truncated_files_are_found_without_loading(tmp_path: Path) -> None:
+    """A checkpoint without a manifest (older tunekit, or killed before it) was checked for trainer_state.json only:
+    a truncated safetensors or torch file reached the loader (a raw SafetensorError). Their own structure tells:
+    safetensors' header gives the file's length, a torch zip ends with its directory."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
+    save_file({"w": torch.ones(64, 64)}, str(ckpt / "adapter_model.safetensors"))
+    torch.save({"state": torch.zeros(64)}, ckpt / "optimizer.pt")
+    assert run_dir.checkpoint_problem(ckpt, legacy=True) is None
+    for name in ("adapter_model.safetensors", "optimizer.pt"):
+        path = ckpt / name
+        whole = path.read_bytes()
+        path.write_bytes(whole[:-100])
+        assert run_dir.checkpoint_problem(ckpt, legacy=True).startswith(f"{name} is truncated")
+        path.write_bytes(whole)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    assert "adapter_model.safetensors" in run_dir.checkpoint_problem(ckpt, legacy=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tunekit.methods.plan import MethodPlan
     from tunekit.recipe.schema import Recipe
+    from tunekit.run_dir import ResumeRecord
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunInputs:
     train_ds: Any
     eval_ds: Any
     resume: bool
+    header: ResumeRecord | None = None  # under --resume (rank 0): the run dir's record of it, written once loaded
 
 
 # build_trainer(plan, checkpoint_dir, callbacks) -> a ready transformers/TRL Trainer
