@@ -86,6 +86,8 @@ def load_session(target: str, settings: Generation, system: str | None, tools: s
     t = resolve_target(target)
     tokenizer = load_tokenizer_for(t)
     console.print(f"chat: {t.label} ({t.kind}{', base ' + t.model_cfg.path if t.kind == 'adapter' else ''})")
+    if t.note:
+        console.print(f"weights: {t.weights} ({t.note})")
     trained_with = next((s.tools for s in t.recipe.data.train if s.tools), None) if t.recipe is not None else None
     source = tools or trained_with
     try:

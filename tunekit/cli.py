@@ -93,15 +93,18 @@ def train(
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
         strategy=strategy)]
     r = load_recipe(recipe, overrides)
-    if relaunch.needs_relaunch(r.launch):
-        if relaunch.prepare(r, resume=resume, overwrite=overwrite):
-            return
-        flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--allow-changes"] * allow_changes + \
-            ["--debug"] * _state["debug"]
-        sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
-    from tunekit.pipeline import train as run_train
+    from tunekit import disk
 
-    run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
+    with disk.guard(r):  # a full or read-only disk wherever the run writes: a clear error (exit 2)
+        if relaunch.needs_relaunch(r.launch):
+            if relaunch.prepare(r, resume=resume, overwrite=overwrite):
+                return
+            flags = ["--resume"] * resume + ["--overwrite"] * overwrite + ["--allow-changes"] * allow_changes + \
+                ["--debug"] * _state["debug"]
+            sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
+        from tunekit.pipeline import train as run_train
+
+        run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
 @app.command()
@@ -223,9 +226,11 @@ def preprocess(
     from tunekit.recipe.load import load_recipe
 
     r = load_recipe(recipe, overrides or [])
+    from tunekit import disk
     from tunekit.data.preview import preprocess as run_preprocess
 
-    run_preprocess(r, show=show)
+    with disk.guard(r):  # a full or read-only cache dir: a clear error
+        run_preprocess(r, show=show)
 
 
 @app.command("eval")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunekit.files import append_line
 from tunekit.run_dir import METRICS
 
 WARMUP_STEPS = 1  # optimizer steps of each process left out of summary.json's throughput (CUDA init, allocator)
@@ -161,9 +162,8 @@ def metrics_callback(out: Path, tags: dict | None = None, speed: Speed | None = 
                 row.update(self._throughput(now, seen))
             allocated, reserved = peak_memory()
             row.update(elapsed_s=round(now - self._start, 2), peak_mem_gb=allocated, peak_mem_reserved_gb=reserved)
-            self.last_row = row
-            with open(out / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            self.last_row = row  # the display shows a non-finite value as it is (nan, inf)
+            append_line(out / METRICS, json_row(row))
 
         def _throughput(self, now: float, seen: int) -> dict:
             per_s = round((seen - self._last_seen) / (now - self._last_time), 1) \
@@ -179,9 +179,20 @@ def metrics_callback(out: Path, tags: dict | None = None, speed: Speed | None = 
     return MetricsWriter()
 
 
+def json_row(row: dict) -> str:
+    """A metrics.jsonl line: strict JSON, so a value that is not finite (a diverged step's NaN or inf, which
+    `json.dumps` writes as the bare tokens `NaN` / `Infinity` that strict parsers reject) is written as null, and
+    the row's `non_finite` key says which keys those were and what they held ("nan", "inf", "-inf")."""
+    bad = {k: str(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        row = {**{k: None if k in bad else v for k, v in row.items()}, "non_finite": bad}
+    return json.dumps(row, allow_nan=False)
+
+
 def final_train_loss(out: Path) -> float | None:
     path = out / METRICS
     if not path.exists():
         return None
     losses = [json.loads(ln)["loss"] for ln in path.read_text().splitlines() if '"loss"' in ln]
-    return losses[-1] if losses and math.isfinite(losses[-1]) else None  # never a loss that was not seen
+    last = losses[-1] if losses else None  # null: a loss that was not finite
+    return last if isinstance(last, (int, float)) and math.isfinite(last) else None  # never a loss that was not seen

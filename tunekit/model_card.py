@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tunekit import __version__, run_dir
 from tunekit.data.select import summary_lines
+from tunekit.files import write_whole
 from tunekit.methods.registry import SAVED_AS
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def write_card(out: Path, recipe: Recipe) -> Path:
     # (run_dir.checkpoint_callback): removing it here would make good checkpoints look torn to --resume
     (out / run_dir.CHECKPOINTS / "README.md").unlink(missing_ok=True)
     path = out / run_dir.FINAL / "README.md"
-    path.write_text(render(out, recipe), encoding="utf-8")
+    write_whole(path, render(out, recipe))
     return path
 
 

@@ -19,6 +19,7 @@ from tunekit.data.cache import source_fingerprints
 from tunekit.data.select import summary_lines
 from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
+from tunekit.files import TMP, saving
 from tunekit.launch import engines, rules, runtime
 from tunekit.model.load import absolute_local, load_tokenizer, resolve_model_path
 from tunekit.paths import absolute_file, as_umask_allows
@@ -225,17 +226,42 @@ def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
 
 
 def save_final(stage: Stage, plan: Any, trainer: Any, tokenizer: Any) -> None:
-    """final/: the method's own save, or the trainer's (every rank: ZeRO-3 / FSDP gather there); the tokenizer."""
-    final = stage.dir / run_dir.FINAL
+    """final/: the method's own save, or the trainer's (every rank: ZeRO-3 / FSDP gather there); the tokenizer.
+    Written into final.tmp/ and renamed to final/ when complete: final/ is whole or absent (a full disk or a kill
+    during the save leaves no half model for eval/chat/merge to take), and never holds training_args.bin."""
+    final, main = stage.dir / run_dir.FINAL, runtime.is_main_process()
+    tmp = final.with_name(run_dir.FINAL + TMP)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)  # a save cut short before (every rank meets in the gather below)
     if stage.before_save is not None:
         stage.before_save(trainer)
-    if plan.save is None:
-        engines.save_consolidated(trainer, str(final))
-    elif runtime.is_main_process():
-        plan.save(plan.model, final)
-    if runtime.is_main_process():
-        tokenizer.save_pretrained(str(final))
-        as_umask_allows(final)
+    try:
+        with saving(tmp):
+            if plan.save is None:
+                engines.save_consolidated(trainer, str(tmp))
+            elif main:
+                plan.save(plan.model, tmp)
+            if main:
+                tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)  # and its space: the full disk is then as it was before
+        raise
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # transformers' pickle: the recipe is the record
+        as_umask_allows(tmp)
+        replace_dir(tmp, final)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Put the complete directory `new` at `dest`, replacing what was there (a previous final/ of a run resumed to
+    train longer): `dest` is always whole, the old one or the new one."""
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def final_eval(trainer: Any) -> dict:
@@ -249,9 +275,11 @@ def write_summary(inputs: RunInputs, stages: list[Stage], results: dict, extra: 
     """summary.json; a staged run's last stage's final/ becomes the run's final/."""
     recipe, out, last = inputs.recipe, inputs.out, stages[-1]
     if last.dir != out and runtime.is_main_process():
-        if (out / run_dir.FINAL).exists():
-            shutil.rmtree(out / run_dir.FINAL)
-        shutil.copytree(last.dir / run_dir.FINAL, out / run_dir.FINAL)
+        tmp = out / (run_dir.FINAL + TMP)
+        shutil.rmtree(tmp, ignore_errors=True)
+        with saving(tmp):
+            shutil.copytree(last.dir / run_dir.FINAL, tmp)
+        replace_dir(tmp, out / run_dir.FINAL)
     info = results[last.name]
     summary = {"params": info["params"], "method": recipe.method.name, "trainer": recipe.trainer.kind,
                "global_step": info["global_step"], "train_seconds": info["train_seconds"],

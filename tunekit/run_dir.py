@@ -8,6 +8,7 @@
       metrics.jsonl          one JSON object per logged step (schema in the README, written by tunekit/metrics.py)
       checkpoints/checkpoint-N/   resumable state (weights, optimizer, scheduler, RNG, trainer state)
       final/                 the trained weights (adapter or full model) as safetensors + tokenizer + chat template
+                             (written to final.tmp/, renamed when complete: whole or absent)
       stages/NAME/           a staged run's stages (reft: warmup, rl), each with checkpoints/, final/, stage.json
       summary.json           parameter counts, steps, time, final loss, throughput (tokens/s, MFU), peak memory
       .tunekit-run           marker: tunekit made this dir (only such a dir is reused or deleted by --overwrite)
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tunekit.errors import UserError
+from tunekit.files import TMP, append_line, write_whole
 from tunekit.paths import as_umask_allows
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         return
     if _not_started(out):
-        _remove(out, [n for n in HEADER if (out / n).exists()])
+        _remove(out, _entries(out))
         return
     if not overwrite:
         raise UserError(f"output.dir: `{out}` is not empty. Use --resume to continue that run, "
@@ -114,12 +116,13 @@ def _write_marker(out: Path) -> None:
 
 
 def _written_by_tunekit(name: str) -> bool:
-    return name in WRITTEN or name.startswith("eval-")
+    # NAME.tmp: a write cut short; final.old: the final/ a resumed run's new one replaces (pipeline.replace_dir)
+    return name.removesuffix(TMP).removesuffix(".old") in WRITTEN or name.startswith("eval-")
 
 
 def _not_started(out: Path) -> bool:
     """A tunekit dir holding at most the header files: a run that stopped before its first step."""
-    return (out / MARKER).is_file() and all(n in HEADER for n in _entries(out))
+    return (out / MARKER).is_file() and all(n.removesuffix(TMP) in HEADER for n in _entries(out))
 
 
 def _remove(out: Path, names: list[str]) -> None:
@@ -381,8 +384,7 @@ class ResumeRecord:
             return
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(checkpoint or ""),
                   "recipe_changes": self.recipe_changes, "data_changes": self.data_changes}
-        with open(self.out / RESUMES, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        append_line(self.out / RESUMES, json.dumps(record, default=str))
         if self.recipe is not None:
             write_yaml(self.out / RESOLVED, self.recipe)
         if self.data is not None:
@@ -475,11 +477,11 @@ def finished(out: Path, recipe: Recipe) -> str | None:
 
 
 def write_yaml(path: Path, data: Any) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    write_whole(path, yaml.safe_dump(data, sort_keys=False))  # whole or not at all (files.write_whole)
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    write_whole(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def versions() -> dict:
@@ -513,4 +515,4 @@ def truncate_metrics(out: Path, step: int, stage: str | None = None) -> None:
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and
             (json.loads(ln).get("step", 0) <= step or (stage is not None and json.loads(ln).get("stage") != stage))]
-    path.write_text("".join(k + "\n" for k in keep))
+    write_whole(path, "".join(k + "\n" for k in keep))

@@ -35,6 +35,7 @@ class Target:
     model_cfg: ModelConfig  # the base model (for a full model: the model itself)
     recipe: Recipe | None = None  # the run's or the given recipe
     run_dir: Path | None = None
+    note: str | None = None  # why a run's weights are not its final/ (eval, chat and merge print it)
 
 
 def weights_kind(d: Path) -> str:
@@ -55,25 +56,41 @@ def weights_kind(d: Path) -> str:
 
 
 def run_weights(run_dir: Path) -> Path:
-    """final/ of a finished run, else its latest checkpoint; an error when there is neither."""
-    final = run_dir / rd.FINAL
-    if final.is_dir() and any(final.iterdir()):
-        return final
+    """final/ of a finished run, else its latest complete checkpoint; an error when there is neither."""
+    return _run_weights(run_dir)[0]
+
+
+def _run_weights(run_dir: Path) -> tuple[Path, str | None]:
+    """(weights, why they are not final/). A run that did not finish (no summary.json) is taken at its latest
+    complete checkpoint even when it has a final/: one an older tunekit wrote (before final/ was written to
+    final.tmp/ and renamed) may be half written (a full disk, a kill during the final save). Without a checkpoint,
+    its final/ is all there is."""
+    final, finished = run_dir / rd.FINAL, (run_dir / "summary.json").is_file()
+    has_final = final.is_dir() and any(final.iterdir())
+    if has_final and finished:
+        return final, None
     ckpt = rd.latest_checkpoint(run_dir)
+    if ckpt is None and has_final:
+        return final, (f"the run did not finish (no summary.json) and has no complete checkpoint: {final} is used as "
+                       "it is")
     if ckpt is None:
         raise UserError(f"{run_dir}: the run has no trained weights: neither {final} nor a checkpoint in "
                         f"{run_dir / rd.CHECKPOINTS} (did training finish?)")
-    return ckpt
+    torn = ", ".join(c.name for c, _ in rd.torn_checkpoints(run_dir))
+    why = "the run did not finish (no summary.json), so its final/ is not used" if has_final else \
+        "the run has no final/"
+    note = f"{why}: its latest complete checkpoint" + (f"; passed over, incomplete: {torn}" if torn else "")
+    return ckpt, note + ("" if finished else ". Finish the run with `tunekit train RECIPE --resume` to write final/")
 
 
 def resolve_target(target: str | Path) -> Target:
     p = Path(target).expanduser()
     if p.is_dir() and (p / RESOLVED).is_file():
         recipe = load_recipe(p / RESOLVED)
-        weights = run_weights(p)
+        weights, note = _run_weights(p)
         saved_as = SAVED_AS.get(recipe.method.name, "peft")
         kind = "interventions" if saved_as == "interventions" else weights_kind(weights)
-        return Target(str(target), str(weights), kind, recipe.model, recipe, p)
+        return Target(str(target), str(weights), kind, recipe.model, recipe, p, note)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         recipe = load_recipe(p)
         return Target(str(target), recipe.model.path, "full", recipe.model, recipe)

@@ -98,8 +98,8 @@ def read_metrics(metrics_path: Path) -> list[dict]:
 
 def loss_points(rows: list[dict]) -> tuple[list[tuple], list[tuple]]:
     """(step, train loss) and (step, eval loss) pairs of metrics rows."""
-    return ([(r["step"], r["loss"]) for r in rows if "loss" in r],
-            [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r])
+    return ([(r["step"], r["loss"]) for r in rows if r.get("loss") is not None],  # null: not finite
+            [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None])
 
 
 def pyplot() -> Any:

@@ -104,13 +104,10 @@ def default_out(target: Any) -> Path:
 
 
 def say_which_weights(target: Target) -> None:
-    """A run without final/ is evaluated at its latest complete checkpoint: say which, and which newer ones were
-    incomplete (torn) and passed over."""
-    if target.run_dir is None or Path(target.weights) == target.run_dir / rd.FINAL:
-        return
-    torn = [c.name for c, _ in rd.torn_checkpoints(target.run_dir)]
-    console.print(f"weights: {target.weights} (the run has no final/: its latest complete checkpoint"
-                  + (f"; passed over, incomplete: {', '.join(torn)}" if torn else "") + ")")
+    """A run without final/ (or one that did not finish) is evaluated at its latest complete checkpoint: say which,
+    and which newer ones were incomplete (torn) and passed over (`targets.run_weights`)."""
+    if target.note:
+        console.print(f"weights: {target.weights} ({target.note})")
 
 
 def run_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], ctx: dict) -> dict[str, dict]:

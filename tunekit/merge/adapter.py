@@ -116,6 +116,8 @@ def merge_adapter(target: str, out: Path, dtype: str = "float32", tolerance: flo
     """Merge a run's (or adapter directory's) adapter into its base; refuse when logits drift past tolerance."""
     t = resolve_target(target)
     check_mergeable(t)
+    if t.note:
+        console.print(f"weights: {t.weights} ({t.note})")
     if t.kind != "adapter":
         raise UserError(f"{t.weights}: holds a full model, not an adapter, so there is nothing to merge into a "
                         "base; use it as it is, or give several inputs with --method to merge models")

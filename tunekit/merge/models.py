@@ -128,6 +128,8 @@ def load_inputs(inputs: list[str], base: str | None) -> tuple[Target, list[Targe
     targets = [resolve_target(i) for i in inputs]
     for t in targets:
         check_mergeable(t)
+        if t.note:
+            console.print(f"weights: {t.weights} ({t.note})")
     known = [t for t in targets if t.kind == "adapter" or t.run_dir is not None]
     if base:
         cfg = ModelConfig(path=base, dtype="float32")

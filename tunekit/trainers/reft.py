@@ -17,7 +17,6 @@ trainers (same sampling and answer rewards).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from tunekit import metrics, run_dir
 from tunekit.data.masking import tokenize_with_mask
 from tunekit.data.templates import generation_prompts
 from tunekit.errors import UserError
+from tunekit.files import append_line
 from tunekit.launch.runtime import world_size
 from tunekit.methods.plan import MethodPlan
 from tunekit.methods.registry import apply_method, build_for_training, load_kwargs
@@ -191,8 +191,7 @@ def _heldout_record(trainer: Any, tokenizer: Any, heldout: Any, recipe: Recipe, 
     """The stage's mean held-out reward, printed and logged to metrics.jsonl."""
     reward = heldout_reward(trainer.model, tokenizer, heldout, recipe)
     console.print(f"{stage}: {step} steps, mean held-out reward {reward:.3f}")
-    with open(out / run_dir.METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"stage": stage, "step": step, "heldout_reward": reward}) + "\n")
+    append_line(out / run_dir.METRICS, metrics.json_row({"stage": stage, "step": step, "heldout_reward": reward}))
     return reward
 
 
