@@ -406,7 +406,7 @@ def write_run_header(out: Path, recipe: Recipe, files: dict, resume: bool = Fals
         write_yaml(out / RESOLVED, new)
         write_json(out / "versions.json", versions())
         return None
-    old = yaml.safe_load((out / RESOLVED).read_text(encoding="utf-8")) or {}
+    old = with_new_keys(yaml.safe_load((out / RESOLVED).read_text(encoding="utf-8")) or {})
     old_files = json.loads((out / "data.json").read_text())["files"] if (out / "data.json").is_file() else files
     data_changes = []
     if _contents(old_files) == _contents(files):  # the same data, perhaps moved: its paths may change
@@ -451,6 +451,28 @@ def _without_data_paths(recipe: dict) -> dict:
     data = recipe.get("data") or {}
     strip = {k: [{**spec, "path": None} for spec in data.get(k) or []] for k in ("train", "eval")}
     return {**recipe, "data": {**data, **strip}}
+
+
+def with_new_keys(old: dict) -> dict:
+    """A run's recorded recipe with the keys a newer tunekit added (absent from it) set to their defaults, so that a
+    run started by an older version resumes without a change it never made (`data.drop_text_beside_tool_calls:
+    None -> False`); as it is when it no longer validates (the diff then shows what differs)."""
+    from pydantic import ValidationError
+
+    from tunekit.recipe.schema import Recipe
+
+    try:
+        filled = Recipe.model_validate(old).model_dump(mode="json")
+    except (ValidationError, ValueError, UserError):
+        return old
+
+    def add_missing(have: Any, full: Any) -> Any:
+        if not (isinstance(have, dict) and isinstance(full, dict)):
+            return have
+        return {**{k: v for k, v in full.items() if k not in have},
+                **{k: add_missing(v, full.get(k)) for k, v in have.items()}}
+
+    return add_missing(old, filled)
 
 
 def diff(old: Any, new: Any, prefix: str = "") -> dict[str, list]:

@@ -94,3 +94,21 @@ def test_a_legacy_checkpoints_truncated_files_are_found_without_loading(tmp_path
         path.write_bytes(whole)
     (ckpt / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     assert "adapter_model.safetensors" in run_dir.checkpoint_problem(ckpt, legacy=True)
+
+
+def test_a_run_recorded_by_an_older_tunekit_resumes_without_the_keys_it_lacked(tmp_path: Path) -> None:
+    """A recipe.resolved.yaml written before a key existed (data.drop_text_beside_tool_calls, method.use_dora)
+    was refused on --resume as a change `None -> False` the user never made; a real change still is."""
+    out = tmp_path / "run"
+    out.mkdir()
+    recipe = load_recipe(tiny_recipe(tmp_path), [])
+    files = {"train": {"a.jsonl": "0" * 64}}
+    run_dir.write_run_header(out, recipe, files)
+    old = yaml.safe_load((out / run_dir.RESOLVED).read_text())
+    del old["data"]["drop_text_beside_tool_calls"], old["method"]["use_dora"]
+    (out / run_dir.RESOLVED).write_text(yaml.safe_dump(old))
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    run_dir.write_run_header(out, recipe, files, resume=True)  # not refused
+    with pytest.raises(UserError, match="method.r: 8 -> 4"):
+        run_dir.write_run_header(out, load_recipe(tiny_recipe(tmp_path), ["method.r=4"]), files, resume=True)
