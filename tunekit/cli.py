@@ -104,7 +104,7 @@ def train(
             sys.exit(relaunch.relaunch(r.launch, ["train", str(recipe), *overrides, *flags]))
         from tunekit.pipeline import train as run_train
 
-        run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
+        run_train(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes, until_exit=True)
 
 
 @app.command()
@@ -523,7 +523,8 @@ def _run_app(debug: bool) -> int:
         typer.echo(f"{rank_prefix()}error: {e}", err=True)
         return e.exit_code
     except RunStopped as e:
-        typer.echo(str(e), err=True)
+        if str(e):  # empty on the other ranks of a run that stopped together: rank 0 says it
+            typer.echo(str(e), err=True)
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code
@@ -543,8 +544,11 @@ def _exit(code: int) -> None:
     the atexit handlers ran: C++ threads that gloo, DeepSpeed or the launcher's store still hold at static
     destruction can abort the process there ("terminate called without an active exception", SIGABRT), which
     turned finished 2-process runs into failed ones. Files the run wrote are closed by then; stdio and logging
-    are flushed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    are flushed. A `tunekit train` that completed does the same: its signal handlers stay until the process ends
+    (guards.signal_handlers), but Python's teardown (1-2 s with torch loaded) runs with the default ones, and a
+    SIGTERM there ended the process with 143 and no word."""
+    guards = sys.modules.get("tunekit.guards")  # imported only by `train`
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (guards is not None and guards.SIGNALS.phase == "exiting"):
         import atexit
         import logging
 

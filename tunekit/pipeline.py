@@ -37,13 +37,14 @@ from tunekit.ui import console
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
-          allow_changes: bool = False) -> Path:
-    """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model)."""
+          allow_changes: bool = False, until_exit: bool = False) -> Path:
+    """Run the recipe; `callbacks` are extra transformers TrainerCallbacks (tests use them to inspect the model).
+    `until_exit` (the CLI): the signal handlers stay once it returned (guards.signal_handlers)."""
     done = run_dir.finished(Path(recipe.output.dir), recipe) if resume else None
     if done:  # every rank sees it: none starts
         console.print(done)
         return Path(recipe.output.dir)
-    with guards.signal_handlers():
+    with guards.signal_handlers(until_exit):
         inputs = open_run(recipe, resume, overwrite, allow_changes)
         predicted = plan_memory(recipe)
         staged = kind_stages(inputs)
@@ -52,14 +53,15 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbac
             inputs.header.commit(None)
         memory = {"predicted": predicted, "measured": measure.run_peak()}
         summary = write_summary(inputs, staged.stages, results, staged.summary, memory)
-    loss = summary["final_loss"]
-    console.print(f"done: {summary['global_step']} steps, final loss "
-                  f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
-    runtime.shutdown()  # every rank, before rank 0 goes on alone
-    if runtime.is_main_process():
-        model_card.write_card(inputs.out, recipe)
-    if recipe.eval.run_after_train and runtime.is_main_process():
-        evaluate(inputs.out)  # rewrites the card with the eval results
+        loss = summary["final_loss"]
+        console.print(f"done: {summary['global_step']} steps, final loss "
+                      f"{'n/a' if loss is None else f'{loss:.4f}'}, outputs in {inputs.out}")
+        with guards.after_training(inputs.out, recipe.eval.run_after_train):  # a signal waits for the card
+            runtime.shutdown()  # every rank, before rank 0 goes on alone
+            if runtime.is_main_process():
+                model_card.write_card(inputs.out, recipe)
+        if recipe.eval.run_after_train and runtime.is_main_process():
+            evaluate(inputs.out)  # rewrites the card with the eval results
     return inputs.out
 
 

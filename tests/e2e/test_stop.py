@@ -86,6 +86,8 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path: Path) -> None:
     code, err = start_and_signal(recipe, tmp_path / "run", signal.SIGINT, signal.SIGINT)
     assert code == 130 and squash("aborting at once (second signal)") in squash(err), err[-3000:]
     assert "Traceback" not in err
+    # what was lost and where --resume goes on from
+    assert squash("stopped by SIGINT (Ctrl-C) (second signal) during a step, without saving it:") in squash(err)
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -140,3 +142,37 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_at_one_step(tmp_path: Pat
         p.name for p in (run / "checkpoints" / f"checkpoint-{step}").iterdir()}
     run_cli("train", recipe, "--nproc", "2", "--resume", f"trainer.max_steps={step + 2}", check=True)
     assert json.loads((run / "summary.json").read_text())["global_step"] == step + 2
+
+
+def test_a_signal_after_training_says_the_run_is_complete_and_what_did_not_run(tmp_path: Path) -> None:
+    """A SIGTERM once `done:` was printed (the model card, eval.run_after_train) ends the process with 143 saying
+    that final/ and summary.json are complete and that the eval did not run (the default handler killed it without
+    a word, and --resume then says `already finished`)."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 2}, eval={"run_after_train": True},
+                         data={"train": [{"path": "builtin:quickstart/train.jsonl", "format": "messages"}],
+                               "eval": [{"path": "builtin:quickstart/eval.jsonl", "format": "messages"}],
+                               "max_length": 64})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.time() + 240
+        while not any(line.startswith("done:") for line in err):
+            assert proc.poll() is None and time.time() < deadline, "".join(err)[-3000:]
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=240)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = squash("".join(err))
+    assert proc.returncode == 143 and "Traceback" not in text, "".join(err)[-3000:]
+    assert squash(f"stopped by SIGTERM after training: the run is complete ({run}/final, summary.json); the eval "
+                  f"(eval.run_after_train) did not run: run `tunekit eval {run}`") in text
+    assert (run / "summary.json").is_file() and (run / "final" / "README.md").is_file()
+    assert not (run / "eval" / "report.json").exists()

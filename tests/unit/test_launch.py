@@ -124,6 +124,16 @@ def test_launcher_command_lines() -> None:
     assert env["PYTHONPATH"].split(":")[0] == str(Path(relaunch.__file__).resolve().parents[2])
 
 
+def test_torchrun_gives_stopping_workers_time_for_their_step_and_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun SIGKILLs workers 30 s after passing a signal on (its default), which can fall inside the step and
+    checkpoint a stopping GPU run is finishing: tunekit gives them longer, unless the user set the variable."""
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    assert relaunch.worker_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == str(relaunch.SHUTDOWN_TIMEOUT_S)
+    assert relaunch.SHUTDOWN_TIMEOUT_S >= 300
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "45")
+    assert relaunch.worker_env()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "45"
+
+
 def test_slurm_script_uses_the_documented_flags() -> None:
     script = (REPO / "scripts" / "slurm_multinode.sh").read_text()
     for flag in ("--nnodes", "--node-rank", "--master-addr", "--master-port", "--nproc"):

@@ -7,4 +7,6 @@
                  the engine checks and consolidated saves of a built trainer
     relaunch.py  re-executing `tunekit train` under torchrun / accelerate launch
     runtime.py   this process's place in a run (rank, world size, strategy) and the process group
+    signals.py   SIGINT/SIGTERM across processes: repeats of one request, the parent's forwarding, and how workers
+                 that stopped on a signal tell the parent
 """

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunekit import run_dir
+from tunekit.launch import signals
 from tunekit.launch.rules import check_resume, check_runnable
 from tunekit.launch.runtime import under_launcher
 from tunekit.ui import console
@@ -86,9 +87,15 @@ def launcher_command(launch: LaunchConfig, worker_args: list[str]) -> list[str]:
     return [*cmd, "-m", "tunekit", *worker_args]
 
 
+SHUTDOWN_TIMEOUT_S = 300
+
+
 def worker_env() -> dict[str, str]:
-    """The parent's environment plus a PYTHONPATH that makes workers import this very tunekit."""
+    """The parent's environment plus a PYTHONPATH that makes workers import this very tunekit. torchrun, once it
+    passed a signal on, SIGKILLs the workers still running after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (its default: 30 s),
+    which on GPUs can fall inside the step and checkpoint they are finishing: `SHUTDOWN_TIMEOUT_S` unless set."""
     env = dict(os.environ)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     here = str(Path(__file__).resolve().parent.parent.parent)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([here, *[p for p in parts if p != here]])
@@ -100,26 +107,27 @@ def worker_env() -> dict[str, str]:
 
 def relaunch(launch: LaunchConfig, worker_args: list[str]) -> int:
     """Run the launcher, stream its output, and return its exit code. A failing rank ends the whole run:
-    torchrun stops the other ranks and prints the failing rank, its exit code and error."""
+    torchrun stops the other ranks and prints the failing rank, its exit code and error. A run stopped by a
+    signal (sent to this process, to a worker, or to all of them) exits 128 + the signal (130, 143)."""
     cmd = launcher_command(launch, worker_args)
     ln = launch
     console.print(f"launch: {ln.resolved_strategy} with {ln.nproc} process(es) x {ln.nnodes} node(s) "
                   f"via {ln.launcher}: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, env=worker_env())
-    got: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:  # noqa: ARG001 - SIGTERM from Slurm/Kubernetes reaches only us
-        got.append(signum)
-        proc.send_signal(signum)  # torchrun passes it to every worker, which stops at a step boundary and saves
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if got:
-        return 128 + got[0]
+    with signals.stop_file() as record:
+        proc = subprocess.Popen(cmd, env={**worker_env(), signals.STOP_FILE_ENV: str(record)})
+        # SIGTERM from Slurm/Kubernetes may reach only us: forwarded to the launcher, which passes it to every
+        # worker; they stop at a step boundary and save (signals.py: repeats, and a deliberate second signal)
+        forward = signals.Forwarder(proc)
+        previous = {s: signal.signal(s, forward) for s in signals.NAMES}
+        try:
+            proc.wait()
+            forward.wait_for_workers()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        stopped = signals.recorded_stop(record)
+    if forward.got or stopped:  # rank 0 printed how the run stopped
+        return 128 + (forward.got[0] if forward.got else stopped or 0)
     if proc.returncode != 0:
         console.print(f"[red]error:[/] the {ln.world_size}-process run failed (exit code {proc.returncode}); "
                       "the failing rank and its error are printed above (`rank N/W: error: ...` and the "
