@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,15 @@ import pytest
 from tests.conftest import read_metrics, run_cli, tiny_recipe
 
 
-def start_and_signal(recipe: Path, run: Path, *signals: int) -> tuple[int, str]:
-    """Start `tunekit train RECIPE`, wait for its first metrics line, send the first signal; each further one as
-    soon as the run said it is stopping (so it lands while the run is still stopping). Returns (exit, stderr)."""
+def trained(run: Path, err: list[str]) -> bool:
+    return (run / "metrics.jsonl").exists() and bool((run / "metrics.jsonl").read_text().strip())
+
+
+def start_and_signal(recipe: Path, run: Path, *signals: int,
+                     ready: Callable[[Path, list[str]], bool] = trained) -> tuple[int, str]:
+    """Start `tunekit train RECIPE`, wait until `ready(run, stderr lines)` (default: its first metrics line), send
+    the first signal; each further one as soon as the run said it is stopping (so it lands while the run is still
+    stopping). Returns (exit, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     err: list[str] = []
@@ -28,9 +35,9 @@ def start_and_signal(recipe: Path, run: Path, *signals: int) -> tuple[int, str]:
     reader.start()
     try:
         deadline = time.time() + 240
-        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
-            assert proc.poll() is None and time.time() < deadline, "the run did not start training"
-            time.sleep(0.1)
+        while not ready(run, err):
+            assert proc.poll() is None and time.time() < deadline, "".join(err)[-3000:]
+            time.sleep(0.005)
         for i, s in enumerate(signals):
             while i and "stoppingattheend" not in squash("".join(err)):
                 assert proc.poll() is None and time.time() < deadline, "the run did not say it is stopping"
@@ -153,25 +160,10 @@ def test_a_signal_after_training_says_the_run_is_complete_and_what_did_not_run(t
                                "eval": [{"path": "builtin:quickstart/eval.jsonl", "format": "messages"}],
                                "max_length": 64})
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tunekit", "train", str(recipe)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
-        deadline = time.time() + 240
-        while not any(line.startswith("done:") for line in err):
-            assert proc.poll() is None and time.time() < deadline, "".join(err)[-3000:]
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=240)
-        reader.join(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = squash("".join(err))
-    assert proc.returncode == 143 and "Traceback" not in text, "".join(err)[-3000:]
+    code, err = start_and_signal(recipe, run, signal.SIGTERM,
+                                 ready=lambda _, lines: any(line.startswith("done:") for line in lines))
+    text = squash(err)
+    assert code == 143 and "Traceback" not in text, err[-3000:]
     assert squash(f"stopped by SIGTERM after training: the run is complete ({run}/final, summary.json); the eval "
                   f"(eval.run_after_train) did not run: run `tunekit eval {run}`") in text
     assert (run / "summary.json").is_file() and (run / "final" / "README.md").is_file()
