@@ -103,7 +103,7 @@ def saving(directory: Path) -> Iterator[None]:
         raise
     except Exception as e:
         found = write_failure(e)
-        if found is None and "unexpected pos" in str(e) and _free(directory) < 1 << 20:
+        if found is None and "unexpected pos" in str(e) and free_bytes(directory) < 1 << 20:
             found = (errno.ENOSPC, None)
         if found is None or isinstance(e, OSError) and e.filename:
             raise
@@ -111,6 +111,7 @@ def saving(directory: Path) -> Iterator[None]:
         raise OSError(code, os.strerror(code), path or str(directory)) from e
 
 
-def _free(directory: Path) -> int:
+def free_bytes(directory: Path) -> int:
+    """Free space on the filesystem that holds `directory` (or its nearest existing parent)."""
     where = next((d for d in (directory, *directory.parents) if d.exists()), None)
     return shutil.disk_usage(where).free if where is not None else 1 << 62

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tunekit.errors import RunStopped, UserError
+from tunekit.files import free_bytes
 from tunekit.launch import runtime
 from tunekit.launch.signals import NAMES, REPEAT_WINDOW_S, record_stop, signal_name
 from tunekit.run_dir import latest_checkpoint
@@ -259,8 +259,7 @@ def _out_of_space(e: Exception, directory: Path) -> bool:
     own free space decides (under 1 MiB left: full)."""
     if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
         return True
-    where = next((d for d in (directory, *directory.parents) if d.exists()), None)
-    return where is not None and shutil.disk_usage(where).free < 1 << 20
+    return free_bytes(directory) < 1 << 20
 
 
 def check_stopped(guard: Any, trainer: Any, checkpoint_dir: Path, learning_rate: float) -> None:
