@@ -26,7 +26,7 @@ from tunekit.paths import absolute_file, as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
-from tunekit.resume import loading, resume_point, start_callback, train_from, verify_checkpoints
+from tunekit.resume import loading, log_carry, resume_point, start_callback, train_from, verify_checkpoints
 from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.reft_schema import PythonReward
@@ -158,8 +158,10 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     checkpoint = resume_point(stage, inputs)
     guard = guards.stop_callback(inputs.recipe.output.save_minutes)
     writer = metrics.metrics_callback(inputs.out, stage.tags, speed(stage, inputs, plan.model, params))
-    own = [writer, guard, run_dir.checkpoint_callback(), run_dir.resumed_schedule_callback()]
-    trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS), [*own, *plan.callbacks, *callbacks])
+    carry = log_carry(checkpoint)
+    own = [writer, guard, carry, run_dir.checkpoint_callback(), run_dir.resumed_schedule_callback()]
+    trainer = carry.trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
+                                                  [*own, *plan.callbacks, *callbacks])
     display.attach(trainer, writer, stage.title)
     loaded = start_callback(checkpoint, inputs.header)
     trainer.add_callback(loaded)

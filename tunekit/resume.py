@@ -9,11 +9,14 @@
 - Once it has loaded (`start_callback`, at on_train_begin): the run dir's record of the resume is written
   (`run_dir.ResumeRecord`), and a checkpoint at the last step of the schedule ends the stage with no step trained:
   final/ is written from it.
+- Each checkpoint carries the training loss (and TRL's per-step metrics) of the steps since the last logged row
+  (`log_carry`), so the first row logged after a resume averages the same steps as in an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +105,57 @@ def start_callback(checkpoint: Path | None, header: run_dir.ResumeRecord | None)
                 raise _AtEnd
 
     return ResumeStart()
+
+
+LOG_CARRY = "tunekit-log-carry.json"
+
+
+def log_carry(checkpoint: Path | None) -> Any:
+    """A TrainerCallback (its `trainer` set once the trainer exists) that writes into each checkpoint the loss summed
+    over the steps since the last logged row, and after resuming from `checkpoint` puts it back. transformers starts
+    the sum at 0 on resume: with logging_steps 10 and a checkpoint at step 15, the row at step 20 averaged steps
+    16-20 instead of 11-20. Placed before the manifest writer, so the manifest lists the file."""
+    from transformers import TrainerCallback
+
+    class LogCarry(TrainerCallback):
+        trainer: Any = None
+
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            t = self.trainer
+            if t is None or not hasattr(t, "_tr_loss") or not hasattr(t, "_globalstep_last_logged"):
+                return
+            loss = _mean_over_processes(t._tr_loss.detach().float().clone())
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                metrics = getattr(t, "_metrics", {}).get("train", {})  # TRL's per-step values, gathered already
+                run_dir.write_json(ckpt / LOG_CARRY, {
+                    "step": state.global_step, "last_logged": t._globalstep_last_logged, "loss_sum": loss,
+                    "metrics": {k: [float(x) for x in v] for k, v in metrics.items()}})
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            t, path = self.trainer, checkpoint / LOG_CARRY if checkpoint else None
+            if t is None or path is None or not path.is_file() or not hasattr(t, "_tr_loss"):
+                return
+            carried = json.loads(path.read_text())
+            if carried.get("step") != state.global_step:
+                return
+            t._tr_loss += carried["loss_sum"]
+            t._globalstep_last_logged = carried["last_logged"]
+            for key, values in carried.get("metrics", {}).items():
+                if isinstance(getattr(t, "_metrics", None), dict) and "train" in t._metrics:
+                    t._metrics["train"][key][:0] = values
+
+    return LogCarry()
+
+
+def _mean_over_processes(value: Any) -> float:
+    """The mean of a 0-d tensor over the processes (transformers logs the mean of every rank's loss sum)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / dist.get_world_size()
+    return float(value)
 
 
 def train_from(trainer: Any, checkpoint: Path | None) -> Any | None:

@@ -92,9 +92,12 @@ def test_missing_data_file_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "none.jsonl" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    """A run stopped right after its first checkpoint and resumed ends exactly like an uninterrupted run."""
-    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 8, "logging_steps": 1, "warmup_steps": 2},
+@pytest.mark.parametrize("logging_steps", [1, 3])
+def test_resume_matches_uninterrupted_run(tmp_path: Path, logging_steps: int) -> None:
+    """A run stopped right after its first checkpoint and resumed ends exactly like an uninterrupted run. With
+    logging_steps 3 the checkpoint (step 4) falls between logged rows: the row at step 6 averages steps 4-6 in both
+    runs (the resumed one used to average 5-6 only: the loss of step 4 was not carried in the checkpoint)."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 8, "logging_steps": logging_steps, "warmup_steps": 2},
                          output={"dir": str(tmp_path / "full"), "save_steps": 4})
     run_cli("train", recipe, check=True)
     full = tmp_path / "full"
@@ -109,6 +112,11 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert a["global_step"] == b["global_step"] == 8
     assert b["final_loss"] == pytest.approx(a["final_loss"], abs=1e-4)
     assert losses(stopped) == pytest.approx(losses(full), abs=1e-4)  # no duplicated or missing steps in metrics.jsonl
+    rows = {name: [r for r in read_metrics(run) if "loss" in r] for name, run in (("full", full), ("stopped", stopped))}
+    assert [r["step"] for r in rows["stopped"]] == [r["step"] for r in rows["full"]]
+    # TRL's per-step metrics are carried too (token accuracy: an average over the same steps)
+    accuracy = {name: [r["mean_token_accuracy"] for r in rs] for name, rs in rows.items()}
+    assert accuracy["stopped"] == pytest.approx(accuracy["full"], abs=1e-6)
     wa = load_file(full / "final" / "adapter_model.safetensors")
     wb = load_file(stopped / "final" / "adapter_model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
