@@ -173,6 +173,7 @@ def stop_callback(save_minutes: float = 0.0) -> Any:
             self.diverged: str | None = None  # what was not finite, and at which step
             self.stopped_by: int | None = None  # the signal the ranks agreed to stop on
             self.last_save = time.monotonic()
+            self.dead_warned = False  # the zero-gradient warning is given once
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             SIGNALS.phase, SIGNALS.checkpoints = "training", Path(args.output_dir)
@@ -195,6 +196,13 @@ def stop_callback(save_minutes: float = 0.0) -> Any:
                     self.diverged = f"the logged {key} at step {state.global_step} is {value}"
             if self.diverged:
                 control.should_training_stop, control.should_save = True, False
+            elif not self.dead_warned and _dead(logs or {}):
+                self.dead_warned = True
+                console.print(f"[yellow]warning:[/] step {state.global_step}: the gradient is exactly 0 while the loss "
+                              f"is {logs['loss']:.4g}: no trainable weight changes any more. After a loss spike this "
+                              f"means the model has saturated (trainer.learning_rate {args.learning_rate:g} is too high "
+                              "for this method: lower it, add trainer.warmup_steps, keep trainer.max_grad_norm > 0) "
+                              "and the rest of the run trains nothing; stop it (Ctrl-C saves a checkpoint)")
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             due = bool(save_minutes) and time.monotonic() - self.last_save >= save_minutes * 60
@@ -211,6 +219,13 @@ def stop_callback(save_minutes: float = 0.0) -> Any:
                 control.should_save = True
 
     return StopGuard()
+
+
+def _dead(logs: dict) -> bool:
+    """A logged training row whose gradient norm is exactly 0 with a positive loss: no trainable weight gets a
+    gradient (a saturated model; a frozen one is refused before training)."""
+    grad, loss = logs.get("grad_norm"), logs.get("loss")
+    return isinstance(grad, (int, float)) and grad == 0 and isinstance(loss, (int, float)) and loss > 0
 
 
 def grads_finite(model: Any) -> bool:

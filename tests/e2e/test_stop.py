@@ -122,6 +122,22 @@ def test_divergence_before_any_checkpoint_says_to_start_again(tmp_path: Path) ->
     assert checkpoints(tmp_path / "run") == []
 
 
+def test_a_saturated_model_with_zero_gradients_is_warned_about(tmp_path: Path) -> None:
+    """A huge learning rate without clipping: step 2's loss spikes (finite), then every gradient is exactly 0 and the
+    loss stays flat: the rest of the run trained nothing, and nothing said so. Now one warning names the step and
+    the learning rate; the run goes on (it is not an error: the user may stop it)."""
+    recipe = tiny_recipe(tmp_path, method={"name": "full"},
+                         trainer={"max_steps": 6, "learning_rate": 1000.0, "max_grad_norm": 0})
+    proc = run_cli("train", recipe)
+    err = squash(proc.stderr)
+    grads = [r["grad_norm"] for r in read_metrics(tmp_path / "run") if "grad_norm" in r]
+    assert proc.returncode == 0 and grads[-1] == 0, (grads, proc.stderr[-3000:])
+    first = next(i for i, g in enumerate(grads) if g == 0) + 1
+    assert err.count(squash("the gradient is exactly 0")) == 1
+    assert squash(f"warning: step {first}: the gradient is exactly 0") in err
+    assert squash("trainer.learning_rate 1000 is too high") in err
+
+
 @pytest.mark.full
 @pytest.mark.multiprocess
 def test_sigterm_to_a_two_process_run_stops_every_rank_at_one_step(tmp_path: Path) -> None:
