@@ -251,6 +251,7 @@ def save_final(stage: Stage, plan: Any, trainer: Any, tokenizer: Any) -> None:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)  # and its space: the full disk is then as it was before
         raise
+    runtime.barrier()  # every rank's files are in final.tmp/ (ZeRO-3 without 16-bit gathering saves shards per rank)
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)  # transformers' pickle: the recipe is the record
         as_umask_allows(tmp)

@@ -51,7 +51,8 @@ def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
     after it are dropped (they come again)."""
     if not inputs.resume:
         return None
-    _wait_for_rank_zero()
+    runtime.barrier()  # rank 0 checked and set aside checkpoints before the process group existed; a rank on
+    # another node may get here first (the data stage waits for each node's own first rank only)
     checkpoint = run_dir.latest_checkpoint(stage.dir)
     name = stage.tags.get("stage")
     if checkpoint is None:
@@ -65,16 +66,6 @@ def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
         run_dir.truncate_metrics(inputs.out, run_dir.checkpoint_step(checkpoint), stage=name)
     console.print(f"{name + ': ' if name else ''}resuming from {checkpoint}")
     return checkpoint
-
-
-def _wait_for_rank_zero() -> None:
-    """Rank 0 checked and set aside checkpoints before the process group existed; a rank on another node may get
-    here first (the data stage waits for each node's own first rank only)."""
-    if runtime.world_size() > 1:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
 
 
 class _AtEnd(Exception):  # noqa: N818 - a signal between the callback and `train`, not an error

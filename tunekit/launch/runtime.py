@@ -133,6 +133,14 @@ def _configure_cpu_engine_state(engine: str, name: str, timeout: timedelta) -> N
     PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
 
 
+def barrier() -> None:
+    """Wait for every process of a multi-process run (nothing in one process)."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """End a distributed run cleanly: wait for every rank, then destroy the process group.
 
