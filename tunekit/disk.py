@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunekit import paths, run_dir
+from tunekit import checkpoints, paths, run_dir
 from tunekit.data.cache import cache_root
 from tunekit.errors import RunStopped, UserError
 from tunekit.files import DENIED, FULL, READ_ONLY, TOO_LARGE, write_failure
@@ -52,7 +52,7 @@ def next_step(out: Path) -> tuple[str, bool]:
     """How to go on once there is room, and whether the run dir holds progress (worth moving, not replacing)."""
     with contextlib.suppress(OSError):
         if run_dir.has_progress(out):
-            last = run_dir.latest_checkpoint(out)
+            last = checkpoints.latest_checkpoint(out)
             return "continue with --resume" + (f" (from {last})" if last else ""), True
         if (out / run_dir.METRICS).exists():  # it trained, but wrote no checkpoint
             return "start again with --overwrite (the run wrote no checkpoint to resume from)", False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -115,3 +116,11 @@ def free_bytes(directory: Path) -> int:
     """Free space on the filesystem that holds `directory` (or its nearest existing parent)."""
     where = next((d for d in (directory, *directory.parents) if d.exists()), None)
     return shutil.disk_usage(where).free if where is not None else 1 << 62
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

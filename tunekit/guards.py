@@ -32,11 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tunekit.checkpoints import latest_checkpoint
 from tunekit.errors import RunStopped, UserError
 from tunekit.files import free_bytes
 from tunekit.launch import runtime
 from tunekit.launch.signals import NAMES, REPEAT_WINDOW_S, record_stop, signal_name
-from tunekit.run_dir import latest_checkpoint
 from tunekit.ui import console
 
 

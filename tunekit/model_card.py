@@ -25,7 +25,7 @@ def write_card(out: Path, recipe: Recipe) -> Path:
     (a pickle of transformers' arguments: recipe.resolved.yaml is the record, and checkpoints keep their copy)."""
     (out / run_dir.FINAL / "training_args.bin").unlink(missing_ok=True)
     # each checkpoint's own copy is removed when it is saved, before its manifest lists the files
-    # (run_dir.checkpoint_callback): removing it here would make good checkpoints look torn to --resume
+    # (checkpoints.checkpoint_callback): removing it here would make good checkpoints look torn to --resume
     (out / run_dir.CHECKPOINTS / "README.md").unlink(missing_ok=True)
     path = out / run_dir.FINAL / "README.md"
     write_whole(path, render(out, recipe))

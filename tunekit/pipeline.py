@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunekit import guards, metrics, model_card, run_dir
+from tunekit import checkpoints, guards, metrics, model_card, run_dir
 from tunekit.data.build import build_datasets
 from tunekit.data.cache import source_fingerprints
 from tunekit.data.select import summary_lines
@@ -26,7 +26,15 @@ from tunekit.paths import absolute_file, as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
 from tunekit.recipe.schema import Recipe
-from tunekit.resume import loading, log_carry, resume_point, start_callback, train_from, verify_checkpoints
+from tunekit.resume import (
+    loading,
+    log_carry,
+    resume_point,
+    resumed_schedule_callback,
+    start_callback,
+    train_from,
+    verify_checkpoints,
+)
 from tunekit.trainers import display
 from tunekit.trainers.preference import dropped_by_trainer
 from tunekit.trainers.reft_schema import PythonReward
@@ -159,7 +167,7 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     guard = guards.stop_callback(inputs.recipe.output.save_minutes)
     writer = metrics.metrics_callback(inputs.out, stage.tags, speed(stage, inputs, plan.model, params))
     carry = log_carry(checkpoint)
-    own = [writer, guard, carry, run_dir.checkpoint_callback(), run_dir.resumed_schedule_callback()]
+    own = [writer, guard, carry, checkpoints.checkpoint_callback(), resumed_schedule_callback()]
     trainer = carry.trainer = stage.build_trainer(plan, str(stage.dir / run_dir.CHECKPOINTS),
                                                   [*own, *plan.callbacks, *callbacks])
     display.attach(trainer, writer, stage.title)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunekit import run_dir
+from tunekit import checkpoints, run_dir
 from tunekit.errors import RunStopped, UserError
 from tunekit.launch import rules, runtime
 from tunekit.ui import console
@@ -36,8 +36,8 @@ def verify_checkpoints(out: Path) -> None:
     stages = [d for d in sorted((out / run_dir.STAGES).glob("*")) if d.is_dir() and not (d / "stage.json").is_file()]
     moved = []
     for d in [out, *stages]:
-        for torn, why in run_dir.torn_checkpoints(d, deep=True):
-            aside = run_dir.set_aside(torn)
+        for torn, why in checkpoints.torn_checkpoints(d, deep=True):
+            aside = checkpoints.set_aside(torn)
             console.print(f"[yellow]notice:[/] {torn.name} is incomplete ({why}); set aside as {aside}")
             moved.append((torn, why, aside))
     if moved and not run_dir.has_progress(out):
@@ -53,7 +53,7 @@ def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
         return None
     runtime.barrier()  # rank 0 checked and set aside checkpoints before the process group existed; a rank on
     # another node may get here first (the data stage waits for each node's own first rank only)
-    checkpoint = run_dir.latest_checkpoint(stage.dir)
+    checkpoint = checkpoints.latest_checkpoint(stage.dir)
     name = stage.tags.get("stage")
     if checkpoint is None:
         if stage.dir != inputs.out:  # a later stage not saved yet: rows it logged before the stop come again
@@ -63,7 +63,7 @@ def resume_point(stage: Stage, inputs: RunInputs) -> Path | None:
         return None
     rules.check_resume(checkpoint, runtime.world_size())
     if runtime.is_main_process():
-        run_dir.truncate_metrics(inputs.out, run_dir.checkpoint_step(checkpoint), stage=name)
+        run_dir.truncate_metrics(inputs.out, checkpoints.checkpoint_step(checkpoint), stage=name)
     console.print(f"{name + ': ' if name else ''}resuming from {checkpoint}")
     return checkpoint
 
@@ -96,6 +96,26 @@ def start_callback(checkpoint: Path | None, header: run_dir.ResumeRecord | None)
                 raise _AtEnd
 
     return ResumeStart()
+
+
+def resumed_schedule_callback() -> Any:
+    """A TrainerCallback that, when a run resumes, sets each optimizer group's learning rate to what the schedule
+    gives at the checkpoint's step. transformers restores the rate the previous schedule left in the optimizer and
+    recomputes it only after the first resumed step: after `--resume` with another trainer.max_steps that step ran
+    at the old schedule's last rate (0 at the end of a decaying one), then jumped onto the new curve."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import TrainerCallback
+
+    class ResumedSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):  # noqa: ANN001
+            sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+            if state.global_step == 0 or optimizer is None or not isinstance(sched, LambdaLR):
+                return
+            for group, base, lr_at in zip(optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * lr_at(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the step logs
+
+    return ResumedSchedule()
 
 
 LOG_CARRY = "tunekit-log-carry.json"
@@ -184,7 +204,7 @@ def _load_failure(checkpoint: Path, e: Exception, header: run_dir.ResumeRecord |
         return (f"{text} --allow-changes let through {diff}: a change of the model or of the method's shape (such "
                 "as method.r or target_modules) cannot go on from the run's checkpoints. Restore it, or start a new "
                 "run with it (another output.dir, or --overwrite). The run dir was left as it was.")
-    unchecked = "" if (checkpoint / run_dir.MANIFEST).is_file() else " (it has no manifest to check its files with)"
+    unchecked = "" if (checkpoint / checkpoints.MANIFEST).is_file() else " (it has no manifest to check its files with)"
     return (f"{text} Its files may be damaged{unchecked}, or written by other library versions (versions.json): "
             f"move {checkpoint} away to resume from the one before, or start again with --overwrite. The run dir "
             "was left as it was.")

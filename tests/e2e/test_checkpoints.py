@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import losses, run_cli, tiny_recipe
-from tunekit.run_dir import file_sha256
+from tunekit.files import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_recipe
-from tunekit import run_dir
+from tunekit import checkpoints, run_dir
 from tunekit.errors import UserError
 from tunekit.recipe.load import load_recipe
 
@@ -85,15 +85,15 @@ def test_a_legacy_checkpoints_truncated_files_are_found_without_loading(tmp_path
     (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
     save_file({"w": torch.ones(64, 64)}, str(ckpt / "adapter_model.safetensors"))
     torch.save({"state": torch.zeros(64)}, ckpt / "optimizer.pt")
-    assert run_dir.checkpoint_problem(ckpt, legacy=True) is None
+    assert checkpoints.checkpoint_problem(ckpt, legacy=True) is None
     for name in ("adapter_model.safetensors", "optimizer.pt"):
         path = ckpt / name
         whole = path.read_bytes()
         path.write_bytes(whole[:-100])
-        assert run_dir.checkpoint_problem(ckpt, legacy=True).startswith(f"{name} is truncated")
+        assert checkpoints.checkpoint_problem(ckpt, legacy=True).startswith(f"{name} is truncated")
         path.write_bytes(whole)
     (ckpt / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-    assert "adapter_model.safetensors" in run_dir.checkpoint_problem(ckpt, legacy=True)
+    assert "adapter_model.safetensors" in checkpoints.checkpoint_problem(ckpt, legacy=True)
 
 
 def test_a_run_recorded_by_an_older_tunekit_resumes_without_the_keys_it_lacked(tmp_path: Path) -> None:

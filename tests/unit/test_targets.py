@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunekit import run_dir
+from tunekit import checkpoints
 from tunekit.errors import UserError
 from tunekit.targets import run_weights
 
@@ -17,7 +17,7 @@ def checkpoint(run: Path, step: int) -> Path:
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
-    run_dir.write_manifest(ckpt)
+    checkpoints.write_manifest(ckpt)
     return ckpt
 
 

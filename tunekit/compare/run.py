@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from tunekit import run_dir
+from tunekit import checkpoints, run_dir
 from tunekit.compare import check, grid, report
 from tunekit.compare.grid import Variant
 from tunekit.errors import RunStopped, UserError
@@ -158,7 +158,7 @@ def earlier_run(v: Variant, act: str | None) -> str | None:
     if act == "skip":
         return "the earlier run's results (a finished run of the same recipe); not trained again"
     if act == "resume":
-        ckpt = run_dir.latest_checkpoint(v.dir)
+        ckpt = checkpoints.latest_checkpoint(v.dir)
         changes = ", ".join(f"`{k}`" for k in changed_keys(v) or {})
         return f"resumed from the earlier run's `{ckpt.name if ckpt else 'checkpoint'}`" + \
             (f" (changed since: {changes})" if changes else "")

@@ -30,8 +30,7 @@ from tunekit import __version__, paths
 from tunekit.data.schema import DataConfig
 from tunekit.data.sources import HUB, local_files, resolve_path
 from tunekit.errors import UserError
-from tunekit.files import TMP, saving
-from tunekit.run_dir import file_sha256
+from tunekit.files import TMP, file_sha256, saving
 from tunekit.ui import console
 
 CACHE_VERSION = 5  # bump when the encoding logic changes what a cached entry contains (3: int32 Arrow files;

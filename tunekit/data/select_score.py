@@ -24,10 +24,10 @@ from typing import Any
 from tunekit import paths
 from tunekit.data.schema import ScoreStep
 from tunekit.errors import UserError
+from tunekit.files import file_sha256
 from tunekit.model import builtin
 from tunekit.model.load import load_model, load_tokenizer, resolve_model_path, torch_dtype
 from tunekit.model.schema import ModelConfig
-from tunekit.run_dir import file_sha256
 from tunekit.ui import console
 
 

@@ -19,6 +19,7 @@ from tunekit.errors import UserError, did_you_mean
 from tunekit.eval import report as rep
 from tunekit.eval.schema import EvalTask, TaskData
 from tunekit.eval.tasks import RUNNERS, check_run_data, read_examples, shipped_task
+from tunekit.files import file_sha256
 from tunekit.model_card import write_card
 from tunekit.paths import create_dir
 from tunekit.targets import Target, load_base, load_tokenizer_for, load_tuned, resolve_target
@@ -135,7 +136,7 @@ def task_files(tasks: list[EvalTask]) -> dict[str, dict]:
     for t in tasks:
         if t.data is not None:
             path = resolve_path(t.data.path)
-            files[t.name] = {"path": str(path.resolve()), "sha256": rd.file_sha256(path)}
+            files[t.name] = {"path": str(path.resolve()), "sha256": file_sha256(path)}
     return files
 
 

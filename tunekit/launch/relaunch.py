@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunekit import run_dir
+from tunekit import checkpoints, run_dir
 from tunekit.launch import signals
 from tunekit.launch.rules import check_resume, check_runnable
 from tunekit.launch.runtime import under_launcher
@@ -57,7 +57,7 @@ def prepare(recipe: Recipe, resume: bool, overwrite: bool) -> bool:
     if recipe.launch.node_rank != 0:
         return False
     run_dir.prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    checkpoint = run_dir.latest_checkpoint(out) if resume else None
+    checkpoint = checkpoints.latest_checkpoint(out) if resume else None
     if checkpoint is not None:
         check_resume(checkpoint, recipe.launch.world_size)
     return False
