@@ -182,12 +182,14 @@ def run_stage(stage: Stage, inputs: RunInputs, callbacks: list) -> dict:
     with loading(checkpoint, loaded, inputs.header), guards.disk_full(stage.dir / run_dir.CHECKPOINTS):
         result = train_from(trainer, checkpoint)  # None: the checkpoint was the last step
     guards.check_stopped(guard, trainer, stage.dir / run_dir.CHECKPOINTS, stage.recipe.trainer.learning_rate)
+    config = getattr(plan.model, "config", None)
     info = {"params": params, "global_step": trainer.state.global_step,
             "train_seconds": round(time.perf_counter() - start, 2),
             "train_loss_mean": result.training_loss if result else None,
             "resumed_from": str(checkpoint) if checkpoint else None, "engine": engine,
             "throughput": writer.throughput(),
-            "fast_paths": fast_paths(stage.recipe, getattr(getattr(plan.model, "config", None), "model_type", None))}
+            "fast_paths": fast_paths(stage.recipe, getattr(config, "model_type", None),
+                                     getattr(config, "_attn_implementation", None))}
     save_final(stage, plan, trainer, inputs.tokenizer)
     info.update(stage.record(trainer, info) if stage.record else {})
     if inputs.eval_ds is not None and not staged:

@@ -9,6 +9,7 @@ from tunekit import hub
 from tunekit.errors import UserError
 from tunekit.model import builtin
 from tunekit.model.schema import ModelConfig
+from tunekit.ui import console
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
@@ -99,17 +100,25 @@ def load_tokenizer(cfg: ModelConfig, model_path: str | None = None) -> Any:
 
 
 def load_model(cfg: ModelConfig, model_path: str | None = None, **kwargs: Any) -> Any:
+    """The model with the recipe's dtype and attention. Under `auto`, an architecture without the chosen kernel
+    (Gemma 2 has no sdpa: its logit soft-capping) loads with the next one (flash_attention_2 -> sdpa -> eager), as
+    transformers' own default does, and says so."""
     from transformers import AutoModelForCausalLM
 
     src = model_path or resolve_model_path(cfg)
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            src,
-            revision=cfg.revision,
-            dtype=torch_dtype(cfg.dtype),
-            attn_implementation=attention(cfg),
-            trust_remote_code=cfg.trust_remote_code,
-            **kwargs,
-        )
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path: could not load `{cfg.path}`: {e}") from None
+    first = attention(cfg)
+    kernels = [first, *[k for k in ("sdpa", "eager") if k != first]] if cfg.attn_implementation == "auto" else [first]
+    for i, kernel in enumerate(kernels):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, revision=cfg.revision, dtype=torch_dtype(cfg.dtype),
+                                                         attn_implementation=kernel,
+                                                         trust_remote_code=cfg.trust_remote_code, **kwargs)
+        except (OSError, ValueError) as e:
+            if i + 1 < len(kernels) and "does not support" in str(e) and "attention" in str(e).lower():
+                continue
+            raise UserError(f"model.path: could not load `{cfg.path}`: {e}") from None
+        if i:
+            console.print(f"notice: model `{cfg.path}` has no {first} attention kernel; loading it with {kernel} "
+                          "attention (model.attn_implementation: auto)")
+        return model
+    raise AssertionError("unreachable")

@@ -28,7 +28,7 @@ class ModelConfig(Section):
         description="Attention kernel passed to `from_pretrained`. `auto`: flash_attention_2 (varlen kernels: packed "
                     "documents never attend to each other, no padding computed) on a CUDA GPU of compute capability "
                     ">= 8.0 with flash-attn installed and 16-bit weights; else sdpa (packed rows get per-document "
-                    "masks from their position ids).",
+                    "masks from their position ids), or eager for an architecture without an sdpa kernel (Gemma 2).",
     )
     trust_remote_code: bool = Field(
         default=False,

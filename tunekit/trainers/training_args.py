@@ -111,14 +111,15 @@ def resolved_kernels(kernels: str, model_type: str | None) -> str:
     return kernels
 
 
-def fast_paths(recipe: Recipe, model_type: str | None = None) -> dict:
-    """Which fast paths this run uses (summary.json `fast_paths`, so a benchmark row says what ran)."""
+def fast_paths(recipe: Recipe, model_type: str | None = None, attn: str | None = None) -> dict:
+    """Which fast paths this run uses (summary.json `fast_paths`, so a benchmark row says what ran); `attn`: the
+    attention the model was loaded with (`auto` may fall back to eager: `model.load.load_model`)."""
     t, d = recipe.trainer, recipe.data
     return {"optim": resolved_optim(t.optim) if hasattr(t, "optim") else None,
             "compile": getattr(t, "compile", False),
             "kernels": resolved_kernels(t.kernels, model_type) if hasattr(t, "kernels") else "none",
             "fused_lm_head": getattr(t, "kind", None) == "sft",  # TRL's SFTTrainer computes the loss from tiles of the LM head
-            "attn_implementation": attention(recipe.model),
+            "attn_implementation": attn or attention(recipe.model),
             "packing": d.packing, "padding_free": d.packing or d.padding_free, "tokens_per_batch": d.tokens_per_batch,
             "gradient_checkpointing": getattr(t, "gradient_checkpointing", False),
             "activation_offload": getattr(t, "activation_offload", False)}
