@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RECIPES, run_cli
+from tests.conftest import RECIPES, run_cli, tiny_recipe
 from tunekit.errors import UserError
 from tunekit.methods import peft_schema
 from tunekit.recipe.load import load_recipe
@@ -72,6 +73,20 @@ def test_peft_tuner_options_are_validated_at_recipe_time() -> None:
     assert "valid integer" in _err("method.name=vera", "method.r=many")
     assert "task_ids" in _err("method.name=poly")
     assert "Did you mean `prefix_tuning`?" in _err("method.name=prefix_tunning")
+
+
+@pytest.mark.parametrize("tuner", ["prompt_tuning", "prefix_tuning", "p_tuning", "cartridge"])
+def test_virtual_token_tuners_need_num_virtual_tokens(tuner: str, tmp_path: Path) -> None:
+    """peft has no default for it: without it, prompt tuning failed inside peft with "unsupported operand type(s)
+    for *: 'NoneType' and 'int'" (prefix tuning: "empty(): argument 'size' ..."). Now a recipe error at its line."""
+    recipe = tiny_recipe(tmp_path, method={"name": tuner})
+    with pytest.raises(UserError) as info:
+        load_recipe(recipe)
+    assert f"{recipe}:10:3: method.num_virtual_tokens: required key is missing" in str(info.value)  # `method:` line
+    with pytest.raises(UserError, match="greater than 0"):
+        load_recipe(recipe, ("method.num_virtual_tokens=0",))
+    assert load_recipe(recipe, ("method.num_virtual_tokens=8",)).method.num_virtual_tokens == 8
+    assert "num_virtual_tokens: int (required)" in run_cli("methods", "show", tuner, check=True).stdout
 
 
 def test_lora_options_cover_peft_and_reject_typos() -> None:

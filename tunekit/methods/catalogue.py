@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import typing
 
-from pydantic_core import PydanticUndefined
-
 from tunekit.errors import UserError, did_you_mean
 from tunekit.methods import peft_schema
 from tunekit.methods.schema import ALL_METHODS, HANDWRITTEN, LORA_VARIANTS, method_name
@@ -87,8 +85,10 @@ def show(name: str) -> str:
     for field, info in models[name].model_fields.items():
         if field == "name":
             continue
-        default = info.get_default(call_default_factory=True) if info.default is not PydanticUndefined or \
-            info.default_factory else None
-        lines.append(f"  {field}: {_type_text(info.annotation)} = {json.dumps(default)}")
+        if info.is_required():
+            lines.append(f"  {field}: {_type_text(info.annotation)} (required)")
+        else:
+            default = info.get_default(call_default_factory=True)
+            lines.append(f"  {field}: {_type_text(info.annotation)} = {json.dumps(default)}")
         lines.append(f"      {info.description}")
     return "\n".join(lines) + "\n"

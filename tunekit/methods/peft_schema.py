@@ -79,6 +79,9 @@ def option_fields(tuner: str, skip: set[str] = frozenset()) -> dict[str, Any]:
     for opt, spec in snapshot()["tuners"][tuner]["options"].items():
         if opt in skip:
             continue
+        if opt == "num_virtual_tokens":  # peft has no default (a None fails deep inside peft): the recipe says
+            fields[opt] = (int, Field(gt=0, description=f"{spec['help']} (required; e.g. 20)"))
+            continue
         tp = python_type(spec["type"])
         if tp is not Any:
             tp = Optional[tp]  # noqa: UP045 (built at run time from text)
