@@ -33,9 +33,14 @@ ENV = {
 QUIET_LOGGERS = ("bitsandbytes", "trl", "torch.distributed.elastic.multiprocessing.redirects")
 # single messages dropped from loggers that otherwise stay at their level
 DROPPED_MESSAGES = {"DeepSpeed": ("Setting accelerator to CPU",)}
-# library warnings about something the library handles itself (peft ignores the position ids generate passes to a
-# prompt-tuning model, and says so at every call)
-DROPPED_WARNINGS = ("Position ids are not supported for parameter efficient tuning",)
+# library warnings about something the library handles itself: peft ignores the position ids generate passes to a
+# prompt-tuning model (and says so at every call); sets fan_in_fan_out for GPT-2's Conv1D layers; and on a fused-MoE
+# model (Qwen3-MoE, Mixtral in transformers 5) its own v4 -> v5 conversion adds rank/alpha patterns for
+# `gate_up_proj` that match no module when the experts are targeted as parameters
+DROPPED_WARNINGS = ("Position ids are not supported for parameter efficient tuning",
+                    "fan_in_fan_out is set to False but the target module is `Conv1D`",
+                    r"The following (rank|alpha)_pattern keys did not match any targeted module and were ignored: "
+                    r"\['\.\*\\\\\.gate_up_proj'\]\.$")
 
 
 def is_verbose() -> bool:
