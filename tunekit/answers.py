@@ -78,6 +78,22 @@ def extract_number(text: str) -> float | None:
     return found[-1] if found else None
 
 
+def answer_number(answer: str) -> float | None:
+    """A ground-truth answer as one number, read strictly: the text after `####`, else the last boxed answer, else
+    the whole answer must be one number (`72`, `$1,234$`, `\\frac{3}{4}`, `50\\%`). None for anything else: the
+    last-number fallback of `extract_number` is for a model's free text, and would read MATH's `(1, 2)` as 2,
+    `x^2+1` as 1 and `\\sqrt{3}` as 3 (a completion boxing that number was rewarded)."""
+    text = answer.rsplit(MARK, 1)[1] if MARK in answer else answer
+    boxed = last_boxed(text)
+    return boxed_number(boxed if boxed is not None else text)
+
+
+def answer_text(text: str) -> str:
+    """A final answer as text for comparing: after `####` / inside `\\boxed{}`, `\\text{}` unwrapped, `$`, spacing
+    commands, `%` and whitespace removed, lower-cased (`\\text{Monday}` and `\\boxed{Monday}` are `monday`)."""
+    return _LATEX_NOISE.sub("", _TEXT.sub(r"\1", final_answer(text))).lower()
+
+
 def final_answer(text: str) -> str:
     """The answer's text: after the last `####`, else inside the last `\\boxed{}`, else the whole text; stripped."""
     if MARK in text:
@@ -92,13 +108,10 @@ def marked(text: str) -> bool:
 
 
 def same_answer(solution: str, answer: str) -> bool:
-    """Whether a worked solution ends in `answer`: as numbers when both read as one, else as text (spaces, `$` and
-    case aside)."""
-    got, want = extract_number(solution), extract_number(answer)
+    """Whether a worked solution (or a completion) ends in `answer`: as numbers when the answer is one number
+    (`answer_number`) and the solution's answer reads as one (`extract_number`), else as text (`answer_text`)."""
+    want = answer_number(answer)
+    got = extract_number(solution) if want is not None else None
     if got is not None and want is not None:
         return abs(got - want) <= 1e-6 * max(1.0, abs(want))
-
-    def norm(s: str) -> str:
-        return _LATEX_NOISE.sub("", _TEXT.sub(r"\1", final_answer(s))).lower()
-
-    return norm(solution) == norm(answer)
+    return answer_text(solution) == answer_text(answer)

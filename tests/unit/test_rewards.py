@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tunekit.errors import UserError
+from tunekit.eval import metrics as eval_metrics
 from tunekit.trainers.reft_schema import (
     ExactMatchReward,
     FormatReward,
@@ -55,6 +56,19 @@ def test_boxed_answers_are_compared_as_answers() -> None:
     assert exact_match(r"\boxed{\text{Paris}}", "\\text{Paris}") and not exact_match(r"\boxed{Rome}", "Paris")
 
 
+@pytest.mark.parametrize(("completion", "answer", "want"), [
+    (r"\boxed{2}", "(1, 2)", False), ("#### 1", "x^2+1", False), (r"\boxed{1}", "x^2+1", False),
+    (r"\boxed{3}", r"\sqrt{3}", False), (r"so \boxed{(1,2)}", "(1, 2)", True), (r"\boxed{\sqrt{3}}", r"\sqrt{3}", True),
+    (r"\boxed{Monday}", r"\text{Monday}", True), (r"\boxed{50\%}", "50", True), ("x = 1,234", "1234", True),
+    (r"\boxed{3}", r"\boxed{x = 3}", False), ("", "", False)])
+def test_a_ground_truth_that_is_not_one_number_is_compared_as_text(completion: str, answer: str, want: bool) -> None:
+    """MATH answers such as `(1, 2)`, `x^2+1`, `\\sqrt{3}` were read by their last number (2, 1, 3): a completion
+    boxing that number got reward 1. The ground truth must be one number to be compared as one; else the final
+    answers are compared as text (LaTeX wrappers and spacing aside), by the reward and the eval metric alike."""
+    assert numeric_match(completion, answer) is want
+    assert eval_metrics.numeric_match(completion, answer) == float(want)
+
+
 def test_numeric_match_with_tolerance() -> None:
     assert numeric_match("... #### 42", "42") and numeric_match("it is 42.0", "#### 42")
     assert not numeric_match("#### 41", "42")
@@ -64,6 +78,7 @@ def test_numeric_match_with_tolerance() -> None:
 
 
 def test_exact_and_regex_match() -> None:
+    assert exact_match(r"\boxed{Monday}", r"\text{Monday}") and exact_match("#### 72", "$72")
     assert exact_match("reasoning\n#### Paris", "paris") and not exact_match("#### Paris", "paris", ignore_case=False)
     assert regex_match("answer: B", r"answer: ([A-D])", "B") and not regex_match("answer: C", r"answer: ([A-D])", "B")
     assert regex_match("has a #### line", r"####") and not regex_match("nothing", r"####")

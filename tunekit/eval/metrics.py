@@ -1,8 +1,8 @@
 """Answer metrics for generation tasks: pure functions of (prediction, reference) -> score in [0, 1].
 
 `extract_number` is the numeric-answer parser shared with reward functions: it reads `#### 42` (GSM8K
-style) first, then falls back to the last number in the text; commas in numbers, signs and decimals
-are handled.
+style) first, then the last `\\boxed{}`, then falls back to the last number in the text; commas in numbers, signs and
+decimals are handled. A reference that is not one number is compared as text (`answers.answer_number`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ class _Reward(Section):
 class NumericMatchReward(_Reward):
     type: Literal["numeric_match"] = Field(
         description="1 when the completion's answer (the number after the last `####`, else in its last `\\boxed{}` (fractions read), else its last number) "
-        "equals the row's answer column within the tolerance, else 0."
+        "equals the row's answer column within the tolerance, else 0. An answer that is not one number (MATH's `(1, 2)`, `x^2+1`) "
+        "is compared as text with the completion's final answer (LaTeX wrappers, spacing and case aside)."
     )
     column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")
     tolerance: float = Field(default=1e-6, ge=0, description="Absolute tolerance of the comparison.")
@@ -29,7 +30,7 @@ class NumericMatchReward(_Reward):
 class ExactMatchReward(_Reward):
     type: Literal["exact_match"] = Field(
         description="1 when the completion's final answer text (after the last `####`, else in its last `\\boxed{}`, else the whole completion) "
-        "equals the answer column, else 0."
+        "equals the answer column, else 0; with ignore_case, `\\text{}`, `$` and spacing aside too."
     )
     column: str = Field(default="answer", description="Dataset column holding the ground-truth answer.")
     ignore_case: bool = Field(default=True, description="Compare case-insensitively.")

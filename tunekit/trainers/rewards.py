@@ -15,23 +15,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunekit.answers import extract_number, final_answer
+from tunekit.answers import answer_number, answer_text, extract_number, final_answer
 from tunekit.errors import UserError
 from tunekit.trainers.reft_schema import check_reward_signature
 
 
 def numeric_match(completion: str, answer: str | float, tolerance: float = 1e-6, relative: float = 0.0) -> bool:
-    """True when the completion's number equals the answer's within `tolerance + relative * |answer|`."""
-    want = answer if isinstance(answer, (int, float)) else extract_number(str(answer))
+    """True when the completion's number equals the answer's within `tolerance + relative * |answer|`. An answer
+    that is not one number (MATH's `(1, 2)`, `x^2+1`, `\\text{Monday}`) is compared as text with the completion's
+    final answer (`answers.answer_text`): reading its last number rewarded wrong completions."""
+    want = answer if isinstance(answer, (int, float)) else answer_number(str(answer))
+    if want is None:
+        return answer_text(completion) == answer_text(str(answer)) != ""
     got = extract_number(completion)
-    if want is None or got is None:
-        return False
-    return abs(got - want) <= tolerance + relative * abs(want)
+    return got is not None and abs(got - want) <= tolerance + relative * abs(want)
 
 
 def exact_match(completion: str, answer: str, ignore_case: bool = True) -> bool:
-    a, b = final_answer(completion), final_answer(str(answer))
-    return a.lower() == b.lower() if ignore_case else a == b
+    """The completion's final answer equals the answer as text; with `ignore_case` (default) LaTeX wrappers
+    (`\\text{}`, `$`), spacing and case aside (`answers.answer_text`), so `\\boxed{Monday}` matches `\\text{Monday}`."""
+    if ignore_case:
+        return answer_text(completion) == answer_text(str(answer))
+    return final_answer(completion) == final_answer(str(answer))
 
 
 def regex_match(completion: str, pattern: str, target: str | None = None) -> bool:
