@@ -22,6 +22,9 @@ REF_HELP = (
 )
 
 
+SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses TRL 1.16 applies label_smoothing to
+
+
 class _RefSettings(OptimSettings):
     ref_model: str | None = Field(default=None, description=REF_HELP)
     precompute_ref_log_probs: bool = Field(
@@ -46,7 +49,8 @@ class DPOTrainerConfig(_RefSettings):
     )
     label_smoothing: float = Field(
         default=0.0, ge=0, lt=1,
-        description="Robust DPO: probability a preference label is flipped (< 0.5). EXO: the epsilon smoothing.",
+        description="Robust DPO: probability a preference label is flipped (< 0.5). EXO: the epsilon smoothing. "
+                    "AOT: label smoothing of its loss. Other loss types do not read it (a non-zero value is an error).",
     )
     f_divergence_type: F_DIVERGENCES = Field(
         default="reverse_kl", description="f-DPO regulariser between policy and reference (reverse_kl is plain DPO)."
@@ -66,6 +70,10 @@ class DPOTrainerConfig(_RefSettings):
             raise ValueError("loss_type `robust` needs label_smoothing < 0.5 (it is a label-flip probability)")
         if "exo_pair" in losses and self.label_smoothing == 0:
             raise ValueError("loss_type `exo_pair` needs label_smoothing > 0 (the paper uses 1e-3)")
+        if self.label_smoothing and not set(losses) & set(SMOOTHED_DPO_LOSSES):
+            raise ValueError(f"label_smoothing {self.label_smoothing:g} has no effect with loss_type {losses}: TRL "
+                             f"reads it only for {', '.join(SMOOTHED_DPO_LOSSES)} (it has no cDPO on the sigmoid "
+                             "loss; the nearest is loss_type: robust); remove it or choose one of those")
         return self
 
     @property
@@ -108,6 +116,13 @@ class CPOTrainerConfig(OptimSettings):
     cpo_alpha: float = Field(default=1.0, ge=0, description="Weight of the SFT (behaviour cloning) term on chosen.")
     simpo_gamma: float = Field(default=0.5, description="SimPO target reward margin (loss_type: simpo only).")
     alpha: float = Field(default=0.0, description="AlphaPO reward shape; 0 is the plain log-probability reward.")
+
+    @model_validator(mode="after")
+    def _smoothing(self) -> CPOTrainerConfig:
+        if self.label_smoothing and self.loss_type in ("hinge", "ipo"):
+            raise ValueError(f"label_smoothing has no effect with loss_type `{self.loss_type}` (TRL ignores it); "
+                             "remove it, or use loss_type sigmoid or simpo")
+        return self
 
 
 class OnlineDPOTrainerConfig(OptimSettings):
