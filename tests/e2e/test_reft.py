@@ -39,7 +39,19 @@ def reft_recipe(tmp: Path, trainer: dict, **sections: dict) -> Path:
 
 @pytest.mark.parametrize("algorithm", ["grpo", pytest.param("rloo", marks=pytest.mark.full)])
 def test_reft_runs_both_stages(tmp_path: Path, algorithm: str) -> None:
-    run_cli("train", _reft(tmp_path, algorithm), check=True)
+    # a user's reward (weight 0) that records which columns it was given: docs/trainers.md promises every
+    # prompt_answer column, in the RL stage as in the held-out reward (the RL stage used to leave `solution` out)
+    (tmp_path / "seen.py").write_text(
+        "import json\n"
+        "def seen(completions, answer, solution, **kwargs):\n"
+        f"    with open({str(tmp_path / 'seen.jsonl')!r}, 'a') as f:\n"
+        "        f.write(json.dumps(sorted(['answer', 'solution', *kwargs])) + '\\n')\n"
+        "    return [0.0] * len(completions)\n")
+    rewards = [{"type": "numeric_match"}, {"type": "format", "weight": 0.5},
+               {"type": "python", "file": str(tmp_path / "seen.py"), "function": "seen", "weight": 0.0}]
+    run_cli("train", _reft(tmp_path, algorithm, rewards=rewards), check=True)
+    calls = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert len(calls) >= 3 and all({"prompts", "question", "answer", "solution"} <= set(c) for c in calls), calls
     run = tmp_path / "run"
     for name in ["recipe.resolved.yaml", "versions.json", "data.json", "metrics.jsonl", "summary.json"]:
         assert (run / name).is_file(), name

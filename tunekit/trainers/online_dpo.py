@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunekit.trainers.rewards import build_reward_funcs
+from tunekit.trainers.rewards import REWARD_COLUMNS, build_reward_funcs
 from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def build_online_dpo(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, 
         top_p=t.top_p, beta=[t.beta], loss_type=t.loss_type, missing_eos_penalty=t.missing_eos_penalty,
         reward_weights=weights,
     )
-    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
+    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in REWARD_COLUMNS])
     trainer = trainer_class()(model=model, ref_model=ref_model(recipe), reward_funcs=funcs, args=args,
                               train_dataset=columns, processing_class=tokenizer, callbacks=callbacks,
                               num_generations=t.num_generations, ties=t.ties)

@@ -30,7 +30,7 @@ from tunekit.methods.plan import MethodPlan
 from tunekit.methods.registry import apply_method, build_for_training, load_kwargs
 from tunekit.model.load import load_model
 from tunekit.trainers import ppo, sft
-from tunekit.trainers.rewards import build_reward_funcs, score
+from tunekit.trainers.rewards import REWARD_COLUMNS, build_reward_funcs, score
 from tunekit.trainers.schema import SFTTrainerConfig
 from tunekit.trainers.stage import RunInputs, Stage, StagedRun
 from tunekit.trainers.training_args import training_kwargs
@@ -117,7 +117,7 @@ def _rl_model(recipe: Recipe, model_path: str, warm_final: Path) -> Any:
 def build_rl_trainer(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, funcs: list, weights: list,
                      checkpoint_dir: str, callbacks: list) -> Any:
     rl = recipe.trainer.rl
-    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in ("prompt", "answer", "question")])
+    columns = train_ds.remove_columns([c for c in train_ds.column_names if c not in REWARD_COLUMNS])
     if rl.algorithm == "ppo":
         trainer = ppo.build(recipe, model, tokenizer, columns, funcs, weights, checkpoint_dir, callbacks)
         return _time_generation(trainer, trainer.ppo, "sample")

@@ -19,6 +19,10 @@ from tunekit.answers import answer_number, answer_text, extract_number, final_an
 from tunekit.errors import UserError
 from tunekit.trainers.reft_schema import check_reward_signature
 
+# the prompt_answer columns every reward function receives (as keyword lists, one value per completion), in the RL
+# stage's sampling, in online DPO and in the held-out reward alike (the RL stage used to leave `solution` out)
+REWARD_COLUMNS = ("prompt", "question", "answer", "solution")
+
 
 def numeric_match(completion: str, answer: str | float, tolerance: float = 1e-6, relative: float = 0.0) -> bool:
     """True when the completion's number equals the answer's within `tolerance + relative * |answer|`. An answer
