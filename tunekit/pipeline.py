@@ -224,17 +224,23 @@ def speed(stage: Stage, inputs: RunInputs, model: Any, params: dict) -> metrics.
 
 
 def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
-    """Rows the TRL trainer dropped (DPO/KTO prompts filling max_length): warned and counted in data.json."""
-    dropped = dropped_by_trainer(stage.recipe, stage.train_ds, trainer) if stage.train_ds is not None else {}
-    if not dropped:
+    """Rows the TRL trainer dropped or cut at max_length (preference trainers), train and eval: warned and counted
+    in data.json (`stats.SPLIT.dropped_by_trainer`)."""
+    found = dropped_by_trainer(stage.recipe, trainer)
+    if not found:
         return
-    (reason, n), = dropped.items()
-    console.print(f"[yellow]warning:[/] the {stage.recipe.trainer.kind} trainer dropped {n} training rows whose "
-                  f"{reason}: raise data.max_length or shorten those prompts (counted in data.json)")
+    kind = stage.recipe.trainer.kind
+    for split, keys in found.items():
+        for key, ((reason, n),) in ((k, v.items()) for k, v in keys.items()):
+            what = ("were dropped (" if key == "dropped_by_trainer" else
+                    "are scored without the end of their answer and its end-of-turn token (")
+            console.print(f"[yellow]warning:[/] {n} {split} examples of the {kind} trainer {what}{reason}): raise "
+                          f"data.max_length or shorten them (counted in data.json, stats.{split}.{key})")
     if runtime.is_main_process():  # rewritten, not re-hashed (by a resume: once its checkpoint loaded)
         header = inputs.header
         record = header.data_json() if header is not None else json.loads((inputs.out / "data.json").read_text())
-        record["stats"]["train"]["dropped_by_trainer"] = dropped
+        for split, keys in found.items():
+            record["stats"].setdefault(split, {}).update(keys)
         if header is None:
             run_dir.write_json(inputs.out / "data.json", record)
 

@@ -103,7 +103,26 @@ def test_kto_on_paired_data_mixes_both_labels_and_counts_dropped_rows(tmp_path: 
     data = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]["train"]
     (reason, n), = data["dropped_by_trainer"].items()
     assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < n < 2 * data["rows_out"]
-    assert f"the kto trainer dropped {n} training rows" in " ".join(proc.stderr.split())
+    assert f"{n} train examples of the kto trainer were dropped" in " ".join(proc.stderr.split())
+
+
+def test_dpo_counts_eval_rows_dropped_and_answers_cut_at_max_length(tmp_path: Path) -> None:
+    """At max_length 64, TRL drops the eval rows whose prompt fills it as it does training rows (the console and
+    data.json said 100 eval rows, fewer were evaluated), and its collator cuts answers that do not fit (their end and
+    end-of-turn token are not scored): both are now warned and counted per split in data.json."""
+    recipe = tiny_recipe(tmp_path, data={"train": [PAIRS], "eval": [PAIRS], "max_length": 64},
+                         trainer={"kind": "dpo", "max_steps": 1, "per_device_batch_size": 4})
+    proc = run_cli("train", recipe, check=True)
+    err = " ".join(proc.stderr.split())
+    stats = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]
+    for split in ("train", "eval"):
+        (reason, dropped), = stats[split]["dropped_by_trainer"].items()
+        assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < dropped < stats[split]["rows_out"]
+        (reason, cut), = stats[split]["cut_by_trainer"].items()
+        assert reason == "prompt + answer longer than data.max_length (64 tokens)" and 0 < cut
+        assert dropped + cut <= stats[split]["rows_out"]
+        assert f"warning: {dropped} {split} examples of the dpo trainer were dropped" in err
+        assert f"warning: {cut} {split} examples of the dpo trainer are scored without the end" in err
 
 
 @pytest.mark.full
@@ -124,7 +143,7 @@ def test_orpo_and_cpo_drop_and_count_pairs_without_completion_tokens(tmp_path: P
     data = json.loads((tmp_path / "run" / "data.json").read_text())["stats"]["train"]
     (reason, n), = data["dropped_by_trainer"].items()
     assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < n < data["rows_out"]
-    assert f"the {kind} trainer dropped {n} training rows" in " ".join(proc.stderr.split())
+    assert f"{n} train examples of the {kind} trainer were dropped" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.full

@@ -1,4 +1,4 @@
-"""Preference trainer settings that TRL would silently ignore are recipe errors."""
+"""Preference trainer settings that TRL would silently ignore are recipe errors; advice reaches the console."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ def test_cpo_label_smoothing_with_hinge_or_ipo_is_refused() -> None:
         with pytest.raises(ValidationError, match="no effect with loss_type"):
             CPOTrainerConfig(kind="cpo", loss_type=loss_type, label_smoothing=0.1)
     assert CPOTrainerConfig(kind="cpo", loss_type="sigmoid", label_smoothing=0.1).label_smoothing == 0.1
+
+
+def test_kto_weights_advice_reaches_the_console(capsys: pytest.CaptureFixture[str]) -> None:
+    """The advice on unbalanced KTO data went to the `trl` logger, which tunekit quiets: it never showed."""
+    from tunekit.trainers.preference import _kto_weights_hint
+
+    _kto_weights_hint([True] * 16 + [False] * 8, 1.0, 1.0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: KTO: 16 desirable and 8 undesirable rows" in err
+    assert "trainer.desirable_weight in [0.5, 0.67]" in err and "trainer.undesirable_weight in [1.5, 2.0]" in err
+    _kto_weights_hint([True] * 16 + [False] * 8, 0.6, 1.0)  # within the paper's range: nothing to say
+    assert capsys.readouterr().err == ""

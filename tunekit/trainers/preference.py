@@ -21,6 +21,7 @@ from tunekit.data.pair_tokens import exact_pairs
 from tunekit.launch.runtime import rank
 from tunekit.model.load import load_model, resolve_model_path
 from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
+from tunekit.ui import console
 
 if TYPE_CHECKING:
     from tunekit.recipe.schema import Recipe
@@ -86,8 +87,7 @@ def _tokenized(trainer_class: type) -> type:
             if "prompt_ids" not in dataset.column_names:  # a dataset passed to evaluate() later: TRL's own path
                 return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
             if args.max_length is not None and getattr(args, "truncation_mode", "keep_start") == "keep_start":
-                dataset = dataset.filter(lambda r: len(r["prompt_ids"]) < args.max_length,
-                                         desc=f"Dropping fully truncated examples from {dataset_name} dataset")
+                dataset = _fitting(self, dataset, args.max_length, dataset_name)
             if getattr(self, "calculate_KL", False):  # KTO: each row's KL completion is its batch neighbour's
                 dataset = dataset.map(_kl_completions, batched=True, batch_size=args.per_device_train_batch_size,
                                       desc=f"Extracting KL {dataset_name} dataset")
@@ -99,20 +99,36 @@ def _tokenized(trainer_class: type) -> type:
     return Tokenized
 
 
+def _fitting(trainer: Any, dataset: Any, max_length: int, split: str) -> Any:
+    """The rows whose prompt leaves room for an answer token (TRL's filter), counted on the trainer
+    (`trainer.tk_rows[split]`: offered, kept, and answers the collator will cut at max_length: those lose their end
+    and end-of-turn token)."""
+    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in dataset.column_names]
+    cut = [0]
+
+    def fits(row: dict) -> bool:
+        n = len(row["prompt_ids"])
+        cut[0] += n < max_length and n + max(len(row[c]) for c in answers) > max_length
+        return n < max_length
+
+    kept = dataset.filter(fits, load_from_cache_file=False, desc=f"Dropping fully truncated examples from {split}")
+    trainer.tk_rows = {**getattr(trainer, "tk_rows", {}),
+                       split: {"offered": len(dataset), "kept": len(kept), "answers_cut": cut[0]}}
+    return kept
+
+
 def _kto_weights_hint(labels: list[bool], desirable: float, undesirable: float) -> None:
     """TRL's advice when desirable and undesirable rows are unbalanced and neither weight is in the range of the
     KTO paper's Eq. (8) (as TRL's KTOTrainer gives it after its own tokenization)."""
-    from transformers.utils import logging
-
     n_des = max(sum(labels), 1)
     n_und = max(len(labels) - n_des, 1)
     if n_des == n_und:
         return
     des = (round(n_und * undesirable / n_des, 2), round(n_und * undesirable / n_des * 1.33, 2))
     und = (round(n_des * desirable / n_und / 1.33, 2), round(n_des * desirable / n_und, 2))
-    if not (des[0] <= desirable <= des[1] or und[0] <= undesirable <= und[1]):
-        logging.get_logger("trl.trainer.kto_trainer").warning(
-            f"KTO: {n_des} desirable and {n_und} undesirable rows, and the loss weights are outside the range the "
+    if rank() == 0 and not (des[0] <= desirable <= des[1] or und[0] <= undesirable <= und[1]):
+        console.print(  # on tunekit's console: the trl logger is quiet (tunekit/quiet.py), and this is about the run
+            f"[yellow]warning:[/] KTO: {n_des} desirable and {n_und} undesirable rows, and the loss weights are outside the range the "
             f"KTO paper recommends: set EITHER trainer.desirable_weight in [{des[0]}, {des[1]}] OR "
             f"trainer.undesirable_weight in [{und[0]}, {und[1]}] (not both).")
 
@@ -143,15 +159,19 @@ def build_kto(recipe: Recipe, model: Any, tokenizer: Any, train_ds: Any, eval_ds
         processing_class=tokenizer, callbacks=callbacks))
 
 
-def dropped_by_trainer(recipe: Recipe, train_ds: Any, trainer: Any) -> dict[str, int]:
-    """Rows TRL's DPO and KTO trainers (and `without_empty_completions` for ORPO and CPO) filtered out: those whose
-    prompt alone fills `max_length` (they would keep no completion token). Counted so the run says so instead of
-    training on fewer rows without a word."""
-    if recipe.trainer.kind not in ("dpo", "kto", "orpo", "cpo") or train_ds is None:
-        return {}
-    offered = len(train_ds) * (2 if recipe.trainer.kind == "kto" and "chosen" in train_ds.column_names else 1)
-    dropped = offered - len(trainer.train_dataset)
-    return {f"prompt alone fills data.max_length ({recipe.data.max_length} tokens)": dropped} if dropped > 0 else {}
+def dropped_by_trainer(recipe: Recipe, trainer: Any) -> dict[str, dict[str, dict[str, int]]]:
+    """Per split (train, eval), what TRL's DPO and KTO trainers (and `without_empty_completions` for ORPO and CPO)
+    did to the rows at max_length: rows dropped because their prompt alone fills it (they would keep no completion
+    token), and answers cut there (their end and end-of-turn token are not scored). Counted so the run says so
+    instead of training or evaluating on fewer or cut rows without a word."""
+    out: dict[str, dict] = {}
+    limit = f"data.max_length ({recipe.data.max_length} tokens)"
+    for split, n in getattr(trainer, "tk_rows", {}).items():
+        if n["offered"] > n["kept"]:
+            out.setdefault(split, {})["dropped_by_trainer"] = {f"prompt alone fills {limit}": n["offered"] - n["kept"]}
+        if n.get("answers_cut"):
+            out.setdefault(split, {})["cut_by_trainer"] = {f"prompt + answer longer than {limit}": n["answers_cut"]}
+    return out
 
 
 def kto_rows(recipe: Recipe, train_ds: Any, shuffle: bool = True) -> Any:
@@ -222,8 +242,10 @@ def without_empty_completions(trainer: Any) -> Any:
     def has_completions(row: dict) -> bool:
         return any(t != -100 for t in row["chosen_labels"]) and any(t != -100 for t in row["rejected_labels"])
 
-    for name in ("train_dataset", "eval_dataset"):
+    for name, split in (("train_dataset", "train"), ("eval_dataset", "eval")):
         ds = getattr(trainer, name)
         if ds is not None and not isinstance(ds, dict):
-            setattr(trainer, name, ds.filter(has_completions, desc="dropping rows without completion tokens"))
+            kept = ds.filter(has_completions, desc="dropping rows without completion tokens")
+            trainer.tk_rows = {**getattr(trainer, "tk_rows", {}), split: {"offered": len(ds), "kept": len(kept)}}
+            setattr(trainer, name, kept)
     return trainer

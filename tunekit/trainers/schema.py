@@ -76,8 +76,8 @@ def check_sft_options(kind: str, data: object) -> None:
     for name in SFT_EXAMPLE_OPTIONS:
         if getattr(data, name) != fields[name].default and not (kind == "reft" and name == "train_on"):
             raise ValueError(f"data.{name}: shapes SFT examples (which tokens carry loss, how rows are cut); the "
-                             f"{kind} trainer scores whole answers{warmup}, so `{name}: {getattr(data, name)}` would "
-                             "be ignored. Remove it")
+                             f"{kind} trainer scores each answer after its prompt (cut at data.max_length, counted and "
+                             f"warned){warmup}, so `{name}: {getattr(data, name)}` would be ignored. Remove it")
 
 
 def check_data_formats(kind: str, formats: list[str]) -> None:
