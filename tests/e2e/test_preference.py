@@ -119,7 +119,7 @@ def test_dpo_counts_eval_rows_dropped_and_answers_cut_at_max_length(tmp_path: Pa
         (reason, dropped), = stats[split]["dropped_by_trainer"].items()
         assert reason == "prompt alone fills data.max_length (64 tokens)" and 0 < dropped < stats[split]["rows_out"]
         (reason, cut), = stats[split]["cut_by_trainer"].items()
-        assert reason == "prompt + answer longer than data.max_length (64 tokens)" and 0 < cut
+        assert reason == "prompt + answer longer than data.max_length (64 tokens)" and cut > 0
         assert dropped + cut <= stats[split]["rows_out"]
         assert f"warning: {dropped} {split} examples of the dpo trainer were dropped" in err
         assert f"warning: {cut} {split} examples of the dpo trainer are scored without the end" in err
