@@ -127,6 +127,10 @@ def validate(
     from tunekit.data.sources import check_exists
 
     check_exists([*r.data.train, *r.data.eval])
+    from tunekit.model.load import check_local
+
+    check_local(r.model.path)
+    check_local(getattr(r.trainer, "ref_model", None), "trainer.ref_model")
     from tunekit.data.templates import check_choice
 
     check_choice(r.data.chat_template, r.data.chat_template_kwargs)

@@ -21,7 +21,7 @@ from tunekit.data.stats import example_lengths
 from tunekit.eval.run import evaluate
 from tunekit.files import TMP, saving
 from tunekit.launch import engines, rules, runtime
-from tunekit.model.load import absolute_local, load_tokenizer, resolve_model_path
+from tunekit.model.load import absolute_local, check_local, load_tokenizer, resolve_model_path
 from tunekit.paths import absolute_file, as_umask_allows
 from tunekit.plan import hardware, measure, throughput
 from tunekit.plan import report as plan_report
@@ -100,6 +100,8 @@ def open_run(recipe: Recipe, resume: bool, overwrite: bool, allow_changes: bool 
     absolute_inputs(recipe)
     check_trackers(list(getattr(recipe.trainer, "report_to", [])))  # before anything is written
     check_fast_paths(recipe.trainer)
+    check_local(recipe.model.path)
+    check_local(getattr(recipe.trainer, "ref_model", None), "trainer.ref_model")
     main = runtime.is_main_process()  # in a multi-process run only rank 0 prints and writes shared files
     console.quiet = not main
     header = None  # under --resume: what the resume changes in the run dir, written once the checkpoint loaded

@@ -170,6 +170,18 @@ def test_bad_pairs_name_the_row_or_are_counted(tmp_path: Path) -> None:
     assert stats["dropped"] == {"chosen identical to rejected": 1, "invalid row": 1}
 
 
+def test_missing_model_directories_are_named_by_validate_and_before_train_writes(tmp_path: Path) -> None:
+    """A missing trainer.ref_model passed validate, then train failed after the data stage naming `model.path`."""
+    missing = tmp_path / "nope"
+    for key in ("trainer.ref_model", "model.path"):
+        recipe = tiny_recipe(tmp_path, data={"train": [PAIRS]}, trainer={"kind": "dpo"})
+        for command in ("validate", "train"):
+            proc = run_cli(command, recipe, f"{key}={missing}")
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            assert f"{key}: local directory `{missing}` does not exist" in " ".join(proc.stderr.split())
+        assert not (tmp_path / "run").exists()  # nothing was written
+
+
 def test_trainer_kind_and_data_format_must_fit(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, trainer={"kind": "dpo"})  # default data is `messages`
     proc = run_cli("validate", recipe)

@@ -12,16 +12,24 @@ from tunekit.model.schema import ModelConfig
 from tunekit.ui import console
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
+def check_local(path: str | None, field: str = "model.path") -> None:
+    """A model path that is a file, or that looks local (`./`, `/`, `~`, several `/`) and does not exist, is a
+    UserError naming `field` (a hub id or builtin is not checked here)."""
+    if not path or builtin.is_builtin(path):
+        return
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{field}: `{path}` is a file; give a model directory or a hub id")
+    if (path.startswith((".", "/", "~")) or path.count("/") > 1) and not p.exists():
+        raise UserError(f"{field}: local directory `{path}` does not exist")
+
+
+def resolve_model_path(cfg: ModelConfig, field: str = "model.path") -> str:
     """A local directory or hub id; builtins are materialised to the cache first."""
     if builtin.is_builtin(cfg.path):
         return str(builtin.materialize(cfg.path, cfg.init_seed))
+    check_local(cfg.path, field)
     p = Path(cfg.path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise UserError(f"model.path: `{cfg.path}` is a file; give a model directory or a hub id")
-    looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
-    if looks_local and not p.exists():
-        raise UserError(f"model.path: local directory `{cfg.path}` does not exist")
     if p.exists():
         return str(p)
     hub.check_model(cfg.path, cfg.revision)

@@ -33,7 +33,7 @@ def ref_model(recipe: Recipe) -> Any:
         return None
 
     cfg = recipe.model.model_copy(update={"path": t.ref_model})
-    ref = load_model(cfg, resolve_model_path(cfg))
+    ref = load_model(cfg, resolve_model_path(cfg, "trainer.ref_model"))
     ref.requires_grad_(False)
     return ref.eval()
 
