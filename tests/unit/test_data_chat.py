@@ -509,6 +509,20 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
     assert [(m["role"], m["content"]) for m in train[0]["prompt"]] == [("user", "Hi"), ("assistant", "Hello!"),
                                                                       ("user", "3+3?")]
     assert [m["content"] for m in train[0]["chosen"]] == ["6"] and [m["content"] for m in train[0]["rejected"]] == ["7"]
+    # the same transcripts stripped (no leading blank lines) are read alike (they were "missing column `prompt`")
+    stripped = {k: v.lstrip() for k, v in hh.items()}
+    again, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "hs.jsonl", [stripped])), "format": "preference"})
+    assert again[0] == train[0]
+    # Dahoas/full-hh-rlhf: the transcript up to `Assistant:` in a `prompt` column, answers after a space; it was one
+    # user turn with the markers in it (and the space trained); KTO rows of that shape alike
+    dahoas = {"prompt": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 3+3?\n\nAssistant:", "chosen": " 6",
+              "rejected": " 7"}
+    again, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "d.jsonl", [dahoas])), "format": "preference"})
+    assert again[0] == train[0]
+    kto = {"prompt": dahoas["prompt"], "completion": " 6", "label": True}
+    unpaired, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "k.jsonl", [kto])),
+                                            "format": "unpaired_preference"})
+    assert unpaired[0]["prompt"] == train[0]["prompt"] and unpaired[0]["completion"] == train[0]["chosen"]
     # argilla/distilabel-capybara-dpo: `prompt` is the conversation's opening question, the pair a later turn's
     capybara = {**rows[1], "prompt": "Hi"}
     train, _, _ = _build(tok, tmp_path, {"path": str(_write(tmp_path / "c.jsonl", [capybara])), "format": "preference"})

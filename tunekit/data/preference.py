@@ -105,12 +105,30 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
 
 def hh_dialogue(text: object) -> list[dict] | None:
-    """Anthropic/hh-rlhf's transcript (`\\n\\nHuman: ...\\n\\nAssistant: ...`) as messages; None for other text."""
-    if not isinstance(text, str) or not text.lstrip(" ").startswith("\n\nHuman:"):
+    """Anthropic/hh-rlhf's transcript (`\\n\\nHuman: ...\\n\\nAssistant: ...`, also without the leading blank lines
+    as a `.strip()` leaves it) as messages; None for other text."""
+    if not isinstance(text, str):
         return None
-    parts = HH_TURN.split(text.lstrip(" "))
+    text = text.lstrip()
+    if not (text.startswith("Human:") and "\n\nAssistant:" in text):
+        return None
+    parts = HH_TURN.split("\n\n" + text)
     return [{"role": "user" if who == "Human" else "assistant", "content": said.strip()}
             for who, said in zip(parts[1::2], parts[2::2])]
+
+
+def hh_prompt(prompt: object, where: str) -> list[dict] | None:
+    """A `prompt` column holding an hh-rlhf transcript that ends with the `Assistant:` to be answered (Dahoas/
+    full-hh-rlhf, rm-static) as the conversation it is (it was one user turn, markers included); None otherwise."""
+    turns = hh_dialogue(prompt)
+    if turns is None:
+        return None
+    if turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns = turns[:-1]  # the empty `Assistant:` the answers follow
+    if turns[-1]["role"] != "user":
+        raise RowError(f"{where}: `prompt` is an hh-rlhf transcript whose last turn is the assistant's, so there is "
+                       "no question for the answers to answer; end it with a `Human:` turn (and `Assistant:`)")
+    return turns
 
 
 def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, object, object]:
@@ -123,7 +141,11 @@ def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, objec
     if _get(row, "prompt", spec, where, optional=True) is None and hh_dialogue(chosen) and hh_dialogue(rejected):
         chosen, rejected = hh_dialogue(chosen), hh_dialogue(rejected)  # Anthropic/hh-rlhf: whole transcripts
     if not (_is_conversation(chosen) and _is_conversation(rejected)):
-        return _get(row, "prompt", spec, where), chosen, rejected
+        prompt = _get(row, "prompt", spec, where)
+        turns = hh_prompt(prompt, where)
+        if turns is not None and isinstance(chosen, str) and isinstance(rejected, str):
+            return turns, chosen.strip(), rejected.strip()  # the answers follow `Assistant:` after a space
+        return prompt, chosen, rejected
     prompt = _get(row, "prompt", spec, where, optional=True)
     c, r = _messages(chosen, "chosen", where), _messages(rejected, "rejected", where)
     k = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
@@ -166,8 +188,12 @@ def preference_row(row: dict, spec: DatasetSpec, where: str) -> dict:
 
 
 def unpaired_row(row: dict, spec: DatasetSpec, where: str) -> dict:
-    prompt, tools = _context(_get(row, "prompt", spec, where), row, spec, where)
-    completion = _answer(_get(row, "completion", spec, where), "completion", where)
+    prompt_value, completion_value = _get(row, "prompt", spec, where), _get(row, "completion", spec, where)
+    turns = hh_prompt(prompt_value, where)
+    if turns is not None and isinstance(completion_value, str):
+        prompt_value, completion_value = turns, completion_value.strip()
+    prompt, tools = _context(prompt_value, row, spec, where)
+    completion = _answer(completion_value, "completion", where)
     label = _get(row, "label", spec, where)
     if not isinstance(label, bool):
         raise RowError(f"{where}: `label` must be true (desirable) or false (undesirable), found {label!r}")
