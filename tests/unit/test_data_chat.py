@@ -535,7 +535,11 @@ def test_whole_conversations_as_chosen_and_rejected_share_their_prompt(tok, tmp_
             ({"chosen": turns(("user", "a"), ("assistant", "b"), ("user", "c")),
               "rejected": turns(("user", "a"), ("assistant", "b"), ("user", "d"))},
              r"row 1 .*first differ at message 3, a user turn"),
-            ({"chosen": "4", "rejected": "5"}, r"row 1 .*missing column `prompt`")):
+            ({"chosen": "4", "rejected": "5"}, r"row 1 .*missing column `prompt`"),
+            # identical whole conversations: said so (it was "one contains the other ... give a prompt")
+            ({"chosen": turns(("user", "a"), ("assistant", "b")), "rejected": turns(("user", "a"), ("assistant", "b"))},
+             r"row 1 .*identical conversations.*drop_invalid_pairs"),
+            ({"prompt": "a", "chosen": " ", "rejected": "b"}, r"row 1 .*`chosen` is empty.*drop_invalid_pairs")):
         f = _write(tmp_path / "bad.jsonl", [bad])
         with pytest.raises(UserError, match=error):
             _build(tok, tmp_path, {"path": str(f), "format": "preference"})

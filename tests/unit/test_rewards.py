@@ -122,6 +122,8 @@ def test_raising_user_function_names_itself_the_example_and_the_exception(tmp_pa
         f(prompts=["p0", "p1"], completions=["long one", "abc"])
     msg = str(info.value)
     assert "`score`" in msg and "example 1" in msg and "'abc'" in msg and "ZeroDivisionError" in msg
+    # where in the user's file (the exception alone did not say which line of a longer function failed)
+    assert f"(at {tmp_path / 'rewards.py'}:2: return [1.0 / (len(c) - 3) for c in completions])" in msg
 
 
 @pytest.mark.parametrize("body,needle", [

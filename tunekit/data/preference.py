@@ -57,7 +57,8 @@ def _answer(value: object, field: str, where: str) -> list[dict]:
     """A completion is a string (one assistant turn) or a list of messages starting with an assistant turn."""
     if isinstance(value, str):
         if not value.strip():
-            raise RowError(f"{where}: `{field}` is empty")
+            raise RowError(f"{where}: `{field}` is empty; fix or remove the row (or set data.drop_invalid_pairs: "
+                           "true to drop such rows and count them)")
         return [{"role": "assistant", "content": value}]
     msgs = _messages(value, field, where)
     if msgs[0]["role"] != "assistant":
@@ -149,6 +150,9 @@ def _split_pair(row: dict, spec: DatasetSpec, where: str) -> tuple[object, objec
     prompt = _get(row, "prompt", spec, where, optional=True)
     c, r = _messages(chosen, "chosen", where), _messages(rejected, "rejected", where)
     k = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+    if c == r:
+        raise RowError(f"{where}: `chosen` and `rejected` are identical conversations, so the pair teaches nothing; "
+                       "fix or remove the row (or set data.drop_invalid_pairs: true to drop such rows and count them)")
     if k == 0 or k == len(c) or k == len(r):
         raise RowError(f"{where}: `chosen` and `rejected` are whole conversations (they start with a "
                        f"{c[0]['role']} turn) but {'share no first message' if k == 0 else 'one contains the other'}, "

@@ -61,7 +61,7 @@ def stages(inputs: RunInputs) -> StagedRun:
         def facts(trainer: Any, info: dict) -> dict:
             trend = {**_reward_trend(trainer), **_generation_time(trainer, info)} if stage == "rl" else {}
             return {**trend, "heldout_reward": _heldout_record(trainer, inputs.tokenizer, heldout, recipe, out,
-                                                               stage, info["global_step"])}
+                                                               stage, info["global_step"], inputs.eval_ds is None)}
         return facts
 
     warmup = Stage(
@@ -187,10 +187,13 @@ def _reward_trend(trainer: Any) -> dict:
 
 
 def _heldout_record(trainer: Any, tokenizer: Any, heldout: Any, recipe: Recipe, out: Path, stage: str,
-                    step: int) -> float:
-    """The stage's mean held-out reward, printed and logged to metrics.jsonl."""
+                    step: int, from_train: bool = False) -> float:
+    """The stage's mean held-out reward (on the eval split; without one, on the first training questions, and the
+    console says so: they are not held out), printed and logged to metrics.jsonl."""
     reward = heldout_reward(trainer.model, tokenizer, heldout, recipe)
-    console.print(f"{stage}: {step} steps, mean held-out reward {reward:.3f}")
+    what = (f"mean reward on the first {len(heldout)} training questions {reward:.3f} (no eval data: not held out)"
+            if from_train else f"mean held-out reward {reward:.3f}")
+    console.print(f"{stage}: {step} steps, {what}")
     append_line(out / run_dir.METRICS, metrics.json_row({"stage": stage, "step": step, "heldout_reward": reward}))
     return reward
 

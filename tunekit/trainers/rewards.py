@@ -119,6 +119,18 @@ def load_user_function(path: Path, name: str) -> Callable[..., list]:
     return getattr(module, name)
 
 
+
+def _user_line(e: BaseException) -> str:
+    """` (at FILE:LINE: CODE)`: the deepest frame of the traceback outside tunekit, i.e. in the user's reward file
+    (or a library it called)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/tunekit/" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {f.filename}:{f.lineno}: {(f.line or '').strip()})"
+
 class RewardFunction:
     """One recipe reward in the form TRL calls; `__name__` is what TRL logs as rewards/<name>/mean."""
 
@@ -137,7 +149,7 @@ class RewardFunction:
             raise
         except Exception as e:
             i = self._first_failing(texts, columns)
-            raise UserError(self._where(i, texts, columns) + f" raised {type(e).__name__}: {e}") from e
+            raise UserError(self._where(i, texts, columns) + f" raised {type(e).__name__}: {e}{_user_line(e)}") from e
         return self._check(values, texts, columns)
 
     def _first_failing(self, texts: list[str], columns: dict) -> int:
