@@ -123,6 +123,11 @@ def test_dpo_counts_eval_rows_dropped_and_answers_cut_at_max_length(tmp_path: Pa
         assert dropped + cut <= stats[split]["rows_out"]
         assert f"warning: {dropped} {split} examples of the dpo trainer were dropped" in err
         assert f"warning: {cut} {split} examples of the dpo trainer are scored without the end" in err
+    # `tunekit preprocess`, the command for checking data before a run, says the same of the training rows
+    shown = " ".join(run_cli("preprocess", recipe, check=True).stdout.split())
+    (dropped,), (cut,) = (stats["train"][k].values() for k in ("dropped_by_trainer", "cut_by_trainer"))
+    assert (f"at data.max_length 64, the dpo trainer will drop {dropped} train examples (prompt alone fills it) and "
+            f"score {cut} without the end of their answer") in shown
 
 
 @pytest.mark.full

@@ -134,3 +134,13 @@ def exact_pairs(ds: Any, tokenizer: Any, kind: str, process: int = 0) -> Any:
     fingerprint = hashlib.sha256(f"{ds._fingerprint}|{kind}|{render.template}|{process}".encode()).hexdigest()
     return ds.map(convert, remove_columns=[c for c in ds.column_names if c not in keep], load_from_cache_file=False,
                   new_fingerprint=fingerprint[:32], desc=f"Rendering {kind.upper()} pairs with the chat template")
+
+
+def at_max_length(row: dict, max_length: int) -> tuple[bool, int]:
+    """What TRL's DPO / KTO trainers do to a tokenized row at `max_length` (truncation keep_start): whether its
+    prompt leaves room for an answer token (else the row is dropped), and how many of its answers the collator cuts
+    there (their end and end-of-turn token are then not scored)."""
+    n = len(row["prompt_ids"])
+    if n >= max_length:
+        return False, 0
+    return True, sum(n + len(row[k]) > max_length for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in row)

@@ -80,6 +80,24 @@ def select_table(records: list[dict]) -> Table:
     return table
 
 
+def _trainer_cuts(console: Console, recipe: Recipe, tokenizer: Any, train: Any) -> None:
+    """What the dpo / kto trainer will do to these rows at data.max_length (`tunekit train` warns and counts the
+    same): rows dropped because their prompt fills it, answers cut there."""
+    kind = recipe.trainer.kind
+    if kind not in ("dpo", "kto") or train is None or not len(train):
+        return
+    from tunekit.data.pair_tokens import at_max_length, exact_pairs
+
+    ids = exact_pairs(train, tokenizer, "dpo" if "chosen" in train.column_names else "kto")
+    per_row = [at_max_length(r, recipe.data.max_length) for r in ids]
+    examples = 2 if kind == "kto" and "chosen" in train.column_names else 1  # KTO: each answer is an example
+    dropped = examples * sum(not keep for keep, _ in per_row)
+    cut = sum(n if kind == "kto" else n > 0 for _, n in per_row)
+    if dropped or cut:
+        console.print(f"[yellow]at data.max_length {recipe.data.max_length}, the {kind} trainer will drop {dropped} "
+                      f"train examples (prompt alone fills it) and score {cut} without the end of their answer[/]")
+
+
 def preprocess(recipe: Recipe, show: int = 0) -> dict:
 
     console = Console()
@@ -93,6 +111,7 @@ def preprocess(recipe: Recipe, show: int = 0) -> dict:
             console.print(table)
         console.print(f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, chat template "
                       f"{stats['chat_template']}")
+        _trainer_cuts(console, recipe, tokenizer, train)
         show_rows(console, tokenizer, train, show, recipe.data.train_on)
         return stats
     for table in [*stats_tables(stats)[:1], *selection, *stats_tables(stats)[1:]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunekit.data.pair_tokens import exact_pairs
+from tunekit.data.pair_tokens import at_max_length, exact_pairs
 from tunekit.launch.runtime import rank
 from tunekit.model.load import load_model, resolve_model_path
 from tunekit.trainers.training_args import add_tokens_seen, training_kwargs
@@ -103,13 +103,12 @@ def _fitting(trainer: Any, dataset: Any, max_length: int, split: str) -> Any:
     """The rows whose prompt leaves room for an answer token (TRL's filter), counted on the trainer
     (`trainer.tk_rows[split]`: offered, kept, and answers the collator will cut at max_length: those lose their end
     and end-of-turn token)."""
-    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in dataset.column_names]
     cut = [0]
 
     def fits(row: dict) -> bool:
-        n = len(row["prompt_ids"])
-        cut[0] += n < max_length and n + max(len(row[c]) for c in answers) > max_length
-        return n < max_length
+        keep, answers_cut = at_max_length(row, max_length)
+        cut[0] += answers_cut > 0  # rows (a DPO pair with either answer cut; a KTO example)
+        return keep
 
     kept = dataset.filter(fits, load_from_cache_file=False, desc=f"Dropping fully truncated examples from {split}")
     trainer.tk_rows = {**getattr(trainer, "tk_rows", {}),
