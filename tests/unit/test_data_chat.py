@@ -559,6 +559,21 @@ def test_gsm8k_rows_as_they_ship_are_prompt_answer_rows() -> None:
                           "g.jsonl:1")
     with pytest.raises(UserError, match=r"g.jsonl:1: missing column `solution`"):
         prompt_answer_row({**row, "answer": "7"}, DatasetSpec(path="g.jsonl", format="prompt_answer"), "g.jsonl:1")
+    # `#### ` with nothing after it: the column is not empty, its marked answer is (it said "`answer` must be a
+    # non-empty string ..., found ''")
+    with pytest.raises(UserError, match=r"g.jsonl:1: the text after `####` \(the answer\) is empty"):
+        prompt_answer_row({**row, "answer": "3 + 4 = 7\n#### "}, DatasetSpec(path="g.jsonl", format="prompt_answer"),
+                          "g.jsonl:1")
+
+
+def test_an_empty_prompt_is_named_by_the_column_it_came_from() -> None:
+    """orca_dpo_pairs mapped with `columns: {prompt: question}` and an empty question said "`prompt` is empty"."""
+    from tunekit.data.preference import preference_row
+    from tunekit.data.schema import DatasetSpec
+
+    spec = DatasetSpec(path="o.jsonl", format="preference", columns={"prompt": "question"})
+    with pytest.raises(UserError, match=r"o.jsonl:1: `question` \(the prompt\) is empty"):
+        preference_row({"question": " ", "chosen": "a", "rejected": "b"}, spec, "o.jsonl:1")
 
 
 def test_math_rows_as_they_ship_and_solutions_that_disagree_with_their_answer() -> None:

@@ -39,11 +39,12 @@ from tunekit.errors import UserError
 from tunekit.model.schema import ModelConfig
 
 
-def _prompt(value: object, where: str) -> list[dict]:
-    """A prompt is a string (one user turn) or a list of messages ending with the user (or tool) turn answered."""
+def _prompt(value: object, where: str, name: str = "prompt") -> list[dict]:
+    """A prompt is a string (one user turn) or a list of messages ending with the user (or tool) turn answered.
+    `name`: the row's column it came from (`columns: {prompt: question}` reads `question`)."""
     if isinstance(value, str):
         if not value.strip():
-            raise RowError(f"{where}: `prompt` is empty")
+            raise RowError(f"{where}: `{name}`{' (the prompt)' if name != 'prompt' else ''} is empty")
         return [{"role": "user", "content": value}]
     msgs = _messages(value, "prompt", where)
     if msgs[-1]["role"] not in ("user", "tool"):
@@ -89,7 +90,7 @@ def _context(prompt: object, row: dict, spec: DatasetSpec, where: str) -> tuple[
     unless it starts with a system message, and its tool schemas (the row's `tools` column, else the dataset's
     `tools:` file) as the JSON text the row keeps them in."""
     tools = _row_tools(row, spec, where)
-    msgs = with_row_system(_prompt(prompt, where), row, spec, where)
+    msgs = with_row_system(_prompt(prompt, where, spec.columns.get("prompt", "prompt")), row, spec, where)
     return msgs, {"tools": json.dumps(tools)} if tools else {}
 
 
@@ -229,7 +230,9 @@ def _answer_and_solution(row: dict, spec: DatasetSpec, where: str) -> tuple[obje
     if answer is None:
         answer = _get(row, "answer", spec, where)  # the missing-column error
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
-        raise RowError(f"{where}: `answer` must be a non-empty string or a number, found {answer!r}")
+        marked_empty = isinstance(solution, str) and answers.MARK in solution and answer == ""
+        raise RowError(f"{where}: " + ("the text after `####` (the answer) is empty" if marked_empty else
+                                       f"`answer` must be a non-empty string or a number, found {answer!r}"))
     if solution is None:
         solution = _get(row, "solution", spec, where)  # the missing-column error
     if not isinstance(solution, str) or not solution.strip():
