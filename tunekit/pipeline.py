@@ -227,7 +227,7 @@ def speed(stage: Stage, inputs: RunInputs, model: Any, params: dict) -> metrics.
 
 def report_dropped_rows(stage: Stage, inputs: RunInputs, trainer: Any) -> None:
     """Rows the TRL trainer dropped or cut at max_length (preference trainers), train and eval: warned and counted
-    in data.json (`stats.SPLIT.dropped_by_trainer`)."""
+    in data.json (`stats.SPLIT.dropped_by_trainer`, `stats.SPLIT.cut_by_trainer`)."""
     found = dropped_by_trainer(stage.recipe, trainer)
     if not found:
         return
