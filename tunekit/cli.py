@@ -78,6 +78,7 @@ def train(
 ) -> None:
     """Train: validate the recipe, prepare data, build model + method, run the trainer, write the run dir.
 
+    \b
     Example: tunekit train recipes/quickstart.yaml trainer.max_steps=20 output.dir=runs/try
     Several processes: tunekit train RECIPE --nproc 8 (see docs/scaling.md).
     """
@@ -166,6 +167,7 @@ def plan(
     """Memory per device, fit, data and time for a recipe before anything loads (the model is built on the meta
     device; see docs/plan.md).
 
+    \b
     Example: tunekit plan recipes/quickstart.yaml --gpu RTX-4090
              tunekit plan my.yaml --gpu H100 --nproc 8 launch.strategy=deepspeed --json
     """
@@ -206,6 +208,8 @@ def compare(
 
     Each variant is a `tunekit train` process with its own run dir under --out (its output in train.log there).
     Rerunning skips finished variants and resumes unfinished ones. See docs/plan.md (compare).
+
+    \b
     Example: tunekit compare recipes/quickstart.yaml --vary method.name=lora,dora,ia3,loreft --steps 40
     """
     _state["debug"] |= debug
@@ -262,6 +266,8 @@ def eval_(
     """Evaluate a run (tuned vs base) or a model; write report.json, report.md and PNG plots.
 
     With no --task/--task-file: the recipe's eval tasks, else loss on the run's eval split.
+
+    \b
     Examples: tunekit eval runs/quickstart --task quickstart-arith --task quickstart-choice
               tunekit eval runs/quickstart --task-file my_questions.jsonl --kind generation --metric numeric_match
     """
@@ -306,6 +312,7 @@ def merge(
     prefix, p-tuning) runs cannot be merged: use them attached. Several inputs must share the tokenizer and
     chat template. See docs/eval-merge.md.
 
+    \b
     Examples: tunekit merge runs/quickstart --out merged/
               tunekit merge runs/a runs/b --method ties --density 0.3 --out merged-ties/
     """
@@ -340,7 +347,10 @@ def chat(
 ) -> None:
     """Chat with a trained model using the chat template it trained with; replies stream to stdout.
 
-    In the chat: /reset, /system TEXT, /exit. Example: tunekit chat runs/quickstart --prompt "What is 2 plus 3?"
+    In the chat: /reset, /system TEXT, /exit.
+
+    \b
+    Example: tunekit chat runs/quickstart --prompt "What is 2 plus 3?"
     """
     _state["debug"] |= debug
     from tunekit import chat as chat_mod
@@ -354,7 +364,10 @@ def explain_(key: str = typer.Argument(..., help="A dotted recipe key, e.g. trai
                                        "or a section name.")) -> None:
     """Explain a recipe key: description, type, default, allowed values, and which trainer kinds / methods have it.
 
-    The full reference is docs/reference.md. Example: tunekit explain trainer.lr_scheduler
+    The full reference is docs/reference.md.
+
+    \b
+    Example: tunekit explain trainer.lr_scheduler
     """
     from tunekit.recipe.reference import explain
 
@@ -378,6 +391,7 @@ def init_(
 ) -> None:
     """Write a commented starter recipe, validated (data file included) before it is written.
 
+    \b
     Example: tunekit init my.yaml --model Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl
     Then: tunekit validate my.yaml --explain (every key with its default) and tunekit train my.yaml.
     """

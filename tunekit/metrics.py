@@ -151,6 +151,9 @@ def metrics_callback(out: Path, tags: dict | None = None, speed: Speed | None = 
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             self.clock.end(state.global_step, state.num_input_tokens_seen)
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True  # the last step is always a row: "final loss" is the end's, not the
+                # last multiple of logging_steps (3 steps at logging_steps 10 reported step 1's loss)
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if not state.is_world_process_zero or not logs or "train_runtime" in logs and "loss" not in logs:

@@ -74,7 +74,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"--resume: no checkpoint in `{out / CHECKPOINTS}` to resume from" + (
             f" (incomplete ones: {torn})" if torn else
             f" (the incomplete ones were set aside to {out / CHECKPOINTS / TORN}: {_some(aside)}); start again with "
-            "--overwrite" if aside else " (set output.save_steps or save_minutes)"))
+            "--overwrite" if aside else "; nothing has run there yet: train without --resume" if not entries else
+            "; start again with --overwrite (output.save_steps or output.save_minutes sets how often it saves)"))
     out.mkdir(parents=True, exist_ok=True)
     if not ours:
         _write_marker(out)

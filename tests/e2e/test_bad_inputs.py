@@ -143,6 +143,8 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "matches no files"),
     ("eval-data-missing", lambda t: ["validate", _recipe(t, _set("data.eval", [{"path": "e.jsonl", "format": "messages"}]))],
      "file not found: e.jsonl"),
+    ("builtin-model-unknown", lambda t: ["validate", _recipe(t), "model.path=builtin:tiny-lama"],
+     "model.path: unknown builtin model `builtin:tiny-lama`"),
     ("params-unreachable-hub", lambda t: ["validate", _recipe(t), "model.path=nobody-tunekit/none", "--params"],
      "could not load the config of `nobody-tunekit/none`"),
     # data files (the data stage: preprocess)

@@ -122,6 +122,31 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, logging_steps: int) ->
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def test_the_last_step_is_always_logged_and_is_the_final_loss(tmp_path: Path) -> None:
+    """3 steps at logging_steps 10 logged step 1 only, and `final loss` (console, summary.json, model card, compare's
+    ranking) was step 1's."""
+    recipe = tiny_recipe(tmp_path, trainer={"max_steps": 3, "logging_steps": 10})
+    proc = run_cli("train", recipe, check=True)
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 3]
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final_loss"]
+    assert final == rows[-1]["loss"] and f"final loss {final:.4f}" in proc.stderr
+
+
+def test_data_shuffle_seed_alone_sets_the_order_of_the_batches(tmp_path: Path) -> None:
+    """transformers' sampler was seeded with trainer.seed: with data.shuffle_seed pinned, another trainer.seed still
+    reordered the batches. LoRA's B starts at 0 and dropout is 0, so step 1's loss depends only on its batch."""
+    def first_loss(name: str, seed: int, shuffle_seed: int) -> float:
+        recipe = tiny_recipe(tmp_path, f"{name}.yaml", trainer={"max_steps": 1, "seed": seed},
+                             data={"shuffle_seed": shuffle_seed}, output={"dir": str(tmp_path / name)})
+        run_cli("train", recipe, check=True)
+        return losses(tmp_path / name)[0]
+
+    base = first_loss("a", 0, 0)
+    assert first_loss("b", 1, 0) == base  # another init/dropout seed, the same data order
+    assert first_loss("c", 0, 1) != base  # another data order
+
+
 def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:
     proc = run_cli("train", tiny_recipe(tmp_path), "--resume")
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr

@@ -122,3 +122,26 @@ def test_plan_refuses_a_gpu_memory_or_nproc_it_cannot_use() -> None:
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     both = run_cli("plan", recipe, "--no-data", "--gpu", "H100", "--gpu-memory", "40", check=True)
     assert "H100 with 40 GiB (40.00 GiB): fits" in both.stdout
+
+
+def test_help_examples_keep_their_lines() -> None:
+    """click re-wraps a docstring's paragraphs: an example line needs its `\\b` paragraph, or `--help` ran two
+    commands together into one line."""
+    import typer.main
+    from click.testing import CliRunner
+
+    from tunekit.cli import app
+
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        doc = command.callback.__doc__ or "" if command.callback else ""
+        examples = [line.strip() for line in doc.splitlines() if line.strip().startswith(("Example", "tunekit "))]
+        if not examples:
+            continue
+        out = CliRunner().invoke(group, [name, "--help"], terminal_width=100).output
+        lines = [line.strip() for line in out.splitlines()]
+        for example in examples:
+            assert example in lines, f"tunekit {name} --help:\n{out}"
+            checked += 1
+    assert checked >= 8

@@ -54,6 +54,21 @@ def test_override_errors_name_the_override() -> None:
     assert "KEY=VALUE" in msg
 
 
+@pytest.mark.parametrize(("typed", "read_as"), [("010", "the octal number 8"), ("-0100", "the octal number -64"),
+                                                ("1:30", "the base-60 number 90")])
+def test_a_yaml_1_1_number_that_reads_as_another_is_refused(tmp_path: Path, typed: str, read_as: str) -> None:
+    """PyYAML reads `max_steps: 010` as 8 and `1:30` as 90: refused at its line (file) or named (override)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "quickstart.yaml").read_text().replace("seed: 0", f"seed: {typed}"))
+    msg = _error(bad)
+    assert f"{bad}:{_line_of(bad, 'seed:')}:9: `{typed}`: " in msg and read_as in msg, msg
+    msg = _error(RECIPES / "quickstart.yaml", (f"trainer.seed={typed}",))
+    assert f"override `trainer.seed={typed}`: `{typed}`: " in msg and read_as in msg, msg
+    # 07 reads the same either way; quoted, 010 is the text "010" (which pydantic reads as 10)
+    assert load_recipe(RECIPES / "quickstart.yaml", ("trainer.seed=07",)).trainer.seed == 7
+    assert load_recipe(RECIPES / "quickstart.yaml", ('trainer.seed="010"',)).trainer.seed == 10
+
+
 def test_overrides_apply_and_validate() -> None:
     r = load_recipe(RECIPES / "quickstart.yaml", ("trainer.learning_rate=1e-4", "method.r=4", "output.dir=x"))
     assert r.trainer.learning_rate == 1e-4 and r.method.r == 4 and r.output.dir == "x"

@@ -112,3 +112,14 @@ def test_a_run_recorded_by_an_older_tunekit_resumes_without_the_keys_it_lacked(t
     run_dir.write_run_header(out, recipe, files, resume=True)  # not refused
     with pytest.raises(UserError, match="method.r: 8 -> 4"):
         run_dir.write_run_header(out, load_recipe(tiny_recipe(tmp_path), ["method.r=4"]), files, resume=True)
+
+
+def test_resume_without_a_checkpoint_says_what_to_do_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(run_dir.LOCK_ENV, "")  # restored after: prepare_run_dir sets it for its workers
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="nothing has run there yet: train without --resume"):
+        run_dir.prepare_run_dir(out, resume=True, overwrite=False)
+    run_dir.prepare_run_dir(out, resume=False, overwrite=False)
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # it trained, saving no checkpoint
+    with pytest.raises(UserError, match="start again with --overwrite"):
+        run_dir.prepare_run_dir(out, resume=True, overwrite=False)

@@ -35,10 +35,10 @@ def is_builtin(path: str) -> bool:
     return path.startswith(PREFIX)
 
 
-def builtin_name(path: str) -> str:
+def builtin_name(path: str, field: str = "model.path") -> str:
     name = path[len(PREFIX) :]
     if name not in CONFIGS:
-        raise UserError(f"model.path: unknown builtin model `{path}`; available: "
+        raise UserError(f"{field}: unknown builtin model `{path}`; available: "
                         f"{', '.join(PREFIX + n for n in CONFIGS)}.{did_you_mean(name, CONFIGS, prefix=PREFIX)}")
     return name
 

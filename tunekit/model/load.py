@@ -15,7 +15,10 @@ from tunekit.ui import console
 def check_local(path: str | None, field: str = "model.path") -> None:
     """A model path that is a file, or that looks local (`./`, `/`, `~`, several `/`) and does not exist, is a
     UserError naming `field` (a hub id or builtin is not checked here)."""
-    if not path or builtin.is_builtin(path):
+    if not path:
+        return
+    if builtin.is_builtin(path):
+        builtin.builtin_name(path, field)  # an unknown builtin name
         return
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():

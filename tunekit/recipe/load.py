@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from tunekit.errors import UserError
 from tunekit.paths import decode_utf8
 from tunekit.recipe.errors import format_validation_error
-from tunekit.recipe.overrides import apply_override, parse_override
+from tunekit.recipe.overrides import apply_override, parse_override, surprising_number
 from tunekit.recipe.schema import Recipe
 
 MAX_VALUES = 100_000  # a recipe has hundreds; more means aliases (*name) expanding into a bomb
@@ -57,6 +57,10 @@ def check_nodes(root: yaml.Node | None, path: Path) -> None:
                 sizes[id(node)] = 1 + sum(size(k) + size(v) for k, v in node.value)
             elif isinstance(node, yaml.SequenceNode):
                 sizes[id(node)] = 1 + sum(size(v) for v in node.value)
+            elif node.style is None and (why := surprising_number(node.value)):
+                m = node.start_mark
+                raise UserError(f"{path}:{m.line + 1}:{m.column + 1}: `{node.value}`: {why}, or quote it "
+                                f"(\"{node.value}\") if it is a text")
         return sizes[id(node)]
 
     if root is None or size(root) <= MAX_VALUES:

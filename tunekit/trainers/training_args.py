@@ -150,7 +150,7 @@ def training_kwargs(recipe: Recipe, checkpoint_dir: str, has_eval: bool) -> dict
         max_grad_norm=t.max_grad_norm,
         optim=resolved_optim(t.optim),
         seed=t.seed,
-        data_seed=t.seed,
+        data_seed=recipe.data.data_seed(t.seed),  # the sampler's order: data.shuffle_seed when set (it used t.seed)
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         activation_checkpointing_kwargs=checkpointing_kwargs(t),
         torch_compile=t.compile,
