@@ -6,16 +6,21 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-full test-all lint typecheck data tokenizer bench bench-tiny clean
+.PHONY: install constraints quickstart test test-full test-all lint typecheck data tokenizer bench bench-tiny clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
+
+# constraints: record the installed versions (after the tests passed with them) as constraints.txt
+constraints:
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze | grep -viE '^(tunekit|-e |torch==|nvidia|triton|# )'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 quickstart: install
 	$(BIN)/tunekit train recipes/quickstart.yaml --overwrite

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from tests.conftest import cli_env, losses, read_metrics, run_cli, tiny_recipe
+from tests.conftest import losses, read_metrics, run_cli, tiny_recipe, tunekit_process
 
 BUDGET = 192  # tokens per micro-batch: 3 rows of max_length 64, or many more short ones
 ROWS = 24
@@ -131,7 +129,8 @@ def test_resume_in_the_second_epoch_continues_with_the_same_batches(budget_run: 
 
 @pytest.mark.full
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed"])
+# CI (full) runs DDP; FSDP and DeepSpeed by hand (slow: CI time, make test-all)
+@pytest.mark.parametrize("strategy", ["ddp", *(pytest.param(s, marks=pytest.mark.slow) for s in ("fsdp", "deepspeed"))])
 def test_two_processes_see_every_row_once(strategy: str, tmp_path: Path) -> None:
     """2 processes (gloo; DDP, FSDP2, DeepSpeed ZeRO-2): together they see each row's tokens exactly once per epoch
     (tokens_seen is summed over the ranks), with the same number of steps on both (a rank with fewer batches would
@@ -139,8 +138,7 @@ def test_two_processes_see_every_row_once(strategy: str, tmp_path: Path) -> None
     recipe = budget_recipe(tmp_path, num_epochs=1)
     extra = {"ddp": [], "fsdp": ["--strategy", "fsdp"],
              "deepspeed": ["--strategy", "deepspeed", "launch.deepspeed.config=zero2"]}[strategy]
-    proc = subprocess.run([sys.executable, "-m", "tunekit", "train", str(recipe), "--nproc", "2", *extra],
-                          capture_output=True, text=True, timeout=300, env=cli_env())
+    proc = tunekit_process(["train", recipe, "--nproc", "2", *extra], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     assert read_metrics(run)[-1]["tokens_seen"] == sum_row_tokens(recipe)

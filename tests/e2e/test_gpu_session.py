@@ -16,6 +16,7 @@ from tests.conftest import REPO, cli_env
 pytestmark = pytest.mark.full  # about a minute on 2 idle cores: three tiny training processes
 
 
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_gpu_session_smoke_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # python3 on PATH is the one the script uses (the image's own on the GPU machine): this venv's here

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import cli_env, losses, read_metrics, tiny_recipe
+from tests.conftest import cli_env, losses, read_metrics, tiny_recipe, tunekit_process
 
 pytestmark = pytest.mark.multiprocess
 
@@ -78,8 +78,7 @@ METHODS = {"lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3), "full": ({"nam
 
 def tunekit(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m tunekit ARGS` with a hard timeout, so a hung collective fails the test instead of CI."""
-    return subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env())
+    return tunekit_process(list(args), timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -176,12 +175,13 @@ ENGINE = {"ddp": "MULTI_CPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp"
 
 
 # `make test` runs one 2-process case, DDP with LoRA; the rest of the matrix is `full` (`make test-full`, CI).
-PARITY_FULL = ["ddp-full", "zero2-lora", "zero2-full", "zero3-lora", "zero3-full", "fsdp-lora", "fsdp-full",
-               "fsdpac-lora", "fsdp-qlora"]
+# CI (full) runs one LoRA and one full-weights case per engine family; the rest run by hand (slow: make test-all)
+PARITY_FULL = ["ddp-full", "zero3-lora", "fsdp-lora", "fsdpac-lora", "fsdp-qlora"]
+PARITY_SLOW = ["zero2-lora", "zero2-full", "zero3-full", "fsdp-full", "zero3-qlora"]
 
 
 @pytest.mark.parametrize("name", ["ddp-lora", *(pytest.param(n, marks=pytest.mark.full) for n in PARITY_FULL),
-                                  pytest.param("zero3-qlora", marks=pytest.mark.slow)])
+                                  *(pytest.param(n, marks=pytest.mark.slow) for n in PARITY_SLOW)])
 def test_two_processes_match_one(runs, name: str) -> None:
     method = name.split("-")[1]
     single, _ = runs(f"single-{method}")
@@ -205,7 +205,7 @@ def test_two_processes_match_one(runs, name: str) -> None:
     torch.testing.assert_close(final_logits(multi), want, rtol=0, atol=atol)
 
 
-@pytest.mark.full
+@pytest.mark.slow  # CI time (100 s): by hand, make test-all
 def test_resume_two_process_deepspeed_run(runs, tmp_path: Path) -> None:
     """A ZeRO-3 run stopped after checkpoint-2 resumes on 2 processes at step 3 and ends like the full run."""
     full, _ = runs("zero3-lora")
@@ -234,7 +234,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.full
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_two_simulated_nodes_through_torchrun_rendezvous(runs, tmp_path: Path) -> None:
     """Two `tunekit train --nnodes 2 --node-rank R` launches on 127.0.0.1, one process each."""
     single, _ = runs("single-lora")
@@ -252,7 +252,7 @@ def test_two_simulated_nodes_through_torchrun_rendezvous(runs, tmp_path: Path) -
     assert losses(tmp_path / "run") == pytest.approx(losses(single), abs=LOSS_TOL)
 
 
-@pytest.mark.full
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_users_own_torchrun_is_not_relaunched_and_trains_ddp(runs, tmp_path: Path) -> None:
     """`torchrun --nproc-per-node 2 -m tunekit train RECIPE` with no launch section: each process is one DDP rank
     (not two independent single-process runs writing the same files)."""

@@ -140,6 +140,7 @@ def test_a_saturated_model_with_zero_gradients_is_warned_about(tmp_path: Path) -
 
 @pytest.mark.full
 @pytest.mark.multiprocess
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_sigterm_to_a_two_process_run_stops_every_rank_at_one_step(tmp_path: Path) -> None:
     """SIGTERM reaches only `tunekit train --nproc 2` (as from Slurm): it is forwarded through torchrun, both ranks
     stop at the same step and save one checkpoint; --resume with two processes finishes."""

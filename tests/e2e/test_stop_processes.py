@@ -103,7 +103,7 @@ def two_process_recipe(tmp_path: Path, **trainer: int) -> Path:
 
 @pytest.mark.full
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("rank", [1, 0])
+@pytest.mark.parametrize("rank", [pytest.param(1, marks=pytest.mark.slow), 0])  # slow: CI time, make test-all
 def test_sigterm_to_one_rank_is_a_signal_stop_on_every_rank(tmp_path: Path, rank: int) -> None:
     """A SIGTERM that reaches one rank only: every rank stops at the agreed step as for a signal (no final/, no
     summary.json: rank 0 took it for the end of training when rank 1 got it), the stop line is printed once, the
@@ -126,6 +126,7 @@ def test_sigterm_to_one_rank_is_a_signal_stop_on_every_rank(tmp_path: Path, rank
 
 @pytest.mark.full
 @pytest.mark.multiprocess
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_sigterm_to_every_process_stops_at_the_step_with_a_checkpoint(tmp_path: Path) -> None:
     """Slurm at its time limit signals every process of the job: each worker gets SIGTERM directly and again from
     torchrun, which forwards its own (and the parent's). The copies are one request: the workers finish the step
@@ -170,6 +171,7 @@ def test_a_repeat_within_the_window_is_the_same_request_under_a_launcher(tmp_pat
 
 @pytest.mark.full
 @pytest.mark.multiprocess
+@pytest.mark.slow  # CI time: by hand, make test-all
 def test_a_deliberate_second_ctrl_c_aborts_every_rank_before_tunekit_returns(tmp_path: Path) -> None:
     """Ctrl-C twice in a terminal, the second after the repeat window: every worker aborts at once, and `tunekit
     train` returns only once they are gone (torchrun exited on the second signal and left its workers running)."""

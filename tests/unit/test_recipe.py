@@ -52,6 +52,22 @@ def test_override_errors_name_the_override() -> None:
     assert "override `trainer.learnig_rate=1e-4`" in msg and "Did you mean `learning_rate`?" in msg
     msg = _error(RECIPES / "quickstart.yaml", ("trainer",))
     assert "KEY=VALUE" in msg
+    # an override that makes an unknown section or indexes a list is named (not a line of the recipe)
+    msg = _error(RECIPES / "quickstart.yaml", ("foo.bar=1",))
+    assert msg.splitlines()[-1].strip().startswith("override `foo.bar=1`: foo: unknown key `foo`"), msg
+    for text in ("data.train[0].path=x", "data.train.0.path=x"):
+        msg = _error(RECIPES / "quickstart.yaml", (text,))
+        assert f"override `{text}`" in msg and "give the whole list (`data.train=[...]`)" in msg, msg
+
+
+def test_a_repeated_merge_key_is_a_duplicate_key(tmp_path: Path) -> None:
+    """YAML merges several mappings with one `<<: [*a, *b]`; PyYAML let a second `<<` silently win."""
+    bad = tmp_path / "bad.yaml"
+    text = (RECIPES / "quickstart.yaml").read_text()
+    bad.write_text(text.replace("trainer:\n", "trainer:\n  <<: {seed: 1}\n  <<: {seed: 2}\n", 1))
+    msg = _error(bad)
+    line = _line_of(bad, "<<: {seed: 2}")
+    assert f"{bad}:{line}:3: duplicate key `<<` (first at line {line - 1}); merge several in one" in msg, msg
 
 
 @pytest.mark.parametrize(("typed", "read_as"), [("010", "the octal number 8"), ("-0100", "the octal number -64"),

@@ -44,7 +44,7 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
         if tag_key and etype == "union_tag_invalid":
             keys = (*keys, tag_key)
     dotted = ".".join(str(k) for k in keys) or "(recipe)"
-    override = matching_override(keys, overrides)
+    override = matching_override(keys, overrides, unknown_key=etype == "extra_forbidden")
     if override is not None:
         where = f"override `{override.text}`"
     else:
@@ -53,10 +53,13 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
     if etype == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         msg = f"unknown key `{keys[-1]}`"
-        guess = closest(str(keys[-1]), allowed, cutoff=0.6)
+        if "[" in str(keys[-1]):
+            msg += (f"; a list item cannot be set by index: give the whole list "
+                    f"(`{'.'.join(map(str, keys[:-1] + (str(keys[-1]).split('[')[0],)))}=[...]`) or edit the recipe")
+        guess = closest(str(keys[-1]), allowed, cutoff=0.6) if "[" not in msg else None
         if guess:
             msg += f". Did you mean `{guess}`?"
-        elif allowed:
+        elif allowed and "[" not in msg:
             msg += f"; valid keys here: {', '.join(sorted(allowed))}"
     elif etype == "missing":
         msg = "required key is missing"
@@ -111,11 +114,12 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def matching_override(keys: tuple, overrides: list[Override]) -> Override | None:
-    """The override an error at `keys` points at: the last one whose key is a prefix of (or equal to) the path."""
+def matching_override(keys: tuple, overrides: list[Override], unknown_key: bool = False) -> Override | None:
+    """The override an error at `keys` points at: the last one whose key is a prefix of (or equal to) the path;
+    for an unknown key, also one whose key goes through it (`foo.bar=1` made the unknown section `foo`)."""
     for ov in reversed(overrides):
         n = min(len(ov.keys), len(keys))
-        if tuple(str(k) for k in keys[:n]) == ov.keys[:n] and len(ov.keys) <= len(keys):
+        if tuple(str(k) for k in keys[:n]) == ov.keys[:n] and (len(ov.keys) <= len(keys) or unknown_key):
             return ov
     return None
 

@@ -81,12 +81,13 @@ def check_nodes(root: yaml.Node | None, path: Path) -> None:
 def _check_duplicates(node: yaml.MappingNode, path: Path) -> None:
     seen: dict[str, yaml.Node] = {}
     for k, _ in node.value:
-        if not isinstance(k, yaml.ScalarNode) or k.value == "<<":
+        if not isinstance(k, yaml.ScalarNode):
             continue
         if k.value in seen:
             first, again = seen[k.value].start_mark, k.start_mark
+            fix = "merge several in one: `<<: [*a, *b]` (the first wins)" if k.value == "<<" else "keep one of them"
             raise UserError(f"{path}:{again.line + 1}:{again.column + 1}: duplicate key `{k.value}` (first at line "
-                            f"{first.line + 1}); keep one of them")
+                            f"{first.line + 1}); {fix}")
         seen[k.value] = k
 
 

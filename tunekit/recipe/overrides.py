@@ -61,7 +61,8 @@ def apply_override(data: dict, ov: Override) -> None:
         if child is None:
             child = node[k] = {}
         elif isinstance(child, list) and ov.keys[i + 1].isdigit():
-            raise UserError(f"override `{ov.text}`: list items cannot be overridden by index; edit the recipe")
+            raise UserError(f"override `{ov.text}`: list items cannot be set by index: give the whole list "
+                            f"(`{'.'.join(ov.keys[: i + 1])}=[...]`) or edit the recipe")
         elif not isinstance(child, dict):
             where = ".".join(ov.keys[: i + 1])
             raise UserError(f"override `{ov.text}`: `{where}` is a value, not a section, so it has no `{ov.keys[i + 1]}`")
