@@ -140,7 +140,7 @@ def validate(
 
         typer.echo(commented_yaml(r), nl=False)
     else:
-        typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), nl=False)
+        typer.echo(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
     if params:
         from tunekit.methods.registry import count_without_weights

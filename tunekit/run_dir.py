@@ -309,7 +309,7 @@ def finished(out: Path, recipe: Recipe) -> str | None:
 
 
 def write_yaml(path: Path, data: Any) -> None:
-    write_whole(path, yaml.safe_dump(data, sort_keys=False))  # whole or not at all (files.write_whole)
+    write_whole(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))  # whole or not at all
 
 
 def write_json(path: Path, data: Any) -> None:

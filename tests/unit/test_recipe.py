@@ -45,6 +45,15 @@ def test_wrong_type_reports_expected_and_found(tmp_path: Path) -> None:
     assert "trainer.learning_rate" in msg and "valid number" in msg and "'fast'" in msg
 
 
+def test_a_misspelt_choice_gets_a_did_you_mean(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "quickstart.yaml").read_text().replace("lr_scheduler: cosine", "lr_scheduler: cosin"))
+    msg = _error(bad)
+    assert "trainer.lr_scheduler: input should be 'linear', 'cosine'" in msg and "Did you mean `cosine`?" in msg, msg
+    msg = _error(RECIPES / "quickstart.yaml", ("trainer.lr_scheduler=warmup_stable_decai",))
+    assert "Did you mean `warmup_stable_decay`?" in msg, msg
+
+
 def test_override_errors_name_the_override() -> None:
     msg = _error(RECIPES / "quickstart.yaml", ("trainer.learning_rate=fast",))
     assert "override `trainer.learning_rate=fast`" in msg and "valid number" in msg
@@ -55,6 +64,8 @@ def test_override_errors_name_the_override() -> None:
     # an override that makes an unknown section or indexes a list is named (not a line of the recipe)
     msg = _error(RECIPES / "quickstart.yaml", ("foo.bar=1",))
     assert msg.splitlines()[-1].strip().startswith("override `foo.bar=1`: foo: unknown key `foo`"), msg
+    msg = _error(RECIPES / "quickstart.yaml", ("output.dir=",))  # it wrote the run into the working directory
+    assert "override `output.dir=`: output.dir: string should have at least 1 character" in msg, msg
     for text in ("data.train[0].path=x", "data.train.0.path=x"):
         msg = _error(RECIPES / "quickstart.yaml", (text,))
         assert f"override `{text}`" in msg and "give the whole list (`data.train=[...]`)" in msg, msg
@@ -103,6 +114,13 @@ def test_missing_section_and_malformed_yaml(tmp_path: Path) -> None:
     p.write_text("model:\n  path: [unclosed\n")
     msg = _error(p)
     assert f"{p}:3:" in msg and "malformed YAML" in msg
+
+
+def test_an_empty_recipe_says_so_once(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("# nothing yet\n")
+    msg = _error(p)
+    assert msg.startswith(f"{p}: the recipe is empty") and "tunekit init" in msg and "required key" not in msg
 
 
 def test_missing_recipe_is_named(tmp_path: Path) -> None:

@@ -123,3 +123,10 @@ def test_resume_without_a_checkpoint_says_what_to_do_instead(tmp_path: Path, mon
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')  # it trained, saving no checkpoint
     with pytest.raises(UserError, match="start again with --overwrite"):
         run_dir.prepare_run_dir(out, resume=True, overwrite=False)
+
+
+def test_the_resolved_recipe_keeps_non_ascii_paths_readable(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    run_dir.write_yaml(path, {"data": {"train": [{"path": "dätä dir/tr ain.jsonl"}]}})
+    text = path.read_text(encoding="utf-8")
+    assert "dätä dir/tr ain.jsonl" in text and yaml.safe_load(text)["data"]["train"][0]["path"] == "dätä dir/tr ain.jsonl"

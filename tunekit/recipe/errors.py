@@ -88,6 +88,11 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
             msg = msg[len("value error, ") :]
         if msg.startswith(f"{dotted}: "):  # the key is named once, in front
             msg = msg[len(dotted) + 2 :]
+        if etype == "literal_error" and isinstance(found, str):
+            options = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+            guess = closest(found, options, cutoff=0.6)
+            if guess:
+                msg += f". Did you mean `{guess}`?"
     return f"  {where}: {dotted}: {msg}"
 
 

@@ -94,6 +94,9 @@ def _check_duplicates(node: yaml.MappingNode, path: Path) -> None:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     path = Path(path)
     data, node = read_yaml(path)
+    if not data:
+        raise UserError(f"{path}: the recipe is empty (it needs model, data, method, trainer and output); start from "
+                        "`tunekit init my.yaml --model ... --data ...` or `tunekit recipes copy quickstart`")
     parsed = [parse_override(o) for o in overrides]
     for ov in parsed:
         apply_override(data, ov)
