@@ -26,9 +26,9 @@ quickstart: install
 	$(BIN)/tunekit train recipes/quickstart.yaml --overwrite
 
 # test: the fast default set (pyproject's addopts: not slow, not full), every area covered, a few minutes on 2 cores.
-# test-full: only the `full` tests (the rest of the 2-process parity matrix and of the all-methods matrix,
+# test-full: only the `full` tests (the core of the 2-process parity matrix, the rest of the all-methods matrix,
 #   learning-signal tests); CI runs `test` then `test-full`, so nothing runs twice.
-# test-all: everything, `slow` included (by hand).
+# test-all: everything, `slow` included (by hand: the rest of the parity matrix, signals across processes, bench).
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -141,8 +141,11 @@ def plan_memory(recipe: Recipe) -> dict | None:
 
     predicted = plan_report.for_run(recipe, "cuda" if torch.cuda.is_available() else "cpu")
     if predicted and "peak_bytes" in predicted:
+        cpu = predicted["device"] == "cpu"  # measured there: the whole process's peak RSS, libraries and all
         console.print(f"plan: {plan_report.gib(predicted['peak_bytes'])} per device predicted "
-                      f"({predicted['layout']}, on {predicted['device']}; `tunekit plan` for the parts)")
+                      f"({predicted['layout']}, on {predicted['device']}; `tunekit plan` for the parts"
+                      + ("; the training state only: on CPU the `mem` column is the whole process, which torch and "
+                         "the libraries make several hundred MB larger" if cpu else "") + ")")
     return predicted
 
 
