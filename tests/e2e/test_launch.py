@@ -174,15 +174,25 @@ FULL_STATE_DICT_AC = Path(__file__).parent / "fsdp2-full-state-dict-ac.yaml"
 ENGINE = {"ddp": "MULTI_CPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP", "fsdpac": "FSDP"}
 
 
-# `make test` runs one 2-process case, DDP with LoRA; the rest of the matrix is `full` (`make test-full`, CI).
-# CI (full) runs one LoRA and one full-weights case per engine family; the rest run by hand (slow: make test-all)
+# `make test` runs one 2-process case, DDP with LoRA; CI's `full` set one LoRA and one full-weights case per engine
+# family (the FSDP2 ones in test_launch_fsdp.py, so that the two pytest workers run them side by side); the rest by
+# hand (slow: make test-all)
 PARITY_FULL = ["ddp-full", "zero3-lora", "fsdp-lora", "fsdpac-lora", "fsdp-qlora"]
 PARITY_SLOW = ["zero2-lora", "zero2-full", "zero3-full", "fsdp-full", "zero3-qlora"]
 
 
-@pytest.mark.parametrize("name", ["ddp-lora", *(pytest.param(n, marks=pytest.mark.full) for n in PARITY_FULL),
-                                  *(pytest.param(n, marks=pytest.mark.slow) for n in PARITY_SLOW)])
+def params(names: list[str], mark: pytest.MarkDecorator) -> list:
+    return [pytest.param(n, marks=mark) for n in names]
+
+
+@pytest.mark.parametrize("name", ["ddp-lora", *params([n for n in PARITY_FULL if "fsdp" not in n], pytest.mark.full),
+                                  *params([n for n in PARITY_SLOW if "fsdp" not in n], pytest.mark.slow)])
 def test_two_processes_match_one(runs, name: str) -> None:
+    check_parity(runs, name)
+
+
+def check_parity(runs, name: str) -> None:  # noqa: ANN001 - the `runs` fixture
+    """NAME's 2-process run matches the single-process run of its method: losses, grad norms, final outputs."""
     method = name.split("-")[1]
     single, _ = runs(f"single-{method}")
     multi, proc = runs(name)
@@ -275,58 +285,6 @@ def test_failing_worker_ends_the_run_with_its_rank_and_error(tmp_path: Path) -> 
     assert proc.returncode != 0
     assert "rank 0/2: error:" in proc.stderr and "missing.jsonl" in proc.stderr
     assert "Root Cause" in proc.stderr and "the 2-process run failed" in " ".join(proc.stderr.split())
-
-
-@pytest.mark.full
-def test_fsdp_full_state_dict_checkpoints_hold_the_whole_adapter(runs) -> None:
-    """With FSDP activation checkpointing and FULL_STATE_DICT, every checkpoint's adapter (not only final/) holds
-    the trained LoRA weights: the same outputs as the single-process run's checkpoint at that step. (peft once saved
-    an empty adapter here: it matched the adapter by module names that still held the checkpoint wrapper.)"""
-    single, _ = runs("single-lora")
-    multi, _ = runs("fsdpac-lora")
-    assert losses(multi) == pytest.approx(losses(single), abs=LOSS_TOL)
-    from safetensors.torch import load_file
-
-    assert len(load_file(multi / "checkpoints/checkpoint-2/adapter_model.safetensors")) == len(
-        load_file(single / "checkpoints/checkpoint-2/adapter_model.safetensors"))
-    for step in (2, 4):
-        ckpt = Path("checkpoints") / f"checkpoint-{step}"
-        want = weights_logits(single / ckpt)
-        torch.testing.assert_close(weights_logits(multi / ckpt), want, atol=logits_atol("lora", want), rtol=0)
-    want = final_logits(single)
-    torch.testing.assert_close(final_logits(multi), want, atol=logits_atol("lora", want), rtol=0)
-
-
-@pytest.mark.full
-def test_resume_two_process_fsdp_run_on_one_process(runs, tmp_path: Path) -> None:
-    """FSDP2's sharded checkpoints (torch.distributed.checkpoint) reshard on load: a 2-process run stopped
-    after checkpoint-2 resumes on 1 process (4 per device: the same global batch) and ends like the full run."""
-    full, _ = runs("fsdp-lora")
-    stopped = tmp_path / "run"
-    shutil.copytree(full, stopped)
-    for p in ("final", "summary.json", "checkpoints/checkpoint-4"):
-        shutil.rmtree(stopped / p) if (stopped / p).is_dir() else (stopped / p).unlink()
-    assert (stopped / "checkpoints/checkpoint-2/pytorch_model_fsdp_0/.metadata").exists()  # sharded, not gathered
-    proc = tunekit("eval", stopped)  # an unfinished sharded run: no HF weights yet, and eval says why
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "a sharded FSDP checkpoint" in " ".join(proc.stderr.split())
-    proc = ok(tunekit("train", recipe_for(tmp_path, "lora", 4), "--nproc", "1", "--strategy", "fsdp", "--resume"))
-    assert "resumingfrom" in "".join(proc.stderr.split())
-    summary = json.loads((stopped / "summary.json").read_text())
-    assert summary["global_step"] == 4 and summary["launch"]["engine"] == "FSDP"
-    assert [m["step"] for m in read_metrics(stopped) if "loss" in m] == [1, 2, 3, 4]
-    assert losses(stopped) == pytest.approx(losses(full), abs=LOSS_TOL)
-    torch.testing.assert_close(final_logits(stopped), final_logits(full), atol=LOGITS_TOL, rtol=0)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_fsdp_cpu_offload_without_a_gpu_is_refused_with_the_reason(tmp_path: Path) -> None:
-    proc = tunekit("train", recipe_for(tmp_path, "lora", 2), "--nproc", "2", "--strategy", "fsdp",
-                   "launch.fsdp.config=fsdp2-offload")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    text = " ".join(proc.stderr.split())
-    assert "launch.fsdp.cpu_offload: true needs a GPU" in text and "set launch.fsdp.cpu_offload: false" in text
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no worker started
 
 
 @pytest.mark.slow
