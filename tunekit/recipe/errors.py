@@ -53,13 +53,13 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
     if etype == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         msg = f"unknown key `{keys[-1]}`"
-        if "[" in str(keys[-1]):
-            msg += (f"; a list item cannot be set by index: give the whole list "
-                    f"(`{'.'.join(map(str, keys[:-1] + (str(keys[-1]).split('[')[0],)))}=[...]`) or edit the recipe")
-        guess = closest(str(keys[-1]), allowed, cutoff=0.6) if "[" not in msg else None
-        if guess:
+        guess = closest(str(keys[-1]), allowed, cutoff=0.6)
+        if "[" in str(keys[-1]):  # `data.train[0].path=x`: an index written into the key
+            listed = ".".join(map(str, (*keys[:-1], str(keys[-1]).split("[")[0])))
+            msg += f"; a list item cannot be set by index: give the whole list (`{listed}=[...]`) or edit the recipe"
+        elif guess:
             msg += f". Did you mean `{guess}`?"
-        elif allowed and "[" not in msg:
+        elif allowed:
             msg += f"; valid keys here: {', '.join(sorted(allowed))}"
     elif etype == "missing":
         msg = "required key is missing"
