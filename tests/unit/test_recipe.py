@@ -54,6 +54,17 @@ def test_a_misspelt_choice_gets_a_did_you_mean(tmp_path: Path) -> None:
     assert "Did you mean `warmup_stable_decay`?" in msg, msg
 
 
+def test_a_value_that_fits_no_member_of_a_union_is_one_error(tmp_path: Path) -> None:
+    """`chat_template_kwargs` values are bool | int | float | str: a null was four errors, one per member."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "quickstart.yaml").read_text().replace("data:\n", "data:\n  chat_template_kwargs:\n"
+                                                                    "    z: ~\n", 1))
+    msg = _error(bad)
+    assert msg.startswith(f"{bad}: 1 error in recipe"), msg
+    assert (f"{bad}:{_line_of(bad, 'z: ~')}:8: data.chat_template_kwargs.z: input should be a valid boolean, a valid "
+            "integer, a valid number or a valid string, found None") in msg, msg
+
+
 def test_override_errors_name_the_override() -> None:
     msg = _error(RECIPES / "quickstart.yaml", ("trainer.learning_rate=fast",))
     assert "override `trainer.learning_rate=fast`" in msg and "valid number" in msg

@@ -28,11 +28,33 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 def format_validation_error(
     err: ValidationError, path: Path, root: yaml.Node | None, overrides: list[Override]
 ) -> str:
-    n = err.error_count()
+    errors = _merge_union_members(err.errors())
+    n = len(errors)
     lines = [f"{path}: {n} error{'s' if n > 1 else ''} in recipe"]
-    for e in err.errors():
+    for e in errors:
         lines.append(_format_one(e, path, root, overrides))
     return "\n".join(lines)
+
+
+# the last part of a loc that names a member of a union of plain types (`bool | int | float | str`)
+_UNION_MEMBER = re.compile(r"(bool|int|float|str|none|(list|dict|tuple|set|literal|function-\w+)\[.*\])")
+
+
+def _merge_union_members(errors: list) -> list:
+    """A value that fits no member of a union of plain types is one error (`expected a boolean, an integer ...`),
+    not one per member at a path that ends in the member's name (`z.bool`, `z.int`, ...)."""
+    merged: list = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        if not (loc and isinstance(loc[-1], str) and _UNION_MEMBER.fullmatch(loc[-1])):
+            merged.append(e)
+            continue
+        last = merged[-1] if merged else {}
+        if last.get("type") == "union_members" and tuple(last["loc"]) == loc[:-1] and last["input"] == e["input"]:
+            last["ctx"]["members"].append(e["msg"])
+        else:
+            merged.append({**e, "loc": loc[:-1], "type": "union_members", "ctx": {"members": [e["msg"]]}})
+    return merged
 
 
 def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Override]) -> str:
@@ -75,6 +97,10 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
         guess = closest(str(found), options, cutoff=0.5)
         if guess:
             msg += f". Did you mean `{guess}`?"
+    elif etype == "union_members":
+        wants = [m[len("Input should be "):] if m.startswith("Input should be ") else m for m in e["ctx"]["members"]]
+        msg = f"input should be {', '.join(wants[:-1])} or {wants[-1]}" if len(wants) > 1 else f"input should be {wants[0]}"
+        msg += f", found {_short(e.get('input'))}"
     elif etype == "union_tag_not_found":
         tag_key = e.get("ctx", {}).get("discriminator", "").strip("'")
         msg = f"missing `{tag_key}`, which chooses the kind of this section"
