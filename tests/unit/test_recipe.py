@@ -127,6 +127,12 @@ def test_missing_section_and_malformed_yaml(tmp_path: Path) -> None:
     assert f"{p}:3:" in msg and "malformed YAML" in msg
 
 
+def test_a_tab_indent_says_to_indent_with_spaces(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("model:\n\tpath: x\n")
+    assert _error(p).startswith(f"{p}:2:1: malformed YAML: found character") and "indent with spaces" in _error(p)
+
+
 def test_an_empty_recipe_says_so_once(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text("# nothing yet\n")

@@ -32,7 +32,10 @@ def read_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: malformed YAML: {e.problem or e.context}") from None
+        problem = e.problem or e.context
+        tab = "'\\t'" in str(problem)  # PyYAML: "found character '\t' that cannot start any token"
+        raise UserError(f"{where}: malformed YAML: {problem}" + ("; indent with spaces: YAML does not allow tabs"
+                                                                  if tab else "")) from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML: {e}") from None
     except RecursionError:
