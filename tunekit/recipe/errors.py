@@ -73,16 +73,7 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
         where = _position(path, root, keys, key_not_value=etype == "extra_forbidden")
 
     if etype == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        msg = f"unknown key `{keys[-1]}`"
-        guess = closest(str(keys[-1]), allowed, cutoff=0.6)
-        if "[" in str(keys[-1]):  # `data.train[0].path=x`: an index written into the key
-            listed = ".".join(map(str, (*keys[:-1], str(keys[-1]).split("[")[0])))
-            msg += f"; a list item cannot be set by index: give the whole list (`{listed}=[...]`) or edit the recipe"
-        elif guess:
-            msg += f". Did you mean `{guess}`?"
-        elif allowed:
-            msg += f"; valid keys here: {', '.join(sorted(allowed))}"
+        msg = _unknown_key(loc, keys)
     elif etype == "missing":
         msg = "required key is missing"
         desc = _field_description(loc)
@@ -99,8 +90,8 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
             msg += f". Did you mean `{guess}`?"
     elif etype == "union_members":
         wants = [m[len("Input should be "):] if m.startswith("Input should be ") else m for m in e["ctx"]["members"]]
-        msg = f"input should be {', '.join(wants[:-1])} or {wants[-1]}" if len(wants) > 1 else f"input should be {wants[0]}"
-        msg += f", found {_short(e.get('input'))}"
+        listed = f"{', '.join(wants[:-1])} or {wants[-1]}" if len(wants) > 1 else wants[0]
+        msg = f"input should be {listed}, found {_short(e.get('input'))}"
     elif etype == "union_tag_not_found":
         tag_key = e.get("ctx", {}).get("discriminator", "").strip("'")
         msg = f"missing `{tag_key}`, which chooses the kind of this section"
@@ -120,6 +111,18 @@ def _format_one(e: dict, path: Path, root: yaml.Node | None, overrides: list[Ove
             if guess:
                 msg += f". Did you mean `{guess}`?"
     return f"  {where}: {dotted}: {msg}"
+
+
+def _unknown_key(loc: tuple, keys: tuple) -> str:
+    allowed = _allowed_keys(loc[:-1])
+    msg = f"unknown key `{keys[-1]}`"
+    guess = closest(str(keys[-1]), allowed, cutoff=0.6)
+    if "[" in str(keys[-1]):  # `data.train[0].path=x`: an index written into the key
+        listed = ".".join(map(str, (*keys[:-1], str(keys[-1]).split("[")[0])))
+        return msg + f"; a list item cannot be set by index: give the whole list (`{listed}=[...]`) or edit the recipe"
+    if guess:
+        return msg + f". Did you mean `{guess}`?"
+    return msg + (f"; valid keys here: {', '.join(sorted(allowed))}" if allowed else "")
 
 
 def _named_keys(e: dict) -> tuple:
