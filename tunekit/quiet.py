@@ -36,11 +36,8 @@ DROPPED_MESSAGES = {"DeepSpeed": ("Setting accelerator to CPU",)}
 # library warnings about something the library handles itself: peft ignores the position ids generate passes to a
 # prompt-tuning model (and says so at every call); sets fan_in_fan_out for GPT-2's Conv1D layers; and on a fused-MoE
 # model (Qwen3-MoE, Mixtral in transformers 5) its own v4 -> v5 conversion adds rank/alpha patterns for
-# `gate_up_proj` that match no module when the experts are targeted as parameters; and torch's DDP reducer, on
-# every rank of every adapter run, that transformers' find_unused_parameters (on for a peft model, which may leave
-# parameters without gradients: LISA, virtual tokens) found none unused this time
+# `gate_up_proj` that match no module when the experts are targeted as parameters
 DROPPED_WARNINGS = ("Position ids are not supported for parameter efficient tuning",
-                    "find_unused_parameters=True was specified in DDP constructor, but did not find any unused",
                     "fan_in_fan_out is set to False but the target module is `Conv1D`",
                     r"The following (rank|alpha)_pattern keys did not match any targeted module and were ignored: "
                     r"\['\.\*\\\\\.gate_up_proj'\]\.$")
