@@ -133,7 +133,7 @@ def relaunch(launch: LaunchConfig, worker_args: list[str]) -> int:
                       "launcher's `Root Cause` summary above names the rank that failed first and its exit code; "
                       "an error tunekit caught is that rank's `rank N/W: error:` line; the other ranks' errors "
                       "follow from it (the launcher's SIGTERM stops them: a `SIGTERM: stopping` line of theirs is "
-                      "that, not a stop you asked for). `exitcode: -9` (SIGKILL) is most often the out-of-memory killer: "
-                      "`tunekit plan RECIPE` shows the memory a process needs (smaller "
+                      "that, not a stop you asked for). `exitcode: -9` (SIGKILL) is most often the out-of-memory "
+                      "killer: `tunekit plan RECIPE` shows the memory a process needs (smaller "
                       "trainer.per_device_batch_size or data.max_length need less).")
     return proc.returncode

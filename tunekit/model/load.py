@@ -13,8 +13,8 @@ from tunekit.ui import console
 
 
 def check_local(path: str | None, field: str = "model.path") -> None:
-    """A model path that is a file, or that looks local (`./`, `/`, `~`, several `/`) and does not exist, is a
-    UserError naming `field` (a hub id or builtin is not checked here)."""
+    """A model path that is a file, or that looks local (`./`, `/`, `~`, several `/`) and does not exist, or an
+    unknown `builtin:` name, is a UserError naming `field` (a hub id is not looked up here)."""
     if not path:
         return
     if builtin.is_builtin(path):

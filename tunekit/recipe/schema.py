@@ -21,8 +21,8 @@ from tunekit.trainers.schema import TrainerConfig, check_data_formats, check_pac
 
 
 class OutputConfig(Section):
-    dir: PathStr = Field(min_length=1, description="Run directory (relative paths resolve against the current directory; `~` is "
-                         "your home).")
+    dir: PathStr = Field(min_length=1, description="Run directory (relative paths resolve against the current "
+                         "directory; `~` is your home).")
     save_steps: int = Field(
         default=0, ge=0, description="Write a resumable checkpoint every N optimizer steps (and at the end); 0: by "
         "time only (save_minutes)."

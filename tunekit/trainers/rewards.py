@@ -119,7 +119,6 @@ def load_user_function(path: Path, name: str) -> Callable[..., list]:
     return getattr(module, name)
 
 
-
 def _user_line(e: BaseException) -> str:
     """` (at FILE:LINE: CODE)`: the deepest frame of the traceback outside tunekit, i.e. in the user's reward file
     (or a library it called)."""
@@ -130,6 +129,7 @@ def _user_line(e: BaseException) -> str:
         return ""
     f = frames[-1]
     return f" (at {f.filename}:{f.lineno}: {(f.line or '').strip()})"
+
 
 class RewardFunction:
     """One recipe reward in the form TRL calls; `__name__` is what TRL logs as rewards/<name>/mean."""
